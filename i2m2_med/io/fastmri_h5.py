@@ -1,4 +1,4 @@
-"""fastMRI knee h5 files: the writer (the reader follows below it).
+"""fastMRI knee h5 files: the writer and the lazy reader.
 
 Layout (as in the fastMRI knee release):
 
@@ -13,12 +13,16 @@ Layout (as in the fastMRI knee release):
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
 from i2m2_med.atomic import atomic_path
+from i2m2_med.errors import StudyReadError
+from i2m2_med.io.ismrmrd import parse_header
+from i2m2_med.io.study import Study
 
 
 def write_fastmri_h5(
@@ -53,3 +57,263 @@ def write_fastmri_h5(
             for key, value in (attrs or {}).items():
                 if value is not None:
                     f.attrs[key] = value
+
+
+# ---- reader ---------------------------------------------------------------------------------
+
+#: Readout length of fastMRI knee k-space (2x oversampled 320).
+FASTMRI_READOUT = 640
+#: The image crop the transforms apply by default (rows, columns).
+DEFAULT_CROP = (320, 320)
+_RECON_KEYS = ("reconstruction_esc", "reconstruction_rss")
+_FAT_SAT_ACQUISITIONS = {"CORPDFS_FBK": True, "CORPD_FBK": False}
+
+
+def _attr_value(value: Any) -> Any:
+    """h5py attribute -> plain Python (bytes / numpy scalars decoded)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, np.ndarray) and value.shape == ():
+        value = value[()]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+class FastMRISliceReader:
+    """Reads one slice of a fastMRI h5 file at a time with h5py partial reads (``ds[i]``).
+
+    The h5py file handle is opened on first use and cached per process: pickling drops it
+    (``__getstate__``) and a change of process id (a forked DataLoader worker) reopens it, so a
+    :class:`~i2m2_med.io.study.Study` holding this reader can travel to worker processes.
+
+    Calling the reader with a slice index returns ``{"kspace": (640, W) complex64}`` or
+    ``{"kspace": (C, 640, W) complex64}``; NaN/Inf k-space raises :class:`StudyReadError`.
+    """
+
+    def __init__(self, path: str | os.PathLike, recon_key: str | None = None):
+        self.path = str(path)
+        self.recon_key = recon_key
+        self._file: h5py.File | None = None
+        self._pid: int | None = None
+
+    # -- handle management -------------------------------------------------------------------
+    def _handle(self) -> h5py.File:
+        pid = os.getpid()
+        if self._file is None or self._pid != pid or not self._file.id.valid:
+            try:
+                self._file = h5py.File(self.path, "r")
+            except OSError as exc:
+                raise StudyReadError(self.path, f"cannot open HDF5 file ({_h5_reason(exc)})") from None
+            self._pid = pid
+        return self._file
+
+    def close(self) -> None:
+        """Close the cached handle (it is reopened on the next read)."""
+        if self._file is not None and self._pid == os.getpid():
+            try:
+                self._file.close()
+            except Exception:  # already closed or invalid: nothing to release
+                pass
+        self._file = None
+        self._pid = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_file"] = None
+        state["_pid"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def __del__(self) -> None:  # pragma: no cover - interpreter shutdown order varies
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # -- reads -------------------------------------------------------------------------------
+    def _read(self, key: str, index: int) -> np.ndarray:
+        try:
+            return self._handle()[key][index]
+        except StudyReadError:
+            raise
+        except (OSError, KeyError, ValueError, RuntimeError) as exc:
+            raise StudyReadError(self.path, f"slice {index}: cannot read {key} ({_h5_reason(exc)})") from None
+
+    def __call__(self, index: int) -> dict[str, np.ndarray]:
+        kspace = np.asarray(self._read("kspace", index), dtype=np.complex64)
+        if not np.isfinite(kspace).all():
+            bad = int((~np.isfinite(kspace)).sum())
+            raise StudyReadError(self.path, f"slice {index}: k-space contains {bad} NaN/Inf values")
+        return {"kspace": kspace}
+
+    def reconstruction(self, index: int) -> np.ndarray | None:
+        """The stored reconstruction of slice ``index``: (320, 320) float32, or None if absent."""
+        if self.recon_key is None:
+            return None
+        return np.asarray(self._read(self.recon_key, index), dtype=np.float32)
+
+
+def _h5_reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if "truncated" in text:
+        return "the file is truncated"
+    if "file signature not found" in text or "not an HDF5 file" in text.lower():
+        return "not an HDF5 file"
+    return text or type(exc).__name__
+
+
+def read_fastmri_h5(path: str | os.PathLike, study_id: str | None = None) -> Study:
+    """Open a fastMRI knee h5 file as a k-space :class:`Study` (nothing but metadata is loaded).
+
+    Validated now (each failure is a :class:`StudyReadError` naming the file and the reason):
+    the file is HDF5 and not truncated; ``kspace`` exists, is complex, of rank 3 (singlecoil
+    (S, 640, W)) or 4 (multicoil (S, C, 640, W)) with at least one slice; the
+    ``ismrmrd_header`` (optional; its absence is noted) parses. NaN/Inf values are detected
+    when a slice is read.
+
+    ``study_id`` defaults to the file stem (``file1000001``), the key of fastMRI+ labels.
+    Tags: the header's (see :func:`i2m2_med.io.ismrmrd.parse_header`) plus ``acquisition``,
+    ``fat_sat`` (CORPDFS_FBK -> True, CORPD_FBK -> False), ``kspace_shape`` (of one slice),
+    ``n_coils``, ``max`` and ``norm``; attr ``patient_id`` goes to ``Study.patient_id`` only.
+    Every width W is kept; ``notes`` say what the default 320x320 crop will do with it and
+    which columns are zero padding according to the header.
+    """
+    path = Path(path)
+    where = str(path)
+    if not path.is_file():
+        raise StudyReadError(where, "no such file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise StudyReadError(where, f"cannot open as HDF5 ({_h5_reason(exc)})") from None
+    notes: list[str] = []
+    try:
+        if "kspace" not in f:
+            keys = ", ".join(sorted(f.keys())) or "none"
+            raise StudyReadError(where, f"no 'kspace' dataset (keys: {keys})")
+        ds = f["kspace"]
+        if not isinstance(ds, h5py.Dataset):
+            raise StudyReadError(where, "'kspace' is not a dataset")
+        if ds.dtype.kind != "c":
+            raise StudyReadError(where, f"kspace dtype {ds.dtype} is not complex")
+        shape = tuple(int(n) for n in ds.shape)
+        if len(shape) not in (3, 4):
+            raise StudyReadError(
+                where, f"kspace has rank {len(shape)} {shape}; expected (S, 640, W) or (S, C, 640, W)"
+            )
+        if min(shape) < 1:
+            raise StudyReadError(where, f"kspace is empty {shape}")
+        n_slices = shape[0]
+        multicoil = len(shape) == 4
+        readout, width = shape[-2], shape[-1]
+
+        tags: dict[str, Any] = {}
+        if "ismrmrd_header" in f:
+            try:
+                raw = f["ismrmrd_header"][()]
+                if isinstance(raw, np.ndarray):
+                    raw = raw.tobytes() if raw.dtype.kind in "SV" else bytes(raw)
+                tags.update(parse_header(raw))
+            except ValueError as exc:
+                raise StudyReadError(where, str(exc)) from None
+            except OSError as exc:
+                raise StudyReadError(where, f"cannot read ismrmrd_header ({_h5_reason(exc)})") from None
+        else:
+            notes.append("no ismrmrd_header: sequence, scanner and padding tags missing")
+
+        attrs = {k: _attr_value(v) for k, v in f.attrs.items()}
+        acquisition = attrs.get("acquisition")
+        if acquisition:
+            tags["acquisition"] = str(acquisition)
+            if str(acquisition) in _FAT_SAT_ACQUISITIONS:
+                tags["fat_sat"] = _FAT_SAT_ACQUISITIONS[str(acquisition)]
+        for key in ("max", "norm"):
+            if key in attrs:
+                try:
+                    tags[key] = float(attrs[key])
+                except (TypeError, ValueError):
+                    pass
+        patient_id = attrs.get("patient_id")
+        patient_id = str(patient_id) if patient_id not in (None, "") else None
+        tags["kspace_shape"] = list(shape[1:])
+        tags["n_coils"] = shape[1] if multicoil else 1
+
+        recon_key = next((k for k in _RECON_KEYS if k in f and isinstance(f[k], h5py.Dataset)), None)
+        if recon_key is not None:
+            rshape = tuple(f[recon_key].shape)
+            if len(rshape) != 3 or rshape[0] != n_slices:
+                notes.append(f"{recon_key} shape {rshape} does not match {n_slices} slices: ignored")
+                recon_key = None
+    except StudyReadError:
+        f.close()
+        raise
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
+        f.close()
+        raise StudyReadError(where, f"corrupt HDF5 file ({_h5_reason(exc)})") from None
+    f.close()
+
+    notes.extend(_width_notes(readout, width, tags))
+    reader = FastMRISliceReader(path, recon_key=recon_key)
+    return Study(
+        study_id=study_id or path.stem,
+        source=path,
+        format="fastmri_h5",
+        domain="kspace",
+        n_slices=n_slices,
+        modalities=("magnitude", "phase"),
+        slice_reader=reader,
+        tags=tags,
+        patient_id=patient_id,
+        notes=notes,
+    )
+
+
+def _width_notes(readout: int, width: int, tags: dict[str, Any]) -> list[str]:
+    """What the default crop will do with a (readout, width) slice, and the header's padding."""
+    notes: list[str] = []
+    crop_rows, crop_cols = DEFAULT_CROP
+    if readout != FASTMRI_READOUT:
+        action = "centre-cropped" if readout > crop_rows else "zero-filled" if readout < crop_rows else "kept whole"
+        notes.append(
+            f"readout of {readout} samples (fastMRI knee has {FASTMRI_READOUT}): "
+            f"image rows {action} to the {crop_rows} crop"
+        )
+    if width > crop_cols:
+        notes.append(f"W={width} wider than the {crop_cols} crop: centre-cropped")
+    elif width < crop_cols:
+        notes.append(f"W={width} narrower than the {crop_cols} crop: zero-filled")
+    else:
+        notes.append(f"W={width} equals the {crop_cols} crop: kept whole")
+    enc = tags.get("encoded_matrix")
+    if enc and int(enc[1]) != width:
+        notes.append(f"header encoded matrix y={enc[1]} differs from k-space width W={width}")
+    left, right = tags.get("padding_left"), tags.get("padding_right")
+    if left is not None and right is not None:
+        lo, hi = max(int(left), 0), min(int(right), width)
+        parts = []
+        if lo > 0:
+            parts.append(f"{lo} on the left (0..{lo - 1})")
+        if hi < width:
+            parts.append(f"{width - hi} on the right ({hi}..{width - 1})")
+        if parts:
+            notes.append("zero-padded k-space columns per header: " + " and ".join(parts))
+        else:
+            notes.append("no zero-padded k-space columns per header")
+    return notes
+
+
+def read_reconstruction(study: Study, index: int) -> np.ndarray | None:
+    """The stored ``reconstruction_esc`` / ``reconstruction_rss`` slice of a fastMRI study.
+
+    Returns (320, 320) float32 (the fastMRI reference magnitude), or None when the file has no
+    reconstruction or ``study`` is not a fastMRI h5 study.
+    """
+    reader = study.slice_reader
+    if not isinstance(reader, FastMRISliceReader):
+        return None
+    if not 0 <= index < study.n_slices:
+        raise IndexError(f"{study.source}: slice {index} out of range 0..{study.n_slices - 1}")
+    return reader.reconstruction(index)

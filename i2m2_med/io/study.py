@@ -28,6 +28,11 @@ Standard tag keys (absent when unknown; units in the names):
 ``enc_maximum``        int, kspace_encoding_step_1 maximum
 ``padding_left``       int, zero-padded columns on the left of k-space (fastMRI convention)
 ``padding_right``      int, first zero-padded column on the right
+``max`` ``norm``       floats, fastMRI h5 attrs (of the stored reconstruction)
+``protocol``           string, protocol / series description as the scanner named it
+``image_shape``        [H, W] of one image-domain slice (DICOM / NIfTI)
+``series_number``      int, DICOM SeriesNumber of the magnitude series
+``voxel_size_mm``      [x, y, z] NIfTI voxel size
 =====================  ===========================================================
 """
 
