@@ -43,3 +43,10 @@ class CheckpointError(I2M2Error):
 
 class UsageError(I2M2Error):
     """A bad argument on the command line or in a library call (negative count, wrong path...)."""
+
+
+class UndefinedMetricError(I2M2Error):
+    """A statistic is undefined for the data given (one class absent, empty split, too few cases).
+
+    Reports catch it and show its reason (e.g. "no positives in test split") instead of a number.
+    """
