@@ -1,0 +1,296 @@
+"""Model and training configuration: validated pydantic models loaded from YAML.
+
+Two configurations ship with the project (``pipelines/configs/``):
+
+* ``paper`` -- faithful to the I2M2 knee reference: PreActResNet-18 experts (3x3 stride-1 stem,
+  no max-pool, GroupNorm(32), blocks [2, 2, 2, 2], widths 64-512, adaptive average pool to
+  10x10, linear heads), 320x320 input, AdamW with the reference's per-expert learning rates and
+  weight decays, batch 16, early stopping (patience 5) on the mean validation AUROC.
+* ``cpu`` -- the same structure, compact (lower resolution and width), trains on 2 CPU cores in
+  minutes; the embedded default.
+
+:func:`load_config` takes ``"cpu"``, ``"paper"`` or a path to a YAML file. Every key is checked:
+an unknown key or an ill-typed value raises :class:`~i2m2_med.errors.ConfigError` with one line
+``<file>: <key.path>: <what was expected>``. Types are strict (no silent ``"3"`` -> 3, no
+``1`` -> ``True``); an integer is accepted where a float is expected, and YAML's ``1e-5`` (which
+YAML 1.1 reads as a string) is read as a number.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from i2m2_med.errors import ConfigError
+
+SHIPPED_CONFIGS: tuple[str, ...] = ("cpu", "paper")
+AGGREGATION_RULES: tuple[str, ...] = ("max", "mean", "top3_mean")
+"""Slice -> study aggregation of p(y=1) per head: the largest slice score, the mean over slices,
+or the mean of the three largest (all slices when a study has fewer than three)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ImageExpertConfig(_Strict):
+    """A pre-activation ResNet image expert (also the backbone of the joint model).
+
+    Stem: ``Conv2d(in_channels, stem_width, 3, stride=stem_stride, padding=1)``, no max-pool.
+    Stage ``i`` has ``blocks[i]`` pre-activation basic blocks of width ``widths[i]``; stage 0 keeps
+    the resolution, every later stage halves it (stride 2 in its first block). Normalisation is
+    ``GroupNorm(groups, C)``. The last feature map is average-pooled to ``pool_size x pool_size``,
+    flattened, passed through dropout ``dropout`` and a linear layer to 4 heads x 2 classes.
+    ``final_norm`` adds a GroupNorm + ReLU before the pool (the reference has none).
+    """
+
+    kind: Literal["preact_resnet"] = "preact_resnet"
+    stem_width: int = Field(64, ge=1)
+    stem_stride: int = Field(1, ge=1, le=4)
+    blocks: list[int] = Field(default_factory=lambda: [2, 2, 2, 2], min_length=1, max_length=8)
+    widths: list[int] = Field(default_factory=lambda: [64, 128, 256, 512], min_length=1, max_length=8)
+    norm: Literal["group"] = "group"
+    groups: int = Field(32, ge=1)
+    pool_size: int = Field(10, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    final_norm: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ImageExpertConfig":
+        if len(self.blocks) != len(self.widths):
+            raise ValueError(f"blocks ({len(self.blocks)} stages) and widths ({len(self.widths)} stages) must have the same length")
+        if any(b < 1 for b in self.blocks) or any(w < 1 for w in self.widths):
+            raise ValueError("every stage needs at least one block and a positive width")
+        for width in [self.stem_width, *self.widths]:
+            if width % self.groups:
+                raise ValueError(f"groups={self.groups} must divide every width (stem_width and widths); {width} is not a multiple")
+        return self
+
+    def feature_size(self, image_size: int) -> int:
+        """Side (pixels) of the last stage's feature map for an ``image_size`` input."""
+        side = -(-image_size // self.stem_stride)
+        for _ in self.widths[1:]:
+            side = -(-side // 2)
+        return side
+
+
+class TabularExpertConfig(_Strict):
+    """An MLP over the tabular vector: Linear -> ReLU -> Dropout per hidden size, then Linear to 4x2."""
+
+    hidden: list[int] = Field(default_factory=lambda: [64, 64], max_length=8)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _positive(self) -> "TabularExpertConfig":
+        if any(h < 1 for h in self.hidden):
+            raise ValueError("hidden sizes must be positive")
+        return self
+
+
+class JointConfig(_Strict):
+    """The inter-modality (joint) model: magnitude and phase as two input channels of one image
+    backbone (early fusion, as in the reference), with the tabular vector fused by
+
+    * ``film``: a tabular MLP (``tabular_hidden``) yields a per-channel scale and shift for the
+      output of every stage, ``h <- h * (1 + gamma) + beta``, initialised to the identity;
+    * ``concat``: the tabular embedding is concatenated to the pooled image features before the
+      heads;
+    * ``none``: no tabular input (also what the ``i2m2-notab`` variant uses).
+    """
+
+    tabular_fusion: Literal["film", "concat", "none"] = "film"
+    tabular_hidden: int = Field(32, ge=1)
+
+
+class ModelConfig(_Strict):
+    image_expert: ImageExpertConfig = Field(default_factory=ImageExpertConfig)
+    tabular_expert: TabularExpertConfig = Field(default_factory=TabularExpertConfig)
+    joint: JointConfig = Field(default_factory=JointConfig)
+    prior: bool = False
+    """Add a learned class prior log p(y) per head (a ``"prior"`` term of the product)."""
+
+
+class OptimSettings(_Strict):
+    lr: float = Field(gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+
+
+class OptimConfig(_Strict):
+    """AdamW with one parameter group per expert (see ``models.registry.per_expert_param_groups``)."""
+
+    optimizer: Literal["adamw"] = "adamw"
+    betas: list[float] = Field(default_factory=lambda: [0.9, 0.999], min_length=2, max_length=2)
+    magnitude: OptimSettings = OptimSettings(lr=1e-5, weight_decay=1e-3)
+    phase: OptimSettings = OptimSettings(lr=1e-4, weight_decay=1e-1)
+    tabular: OptimSettings = OptimSettings(lr=1e-3, weight_decay=1e-2)
+    joint: OptimSettings = OptimSettings(lr=1e-4, weight_decay=1e-2)
+    prior: OptimSettings = OptimSettings(lr=1e-3, weight_decay=0.0)
+    scheduler: Literal["none", "cosine"] = "none"
+    gradient_clip_val: float | None = Field(None, gt=0.0)
+
+
+class EarlyStoppingConfig(_Strict):
+    monitor: str = "val_auroc_mean"
+    """Name of the logged metric; ``val_auroc_mean`` is the mean slice-level validation AUROC over
+    the four heads of the combined (product) prediction."""
+    mode: Literal["max", "min"] = "max"
+    patience: int = Field(5, ge=0)
+
+
+class TrainingConfig(_Strict):
+    batch_size: int = Field(16, ge=1)
+    max_epochs: int = Field(50, ge=1)
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    class_weighting: Literal["none", "loss", "sampler", "both"] = "loss"
+    """``loss``: per-head class weights (inverse training frequency) in the NLL; ``sampler``: a
+    weighted random sampler over slices; ``both``; ``none``."""
+    warm_start: bool = False
+    """Train each expert of the variant alone first, then initialise the product from them and
+    fine-tune it end to end (the paper's AV-MNIST recipe); otherwise train the product end to end
+    from scratch (the knee reference)."""
+    warm_start_epochs: int = Field(5, ge=1)
+    aggregation: Literal["max", "mean", "top3_mean"] = "top3_mean"
+    num_workers: int = Field(0, ge=0)
+    cache_size: int = Field(512, ge=0)
+    """Slices kept in memory by the data loader (per worker); bounds memory independently of the
+    cohort size."""
+    precision: Literal["32-true", "16-mixed", "bf16-mixed"] = "32-true"
+    val_fraction: float = Field(0.15, gt=0.0, lt=1.0)
+    test_fraction: float = Field(0.15, gt=0.0, lt=1.0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _fractions(self) -> "TrainingConfig":
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError("val_fraction + test_fraction must leave subjects for training (sum < 1)")
+        return self
+
+
+class Config(_Strict):
+    """The whole configuration of a model and its training."""
+
+    name: str = "custom"
+    image_size: int = Field(320, ge=8, le=1024)
+    """Side of the square magnitude / phase images (pixels), centre-cropped / resized upstream."""
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+
+    @model_validator(mode="after")
+    def _pool_fits(self) -> "Config":
+        side = self.model.image_expert.feature_size(self.image_size)
+        if self.model.image_expert.pool_size > side:
+            raise ValueError(
+                f"model.image_expert.pool_size={self.model.image_expert.pool_size} exceeds the last "
+                f"feature map ({side}x{side} for image_size={self.image_size})"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/YAML-serialisable dict; ``config_from_dict(c.to_dict()) == c``."""
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def with_updates(self, **dotted: Any) -> "Config":
+        """A copy with dotted keys replaced and re-validated, e.g.
+        ``c.with_updates(**{"training.max_epochs": 3})``; raises ConfigError on a bad key."""
+        data = self.to_dict()
+        for key, value in dotted.items():
+            node = data
+            parts = key.split(".")
+            for part in parts[:-1]:
+                if not isinstance(node.get(part), dict):
+                    raise ConfigError("config override", f"{key}: unknown key")
+                node = node[part]
+            if parts[-1] not in node:
+                raise ConfigError("config override", f"{key}: unknown key")
+            node[parts[-1]] = value
+        return config_from_dict(data, where="config override")
+
+
+# ---- loading ------------------------------------------------------------------------------
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-5`` (no dot) as a float, as YAML 1.2 does."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def _format_error(err: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in err.get("loc", ()))
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        return f"{loc}: unknown key"
+    msg = str(err.get("msg", "invalid value"))
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if "input" in err and kind != "missing" and not isinstance(err["input"], dict):
+        msg = f"{msg} (got {err['input']!r})"
+    return f"{loc}: {msg}" if loc else msg
+
+
+def config_from_dict(data: Any, where: str | os.PathLike = "config") -> Config:
+    """Validate a plain dict (as read from YAML) into a :class:`Config`; ConfigError otherwise."""
+    if not isinstance(data, dict):
+        raise ConfigError(where, f"expected a mapping of config keys at the top level, got {type(data).__name__}")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = _format_error(errors[0])
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ConfigError(where, first + more) from None
+
+
+def shipped_config_path(name: str) -> Path:
+    """Path of a shipped config (``cpu`` or ``paper``) inside the installed ``pipelines`` package."""
+    if name not in SHIPPED_CONFIGS:
+        raise ConfigError(name, f"unknown config name; expected one of {', '.join(SHIPPED_CONFIGS)} or a YAML file path")
+    return Path(str(resources.files("pipelines").joinpath("configs", f"{name}.yaml")))
+
+
+def load_config(name_or_path: str | os.PathLike) -> Config:
+    """``"cpu"`` / ``"paper"`` (the shipped configs) or a path to a YAML file -> a validated Config.
+
+    Raises ConfigError(file, "<key.path>: <expected>") for a missing or unreadable file, invalid
+    YAML, an unknown key or an ill-typed value.
+    """
+    text_name = os.fspath(name_or_path)
+    if isinstance(name_or_path, str) and text_name in SHIPPED_CONFIGS:
+        path = shipped_config_path(text_name)
+    else:
+        path = Path(text_name)
+        if not path.is_file():
+            raise ConfigError(
+                path, f"no such config file (shipped configs: {', '.join(SHIPPED_CONFIGS)})"
+            )
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_YamlLoader)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, f"cannot read: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(path, f"invalid YAML{line}: {getattr(exc, 'problem', None) or exc}") from None
+    return config_from_dict(data, where=path)

@@ -1,0 +1,289 @@
+"""Model variants by name (the ablation grid) and the model that runs them.
+
+=============  =========================================  ======================================
+variant        experts (terms of the product)             modalities needed
+=============  =========================================  ======================================
+``mag``        magnitude                                  magnitude
+``phase``      phase                                      phase
+``tab``        tabular                                    tabular
+``intra``      magnitude, phase, tabular                  each expert its own
+``inter``      joint (magnitude+phase early fusion,       magnitude, phase (+ tabular when
+               tabular fused by FiLM / concat)            ``n_tabular > 0`` and fusion != none)
+``i2m2``       magnitude, phase, tabular, joint           as above
+``i2m2-notab`` magnitude, phase, joint (images only:      magnitude, phase
+               the joint model does not fuse tabular)
+=============  =========================================  ======================================
+
+Missing modalities: an expert runs only when every modality it needs is in the batch; otherwise it
+is dropped from the product and listed in ``I2M2Output.dropped``. The joint model therefore drops
+out when magnitude, phase, or (when it fuses it) the tabular vector is missing: it was trained
+with all of them, and feeding it a placeholder would be zero-filling in disguise. When no expert
+of the variant can run, :class:`~i2m2_med.errors.UsageError` says which modalities are missing.
+
+A modality may also be absent for only some samples of a batch: ``batch["present"][m]`` as a bool
+tensor ``[B]`` (the collated form of the per-sample ``present`` dict). The expert then runs on the
+whole batch, but its term is excluded for those samples (``I2M2Output.mask``); a sample left with
+no expert raises UsageError.
+
+State-dict keys are ``experts.<name>.*`` (and ``prior.logits``) in every variant, so an expert
+trained alone (e.g. variant ``mag``) loads into the same expert of ``i2m2`` (warm start, see
+:meth:`I2M2Model.load_experts_from`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from i2m2_med.config import Config
+from i2m2_med.errors import UsageError
+from i2m2_med.heads import HEADS
+from i2m2_med.models.experts import ImageExpert, JointModel, TabularExpert
+from i2m2_med.models.product import I2M2Output, Prior, combine
+
+MODALITIES: tuple[str, ...] = ("magnitude", "phase", "tabular")
+EXPERTS: tuple[str, ...] = ("magnitude", "phase", "tabular", "joint")
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "mag": ("magnitude",),
+    "phase": ("phase",),
+    "tab": ("tabular",),
+    "intra": ("magnitude", "phase", "tabular"),
+    "inter": ("joint",),
+    "i2m2": ("magnitude", "phase", "tabular", "joint"),
+    "i2m2-notab": ("magnitude", "phase", "joint"),
+}
+VARIANT_TITLES: dict[str, str] = {
+    "mag": "Magnitude expert",
+    "phase": "Phase expert",
+    "tab": "Tabular expert",
+    "intra": "Intra-modality (product of unimodal experts)",
+    "inter": "Inter-modality (joint model)",
+    "i2m2": "I2M2 (unimodal experts x joint model)",
+    "i2m2-notab": "I2M2 without tabular data",
+}
+_JOINT_FUSES_TABULAR: dict[str, bool] = {"inter": True, "i2m2": True, "i2m2-notab": False}
+
+
+def variant_experts(variant: str) -> tuple[str, ...]:
+    """The experts of a variant, in the order of ``I2M2Output.terms``; UsageError if unknown."""
+    if variant not in VARIANTS:
+        raise UsageError(f"variant {variant!r}", f"unknown variant; expected one of {', '.join(VARIANTS)}")
+    return VARIANTS[variant]
+
+
+class I2M2Model(nn.Module):
+    """A variant: its experts (``nn.ModuleDict`` keyed by expert name) and an optional prior.
+
+    ``forward(batch) -> I2M2Output`` where ``batch`` is a mapping with (each optional, at least one
+    expert's inputs required):
+
+    * ``"magnitude"``: float tensor ``[B, 1, H, W]``;
+    * ``"phase"``: float tensor ``[B, 1, H, W]`` (radians);
+    * ``"tabular"``: float tensor ``[B, n_tabular]``;
+    * ``"present"``: mapping modality -> bool or bool tensor ``[B]`` (default: True for every
+      modality key in the batch).
+
+    Other keys (``labels``, ``study_id``, ``slice``...) are ignored.
+    """
+
+    def __init__(self, variant: str, config: Config, n_tabular: int):
+        super().__init__()
+        experts = variant_experts(variant)
+        if n_tabular < 0:
+            raise UsageError(f"variant {variant!r}", f"n_tabular must be >= 0, got {n_tabular}")
+        if "tabular" in experts and n_tabular == 0:
+            raise UsageError(
+                f"variant {variant!r}",
+                "needs tabular features but n_tabular is 0; use 'mag', 'phase', 'inter' or 'i2m2-notab' for images only",
+            )
+        self.variant = variant
+        self.config = config
+        self.n_tabular = int(n_tabular)
+        mcfg = config.model
+        modules: dict[str, nn.Module] = {}
+        for name in experts:
+            if name in ("magnitude", "phase"):
+                modules[name] = ImageExpert(1, mcfg.image_expert)
+            elif name == "tabular":
+                modules[name] = TabularExpert(n_tabular, mcfg.tabular_expert)
+            else:
+                fuse = _JOINT_FUSES_TABULAR[variant]
+                modules[name] = JointModel(mcfg.image_expert, mcfg.joint, n_tabular if fuse else 0)
+        self.experts = nn.ModuleDict(modules)
+        self.prior = Prior(len(HEADS)) if mcfg.prior else None
+
+    # ---- structure -------------------------------------------------------------------------
+
+    @property
+    def expert_names(self) -> tuple[str, ...]:
+        return tuple(self.experts.keys())
+
+    def required_modalities(self, expert: str) -> tuple[str, ...]:
+        """Modalities an expert of this model needs, e.g. ``("magnitude", "phase", "tabular")``."""
+        if expert == "joint":
+            joint = self.experts["joint"]
+            return ("magnitude", "phase", "tabular") if joint.uses_tabular else ("magnitude", "phase")
+        if expert not in EXPERTS:
+            raise UsageError(f"expert {expert!r}", f"unknown expert; expected one of {', '.join(EXPERTS)}")
+        return (expert,)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """Every modality some expert of this model reads."""
+        needed = {m for e in self.expert_names for m in self.required_modalities(e)}
+        return tuple(m for m in MODALITIES if m in needed)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready summary: variant, experts and the modalities each needs, parameter counts."""
+        return {
+            "variant": self.variant,
+            "experts": {e: list(self.required_modalities(e)) for e in self.expert_names},
+            "prior": self.prior is not None,
+            "n_tabular": self.n_tabular,
+            "parameters": {e: sum(p.numel() for p in m.parameters()) for e, m in self.experts.items()},
+        }
+
+    # ---- forward ---------------------------------------------------------------------------
+
+    def _presence(self, batch: Mapping[str, Any], batch_size: int, device: torch.device) -> dict[str, Tensor]:
+        """modality -> bool [B] for the modalities present in the batch (all-False ones removed)."""
+        flags = batch.get("present") or {}
+        if isinstance(flags, (list, tuple)):  # per-sample dicts, uncollated
+            if len(flags) != batch_size or not all(isinstance(f, Mapping) for f in flags):
+                raise UsageError("batch", f"present must be a mapping or {batch_size} per-sample mappings")
+            flags = {m: torch.tensor([bool(f.get(m, True)) for f in flags]) for m in MODALITIES}
+        out: dict[str, Tensor] = {}
+        for m in MODALITIES:
+            if batch.get(m) is None:
+                continue
+            flag = flags.get(m, True) if isinstance(flags, Mapping) else True
+            if isinstance(flag, Tensor):
+                flag = flag.to(device=device, dtype=torch.bool).reshape(-1)
+                if flag.numel() == 1:
+                    flag = flag.expand(batch_size)
+            else:
+                flag = torch.as_tensor(flag, dtype=torch.bool, device=device).reshape(-1).expand(batch_size)
+            if flag.numel() != batch_size:
+                raise UsageError("batch", f"present[{m!r}] has {flag.numel()} entries for a batch of {batch_size}")
+            if bool(flag.any()):
+                out[m] = flag
+        return out
+
+    def _check_inputs(self, batch: Mapping[str, Any]) -> int:
+        sizes = {}
+        for m in ("magnitude", "phase"):
+            x = batch.get(m)
+            if x is None:
+                continue
+            if not isinstance(x, Tensor) or x.ndim != 4 or x.shape[1] != 1:
+                shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+                raise UsageError("batch", f"{m} must be a float tensor [B, 1, H, W], got {shape}")
+            sizes[m] = x.shape[0]
+        t = batch.get("tabular")
+        if t is not None and "tabular" in self.modalities:
+            if not isinstance(t, Tensor) or t.ndim != 2 or t.shape[1] != self.n_tabular:
+                shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+                raise UsageError("batch", f"tabular must be a float tensor [B, {self.n_tabular}], got {shape}")
+            sizes["tabular"] = t.shape[0]
+        if len(set(sizes.values())) > 1:
+            raise UsageError("batch", f"modalities disagree on the batch size: {sizes}")
+        if not sizes:
+            raise UsageError(
+                f"variant {self.variant!r}",
+                f"no expert can run: the batch has none of {', '.join(self.modalities)}",
+            )
+        return next(iter(sizes.values()))
+
+    def forward(self, batch: Mapping[str, Any]) -> I2M2Output:
+        batch_size = self._check_inputs(batch)
+        device = next(self.parameters()).device
+        present = self._presence(batch, batch_size, device)
+        terms: dict[str, Tensor] = {}
+        logits: dict[str, Tensor] = {}
+        mask: dict[str, Tensor] = {}
+        dropped: list[str] = []
+        for name, expert in self.experts.items():
+            needs = self.required_modalities(name)
+            if any(m not in present for m in needs):
+                dropped.append(name)
+                continue
+            if name in ("magnitude", "phase"):
+                z = expert(batch[name].float())
+            elif name == "tabular":
+                z = expert(batch["tabular"].float())
+            else:
+                tab = batch["tabular"].float() if expert.uses_tabular else None
+                z = expert(batch["magnitude"].float(), batch["phase"].float(), tab)
+            logits[name] = z
+            terms[name] = F.log_softmax(z, dim=-1)
+            usable = torch.stack([present[m] for m in needs]).all(dim=0)
+            if not bool(usable.all()):
+                mask[name] = usable
+        if not terms:
+            missing = sorted({m for e in self.expert_names for m in self.required_modalities(e)} - set(present))
+            raise UsageError(
+                f"variant {self.variant!r}",
+                f"no expert can run: missing {', '.join(missing)} (experts {', '.join(self.expert_names)})",
+            )
+        if mask:
+            covered = torch.zeros(batch_size, dtype=torch.bool, device=device)
+            for name in terms:
+                covered |= mask.get(name, torch.ones_like(covered))
+            if not bool(covered.all()):
+                raise UsageError(
+                    f"variant {self.variant!r}",
+                    f"no expert can run for {int((~covered).sum())} sample(s) of the batch (their modalities are marked absent)",
+                )
+        if self.prior is not None:
+            terms["prior"] = self.prior(batch_size)
+        return I2M2Output(terms=terms, combined=combine(terms, mask or None), dropped=dropped, mask=mask, logits=logits)
+
+    @torch.no_grad()
+    def predict(self, batch: Mapping[str, Any]) -> I2M2Output:
+        """Inference: eval mode, no gradients, detached output (train mode restored after)."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self.forward(batch).detach()
+        finally:
+            self.train(was_training)
+
+    # ---- warm start ------------------------------------------------------------------------
+
+    def load_experts_from(self, other: "I2M2Model", experts: tuple[str, ...] | None = None) -> list[str]:
+        """Copy the weights of experts shared with ``other`` (same name, same shapes), e.g. from a
+        ``mag`` model into ``i2m2``. Returns the names copied; UsageError on a shape mismatch."""
+        names = [e for e in (experts or self.expert_names) if e in self.experts and e in other.experts]
+        for name in names:
+            try:
+                self.experts[name].load_state_dict(other.experts[name].state_dict(), strict=True)
+            except RuntimeError as exc:
+                first = str(exc).strip().splitlines()
+                raise UsageError(f"expert {name!r}", f"cannot warm-start from variant {other.variant!r}: {first[-1] if first else exc}") from None
+        return names
+
+
+def build_model(variant: str, config: Config, n_tabular: int) -> I2M2Model:
+    """The model of a variant (``mag``, ``phase``, ``tab``, ``intra``, ``inter``, ``i2m2``,
+    ``i2m2-notab``) for ``config`` and ``n_tabular`` tabular features (0: none)."""
+    return I2M2Model(variant, config, n_tabular)
+
+
+def per_expert_param_groups(model: I2M2Model, config: Config | None = None) -> list[dict[str, Any]]:
+    """AdamW parameter groups, one per expert (and the prior), with that expert's ``lr`` and
+    ``weight_decay`` from ``config.optim`` (default: the model's config). Each group carries a
+    ``"name"`` key. Use: ``torch.optim.AdamW(per_expert_param_groups(m, c), betas=c.optim.betas)``.
+    """
+    optim = (config or model.config).optim
+    groups = []
+    for name, expert in model.experts.items():
+        settings = getattr(optim, name)
+        params = [p for p in expert.parameters() if p.requires_grad]
+        if params:
+            groups.append({"name": name, "params": params, "lr": settings.lr, "weight_decay": settings.weight_decay})
+    if model.prior is not None:
+        groups.append({"name": "prior", "params": [model.prior.logits], "lr": optim.prior.lr, "weight_decay": optim.prior.weight_decay})
+    return groups
