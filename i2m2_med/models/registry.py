@@ -1,18 +1,18 @@
 """Model variants by name (the ablation grid) and the model that runs them.
 
-=============  =========================================  ======================================
-variant        experts (terms of the product)             modalities needed
-=============  =========================================  ======================================
-``mag``        magnitude                                  magnitude
-``phase``      phase                                      phase
-``tab``        tabular                                    tabular
-``intra``      magnitude, phase, tabular                  each expert its own
-``inter``      joint (magnitude+phase early fusion,       magnitude, phase (+ tabular when
-               tabular fused by FiLM / concat)            ``n_tabular > 0`` and fusion != none)
-``i2m2``       magnitude, phase, tabular, joint           as above
-``i2m2-notab`` magnitude, phase, joint (images only:      magnitude, phase
-               the joint model does not fuse tabular)
-=============  =========================================  ======================================
+===============  =========================================  ======================================
+variant          experts (terms of the product)             modalities needed
+===============  =========================================  ======================================
+``mag``          magnitude                                  magnitude
+``phase``        phase                                      phase
+``tab``          tabular                                    tabular
+``intra``        magnitude, phase, tabular                  each expert its own
+``inter``        joint (magnitude+phase early fusion,       magnitude, phase (+ tabular when
+                 tabular fused by FiLM / concat)            ``n_tabular > 0`` and fusion != none)
+``i2m2``         magnitude, phase, tabular, joint           as above
+``i2m2-notab``   magnitude, phase, joint (images only:      magnitude, phase
+                 the joint model does not fuse tabular)
+===============  =========================================  ======================================
 
 Missing modalities: an expert runs only when every modality it needs is in the batch; otherwise it
 is dropped from the product and listed in ``I2M2Output.dropped``. The joint model therefore drops
@@ -21,9 +21,9 @@ with all of them, and feeding it a placeholder would be zero-filling in disguise
 of the variant can run, :class:`~i2m2_med.errors.UsageError` says which modalities are missing.
 
 A modality may also be absent for only some samples of a batch: ``batch["present"][m]`` as a bool
-tensor ``[B]`` (the collated form of the per-sample ``present`` dict). The expert then runs on the
-whole batch, but its term is excluded for those samples (``I2M2Output.mask``); a sample left with
-no expert raises UsageError.
+tensor ``[B]`` (the collated form of the per-sample ``present`` dict), or ``batch["present"]`` as a
+list of per-sample dicts. The expert then runs on the whole batch, but its term is excluded for
+those samples (``I2M2Output.mask``); a sample left with no expert raises UsageError.
 
 State-dict keys are ``experts.<name>.*`` (and ``prior.logits``) in every variant, so an expert
 trained alone (e.g. variant ``mag``) loads into the same expert of ``i2m2`` (warm start, see
