@@ -36,6 +36,32 @@ def _root(
 # Each command imports its pipeline lazily so that `i2m2-med --help` stays fast.
 
 
+@app.command("synth")
+def synth_cmd(
+    out_dir: Path = typer.Argument(..., help="Folder to write the cohort into (created if missing)."),
+    volumes: int = typer.Option(..., "--volumes", help="Number of volumes (h5 studies) to generate."),
+    seed: int = typer.Option(..., "--seed", help="Seed: the same seed gives byte-identical k-space."),
+    regime: str = typer.Option("mixed", "--regime", help="Where the evidence lives: mixed, intra or inter."),
+    label_noise: float = typer.Option(0.0, "--label-noise", help="Fraction of slice labels flipped, in [0, 0.5)."),
+    multicoil: bool = typer.Option(False, "--multicoil", help="Multicoil k-space (S, C, 640, W) with reconstruction_rss."),
+    dicom: bool = typer.Option(False, "--dicom", help="Also write magnitude and phase DICOM series per study."),
+    nifti: bool = typer.Option(False, "--nifti", help="Also write magnitude and phase NIfTI volumes per study."),
+    workers: int = typer.Option(1, "--workers", help="Worker processes (the output does not depend on it)."),
+    slices: Optional[int] = typer.Option(None, "--slices", help="Fixed slices per volume, 8-64 (default: 30-46, drawn)."),
+    coils: int = typer.Option(15, "--coils", help="Coils with --multicoil."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+) -> None:
+    """Write a synthetic knee cohort in the fastMRI format (h5, fastMRI+ annotations, tabular, splits, manifest)."""
+    from pipelines import synthesize as pipeline
+
+    raise typer.Exit(
+        pipeline.run(
+            out_dir, volumes=volumes, seed=seed, regime=regime, label_noise=label_noise, multicoil=multicoil,
+            dicom=dicom, nifti=nifti, workers=workers, slices=slices, coils=coils, progress=progress,
+        )
+    )
+
+
 @app.command("inspect")
 def inspect_cmd(
     path: Path = typer.Argument(..., help="A study (h5, DICOM file or folder, NIfTI) or a folder of studies."),
@@ -53,11 +79,165 @@ def inspect_cmd(
     raise typer.Exit(pipeline.run(path, as_json=as_json, annotations=annotations, clinical=clinical))
 
 
+@app.command("diagnose")
+def diagnose_cmd(
+    input_dir: Path = typer.Argument(..., help="Folder (or file) of studies: fastMRI .h5, DICOM series, NIfTI, in any mix."),
+    out: Path = typer.Option(..., "--out", help="Output folder: predictions.csv, studies/<id>.json, sr/<id>.dcm."),
+    model: Optional[Path] = typer.Option(
+        None, "--model", help="Checkpoint file or training run folder (default: the bundled demo model)."
+    ),
+    keep_ids: bool = typer.Option(False, "--keep-ids", help="Keep the readers' study ids and patient ids instead of sha256 hashes."),
+    resume: bool = typer.Option(False, "--resume", help="Skip studies already done in OUT with the same model fingerprint."),
+    workers: int = typer.Option(
+        2, "--workers", min=0, help="Loading threads (read + transform) running ahead of the model, across studies; 0: load in the main thread."
+    ),
+    clinical: Optional[Path] = typer.Option(None, "--clinical", help="Clinical CSV joined by study id (age, sex, BMI, ...)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Slices per forward pass (default: the model's training batch size)."),
+    drop: list[str] = typer.Option(
+        [], "--drop", help="Withhold a modality from the model (magnitude, phase, tabular); repeatable."
+    ),
+    devices: Optional[int] = typer.Option(
+        None, "--devices", min=1, help="Processes / devices per node; >1 runs Lightning predict with DDP."
+    ),
+    num_nodes: int = typer.Option(1, "--num-nodes", min=1, help="Nodes for a multi-node DDP run."),
+    strategy: str = typer.Option("ddp", "--strategy", help="Lightning strategy for --devices/--num-nodes (ddp, ddp_spawn, ...)."),
+    accelerator: str = typer.Option("cpu", "--accelerator", help="Lightning accelerator for --devices (cpu, gpu, auto)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with ETA on stderr."),
+) -> None:
+    """Run a model over every study of a folder: per-study predictions, per-slice evidence, DICOM SR.
+
+    Exit codes: 0 every study succeeded; 2 some studies failed (error rows in predictions.csv say
+    why, the others are complete); 1 usage error (bad path or option, corrupt or mismatched
+    checkpoint, no study found); 130 interrupted (rerun with --resume to complete).
+    """
+    from pipelines import diagnose as pipeline
+
+    raise typer.Exit(
+        pipeline.run(
+            input_dir,
+            out,
+            model=model,
+            keep_ids=keep_ids,
+            resume=resume,
+            workers=workers,
+            clinical=clinical,
+            batch_size=batch_size,
+            drop_modalities=drop,
+            devices=devices,
+            num_nodes=num_nodes,
+            strategy=strategy,
+            accelerator=accelerator,
+            progress=progress,
+            debug=_state["debug"],
+        )
+    )
+
+
+@app.command("train")
+def train_cmd(
+    data: Path = typer.Option(..., "--data", help="Cohort folder: studies, annotations/knee.csv, optional tabular.csv and splits.csv."),
+    out: Path = typer.Option(..., "--out", help="Run folder: model.safetensors, metrics.json, predictions.csv, config.yaml, logs/."),
+    variant: str = typer.Option("i2m2", "--variant", help="mag, phase, tab, intra, inter, i2m2 or i2m2-notab."),
+    config: str = typer.Option("cpu", "--config", help="cpu, paper, or a YAML config file."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Maximum epochs (default: the config's)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of weights, shuffling and everything random."),
+    devices: int = typer.Option(1, "--devices", help="Devices (processes) per node; >1 needs --strategy ddp."),
+    num_nodes: int = typer.Option(1, "--num-nodes", help="Nodes of a multi-node DDP run."),
+    strategy: str = typer.Option("auto", "--strategy", help="Lightning strategy: auto, ddp, ddp_spawn, ..."),
+    accelerator: str = typer.Option("auto", "--accelerator", help="Lightning accelerator: auto, cpu, gpu."),
+    warm_start: Optional[bool] = typer.Option(
+        None, "--warm-start/--no-warm-start", help="Train each expert alone first, then fine-tune the product (default: the config's)."
+    ),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="fastMRI+ knee.csv (default: DATA/annotations/knee.csv)."),
+    clinical: Optional[Path] = typer.Option(None, "--clinical", help="Clinical CSV (default: DATA/tabular.csv when present)."),
+    splits: Optional[Path] = typer.Option(None, "--splits", help="Split CSV (default: DATA/splits.csv, else a sha256 split by subject)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Slices per batch (default: the config's)."),
+    num_workers: Optional[int] = typer.Option(None, "--num-workers", help="DataLoader workers (default: the config's)."),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log to TensorBoard (needs tensorboard installed)."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap replicates of the AUROC confidence intervals."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Train a variant on a cohort; write the checkpoint and metrics (slice- and study-level AUROC, per expert)."""
+    from pipelines import train as pipeline
+
+    for name, value in (("--epochs", epochs), ("--devices", devices), ("--num-nodes", num_nodes),
+                        ("--batch-size", batch_size), ("--n-boot", n_boot)):
+        if value is not None and value < 1:
+            from i2m2_med.errors import UsageError
+
+            raise UsageError(name, f"must be a positive integer, got {value}")
+    raise typer.Exit(
+        pipeline.run(
+            data, out, variant=variant, config=config, epochs=epochs, seed=seed, devices=devices,
+            num_nodes=num_nodes, strategy=strategy, warm_start=warm_start, progress=progress, labels=labels,
+            clinical=clinical, splits=splits, batch_size=batch_size, num_workers=num_workers, tensorboard=tensorboard,
+            accelerator=accelerator, n_boot=n_boot,
+        )
+    )
+
+
+@app.command("ablate")
+def ablate_cmd(
+    data: Path = typer.Option(..., "--data", help="Cohort folder (as for train): studies, annotations/knee.csv, optional tabular.csv, splits.csv, manifest.json."),
+    out: Path = typer.Option(..., "--out", help="Report folder: report.html (self-contained), results.json, tables/*.csv, runs/ (the cache)."),
+    variants: Optional[list[str]] = typer.Option(
+        None, "--variants", help="Variants to compare (repeatable or comma-separated; default: mag, phase, tab, intra, inter, i2m2, i2m2-notab)."
+    ),
+    seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="Seeds per variant (default 3; 1 with --quick)."),
+    config: str = typer.Option("cpu", "--config", help="cpu, paper, or a YAML config file."),
+    quick: bool = typer.Option(False, "--quick", help="Short ablation: 1 seed, fewer epochs, smaller bootstrap and regime cohorts."),
+    regime_study: Optional[bool] = typer.Option(
+        None, "--regime-study/--no-regime-study", help="Run the intra/inter/mixed regime study (default: when the data is a synthetic cohort)."
+    ),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Maximum epochs per run (default: the ablation's preset)."),
+    n_boot: Optional[int] = typer.Option(None, "--n-boot", min=1, help="Bootstrap replicates of CIs and paired tests (default 1000; 200 with --quick)."),
+    robustness: bool = typer.Option(True, "--robustness/--no-robustness", help="Missing-modality, undersampling and noise study."),
+    regime_volumes: Optional[int] = typer.Option(None, "--regime-volumes", min=3, help="Volumes of each regime-study cohort."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Cache folder of training runs and regime cohorts (default: OUT)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Print progress lines on stderr."),
+) -> None:
+    """Train every variant over the seeds and write the clinical ablation report (CIs, paired tests, calibration, robustness, regimes).
+
+    Exit codes: 0 report written (failed variants, empty splits and heads without positives are
+    shown in it with their reasons); 1 nothing could be done (bad folder, config or option);
+    130 interrupted (rerun the same command: finished runs are reused).
+    """
+    from pipelines import ablation as pipeline
+
+    raise typer.Exit(
+        pipeline.run(
+            data, out, variants=variants, seeds=seeds, config=config, quick=quick, regime_study=regime_study,
+            epochs=epochs, n_boot=n_boot, robustness=robustness, cache=cache, regime_volumes=regime_volumes,
+            progress=progress, argv=["i2m2-med", *_state.get("argv", sys.argv[1:])],
+        )
+    )
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Optional[Path] = typer.Option(None, "--out", help="Working folder for the cohort and the run (default: ./demo_out)."),
+    volumes: Optional[int] = typer.Option(None, "--volumes", help="Volumes of the synthetic demo cohort (default: the demo size)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the cohort and of the training."),
+    bundle: bool = typer.Option(True, "--bundle/--no-bundle", help="Write the model into the package (i2m2_med/assets/demo_model)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Synthesise the demo cohort, train the cpu i2m2 model and bundle it as the default model."""
+    from pipelines import demo as pipeline
+
+    raise typer.Exit(
+        pipeline.run(
+            out, volumes=pipeline.DEMO_VOLUMES if volumes is None else volumes, seed=seed, progress=progress,
+            bundle_model=bundle,
+        )
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
     from i2m2_med.errors import I2M2Error
 
     args = list(sys.argv[1:] if argv is None else argv)
+    _state["argv"] = args
     debug = "--debug" in args
     try:
         result = app(args=args, standalone_mode=False)
@@ -77,10 +257,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # click usage errors raised in non-standalone mode
         import click
 
-        if isinstance(exc, click.exceptions.ClickException):
+        # typer >= 0.29 raises its own vendored click's exceptions (typer._click), not click's
+        vendored = type(exc).__module__.startswith("typer.") and callable(getattr(exc, "show", None))
+        if isinstance(exc, click.exceptions.ClickException) or vendored:
             exc.show()
             return 1
-        if isinstance(exc, click.exceptions.Abort):
+        if isinstance(exc, click.exceptions.Abort) or type(exc).__name__ == "Abort":
             print("aborted", file=sys.stderr)
             return 130
         raise

@@ -1,0 +1,304 @@
+"""Page furniture shared by the app's pages: style, the research-use banner, settings, the model,
+identifiers (hashed unless the user opts in) and the study picker of the sidebar."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from viewer import compute, sources
+from viewer.paths import PathRefused, resolve_under
+from viewer.settings import Settings, load_settings
+
+BANNER = "RESEARCH USE ONLY - not for clinical diagnosis or treatment decisions."
+BANNER_DETAIL = ("Outputs are model estimates for research. The bundled model was trained on synthetic data only.")
+
+CSS = """
+<style>
+  .block-container {padding-top: 3.2rem; padding-bottom: 2rem; max-width: 1500px;}
+  .i2m2-banner {background: #fff4e6; border: 1px solid #ffc078; border-left: 6px solid #e8590c;
+    color: #7c2d12; padding: 0.45rem 0.9rem; border-radius: 6px; font-size: 0.92rem; margin-bottom: 0.6rem;}
+  .i2m2-banner b {letter-spacing: 0.04em;}
+  .i2m2-chips {display: flex; flex-wrap: wrap; gap: 0.35rem; margin: 0.15rem 0 0.6rem 0;}
+  .i2m2-chip {background: #f1f3f5; border: 1px solid #dee2e6; border-radius: 999px; padding: 0.1rem 0.6rem;
+    font-size: 0.8rem; color: #343a40;}
+  .i2m2-chip.missing {background: #fff5f5; border-color: #ffa8a8; color: #c92a2a;}
+  .i2m2-chip.ok {background: #ebfbee; border-color: #8ce99a; color: #2b8a3e;}
+  .i2m2-chip.withheld {background: #fff9db; border-color: #ffe066; color: #e67700;}
+  div[data-testid="stMetric"] {background: #ffffff; border: 1px solid #dee2e6; border-radius: 8px;
+    padding: 0.55rem 0.8rem 0.4rem 0.8rem;}
+  div[data-testid="stMetricValue"] {font-size: 1.8rem;}
+  .i2m2-pbar {height: 6px; background: #e9ecef; border-radius: 3px; overflow: hidden; margin: 0.15rem 0 0.1rem 0;}
+  .i2m2-pbar > div {height: 100%;}
+  .i2m2-small {font-size: 0.8rem; color: #495057;}
+  h3, h4 {margin-top: 0.6rem;}
+  section[data-testid="stSidebar"] .stRadio label {font-size: 0.92rem;}
+</style>
+"""
+
+
+def style() -> None:
+    st.markdown(CSS, unsafe_allow_html=True)
+
+
+def banner() -> None:
+    """The research-use banner, at the top of every page."""
+    st.markdown(
+        f'<div class="i2m2-banner" role="alert"><b>{BANNER}</b> {BANNER_DETAIL}</div>',
+        unsafe_allow_html=True,
+    )
+
+
+def settings() -> Settings:
+    return load_settings()
+
+
+def show_settings_problems(cfg: Settings) -> None:
+    for line in cfg.problems:
+        st.sidebar.warning(line)
+
+
+# ---- identifiers -------------------------------------------------------------------------------------
+
+
+def hash_id(text: str) -> str:
+    """The de-identified form of an id: the first 16 hex digits of its SHA-256 (the rule of
+    ``i2m2-med diagnose``, so ids match its outputs)."""
+    return hashlib.sha256(str(text).encode("utf-8")).hexdigest()[:16]
+
+
+def show_identifiers() -> bool:
+    return bool(st.session_state.get("show_ids", False))
+
+
+def looks_hashed(text: str) -> bool:
+    """True for the 16-hex-digit ids that ``diagnose`` writes (``-2``, ``-3`` suffixes allowed)."""
+    head = str(text).split("-", 1)[0]
+    return len(head) == 16 and all(c in "0123456789abcdef" for c in head)
+
+
+def display_id(study_id: str, from_batch: bool = False) -> str:
+    """The study id as shown: hashed unless the user opted in to identifiers. Ids from a batch
+    result are already hashed unless that run kept them (``--keep-ids``); those are hashed here."""
+    if show_identifiers() or (from_batch and looks_hashed(study_id)):
+        return str(study_id)
+    return hash_id(study_id)
+
+
+# ---- the model -------------------------------------------------------------------------------------------
+
+
+def model_or_stop(cfg: Settings) -> compute.LoadedModel:
+    """The configured model (cached); stops the page with one clear line when there is none."""
+    from i2m2_med.errors import I2M2Error
+
+    try:
+        checkpoint, stamp = compute.model_location(cfg.model_path)
+        return compute.load_model(checkpoint, stamp, cfg.model_path is None)
+    except I2M2Error as exc:
+        st.error(f"The model cannot be loaded. {exc.one_line()}")
+        st.stop()
+        raise  # unreachable: st.stop() ends the run
+
+
+def model_caption(lm: compute.LoadedModel) -> str:
+    meta = lm.meta
+    origin = "bundled demo model (synthetic training data)" if lm.bundled else Path(lm.path).name
+    return (f"Model: **{meta.variant}** - {origin}  \n"
+            f"fingerprint `{lm.fingerprint}` - i2m2-med {meta.project_version} - "
+            f"{meta.config.image_size}x{meta.config.image_size} input")
+
+
+# ---- the study picker --------------------------------------------------------------------------------
+
+SOURCES = ("Demo studies", "Data folder", "Upload")
+BATCH_SOURCE = "Batch result"
+
+
+@st.cache_resource(show_spinner="Generating the demo studies (first run only)...")
+def demo_studies(cache_dir: str) -> list[sources.StudyRef]:
+    folder = sources.ensure_demo(Path(cache_dir))
+    return sources.demo_refs(folder)
+
+
+@st.cache_resource(show_spinner="Scanning the folder...", max_entries=16)
+def scan(path: str, token: str, root: str) -> tuple[list[sources.FoundStudy], list[str]]:
+    return sources.scan_folder(Path(path), Path(root))
+
+
+def _close_upload() -> None:
+    upload = st.session_state.pop("upload", None)
+    if upload is not None:
+        upload.close()
+
+
+def _pick_demo(cfg: Settings) -> sources.StudyRef | None:
+    try:
+        refs = demo_studies(str(cfg.cache_dir))
+    except Exception as exc:  # the generator failing must not take the app down
+        st.sidebar.error(f"The demo studies could not be generated: {exc}")
+        return None
+    if not refs:
+        st.sidebar.error("No demo study was generated.")
+        return None
+    labels = [r.label for r in refs]
+    choice = st.sidebar.selectbox("Demo study", labels, key="demo_choice")
+    return refs[labels.index(choice)]
+
+
+def _pick_root(cfg: Settings) -> sources.StudyRef | None:
+    if not cfg.data_roots:
+        st.sidebar.info("No data folder is configured. Start the app with `I2M2_DATA_ROOT=/path/to/studies` "
+                        "to open studies from it (only paths inside it are opened).")
+        return None
+    roots = [str(r) for r in cfg.data_roots]
+    root = roots[0] if len(roots) == 1 else st.sidebar.selectbox("Data root", roots, key="root_choice")
+    if len(roots) == 1:
+        st.sidebar.caption(f"Data root: `{root}`")
+    sub = st.sidebar.text_input("Folder or file inside the data root", key="root_path",
+                                placeholder="e.g. knee_exports/2024 (empty: the whole root)")
+    if st.sidebar.button("Scan", key="root_scan", width="stretch"):
+        try:
+            target = resolve_under(cfg.data_roots, sub, root=Path(root))
+        except PathRefused as exc:
+            st.session_state["root_error"] = str(exc)
+            st.session_state.pop("root_scan_target", None)
+        else:
+            st.session_state.pop("root_error", None)
+            st.session_state["root_scan_target"] = (str(target), root)
+    if st.session_state.get("root_error"):
+        st.sidebar.error(st.session_state["root_error"])
+        return None
+    target = st.session_state.get("root_scan_target")
+    if not target:
+        return None
+    path, root = target
+    try:
+        found, problems = scan(path, sources.file_token(Path(path)), root)
+    except Exception as exc:
+        st.sidebar.error(f"The folder could not be scanned: {exc}")
+        return None
+    if problems:
+        with st.sidebar.expander(f"{len(problems)} file(s) could not be read"):
+            for line in problems[:50]:
+                st.caption(line)
+    if not found:
+        st.sidebar.warning("No study found there (fastMRI .h5, DICOM series or NIfTI).")
+        return None
+    labels = [f"{f.ref.label} - {f.n_slices} slices" for f in found]
+    choice = st.sidebar.selectbox(f"Study ({len(found)} found)", labels, key="root_study")
+    return found[labels.index(choice)].ref
+
+
+def _pick_upload(cfg: Settings) -> sources.StudyRef | None:
+    limit = cfg.max_upload_bytes // (1 << 20)
+    file = st.sidebar.file_uploader(
+        "Upload a study", type=["h5", "hdf5", "nii", "gz", "zip"], key="upload_file",
+        help=f"A fastMRI .h5, a NIfTI volume (.nii / .nii.gz) or a .zip of one DICOM series; at most {limit} MB. "
+             "The file is kept in a private temporary folder while you view it and deleted afterwards.",
+    )
+    if file is None:
+        _close_upload()
+        st.session_state.pop("upload_error", None)
+        st.session_state.pop("upload_file_id", None)
+        return None
+    if st.session_state.get("upload_file_id") != file.file_id:
+        _close_upload()
+        st.session_state["upload_file_id"] = file.file_id
+        st.session_state.pop("upload_error", None)
+        try:
+            upload = sources.accept_upload(file.name, file.getvalue(), cfg.max_upload_bytes)
+        except sources.UploadRejected as exc:
+            st.session_state["upload_error"] = str(exc)
+        else:
+            st.session_state["upload"] = upload
+    if st.session_state.get("upload_error"):
+        st.sidebar.error(f"This file cannot be opened - {st.session_state['upload_error']}")
+        return None
+    upload = st.session_state.get("upload")
+    if upload is None or upload.closed:
+        return None
+    for line in upload.problems[:5]:
+        st.sidebar.caption(f"skipped {line}")
+    if len(upload.refs) == 1:
+        return upload.refs[0]
+    labels = [r.label for r in upload.refs]
+    choice = st.sidebar.selectbox("Series in the upload", labels, key="upload_series")
+    return upload.refs[labels.index(choice)]
+
+
+def study_picker(cfg: Settings) -> sources.StudyRef | None:
+    """The sidebar's choice of study: demo, data folder, upload, or the batch result the user
+    jumped from. Returns None while nothing is chosen."""
+    jump = st.session_state.pop("jump_ref", None)
+    if jump is not None:
+        st.session_state["batch_ref"] = jump
+        st.session_state["source"] = BATCH_SOURCE
+    options = list(SOURCES) + ([BATCH_SOURCE] if st.session_state.get("batch_ref") is not None else [])
+    if st.session_state.get("source") not in options:
+        st.session_state["source"] = options[0]
+    st.sidebar.markdown("#### Study")
+    source = st.sidebar.radio("Source", options, key="source", label_visibility="collapsed")
+    if source != "Upload" and st.session_state.get("upload") is not None:
+        _close_upload()
+        st.session_state.pop("upload_file_id", None)
+    if source == "Demo studies":
+        return _pick_demo(cfg)
+    if source == "Data folder":
+        return _pick_root(cfg)
+    if source == "Upload":
+        return _pick_upload(cfg)
+    ref = st.session_state.get("batch_ref")
+    st.sidebar.caption(f"From a batch run: `{ref.label}`")
+    return ref
+
+
+def chips(items: list[tuple[str, str]]) -> None:
+    """A row of small labels; each item is (text, kind) with kind '', 'ok', 'missing' or 'withheld'."""
+    import html
+
+    body = "".join(f'<span class="i2m2-chip {kind}">{html.escape(text)}</span>' for text, kind in items)
+    st.markdown(f'<div class="i2m2-chips">{body}</div>', unsafe_allow_html=True)
+
+
+def probability_bar(p: float) -> None:
+    colour = "#c92a2a" if p >= 0.5 else "#1864ab"
+    st.markdown(f'<div class="i2m2-pbar"><div style="width:{max(0.0, min(1.0, p)) * 100:.1f}%;background:{colour}"></div></div>',
+                unsafe_allow_html=True)
+
+
+def one_line(exc: BaseException) -> str:
+    from i2m2_med.errors import I2M2Error
+
+    if isinstance(exc, I2M2Error):
+        return exc.reason
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def study_summary(ref: sources.StudyRef) -> dict[str, Any]:
+    """What the page shows about a study besides the prediction (cached per study)."""
+    return _study_summary(ref.key, ref)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _study_summary(key: str, _ref: sources.StudyRef) -> dict[str, Any]:
+    study = sources.open_study(_ref)
+    return {
+        "study_id": str(study.study_id),
+        "patient_id": study.patient_id,
+        "format": str(study.format),
+        "domain": str(study.domain),
+        "n_slices": int(study.n_slices),
+        "modalities": list(study.modalities),
+        "missing": list(study.missing_modalities),
+        "labels": None if study.labels is None else study.labels.astype(bool),
+        "boxes": list(study.boxes),
+        "notes": list(study.notes),
+        "row0_inferior": sources.row0_is_inferior(study),
+        "clinical_table": sources.clinical_row(_ref, study) is not None,
+        "tags": {k: study.tags[k] for k in ("acquisition", "fat_sat", "field_strength_t", "vendor", "model", "n_coils")
+                 if k in study.tags},
+    }

@@ -1,0 +1,141 @@
+"""The regime study: I2M2 against the intra- and inter-modality models where the evidence lives
+within modalities (``intra``), across them (``inter``), or both (``mixed``).
+
+For each regime one synthetic cohort is generated (:func:`i2m2_med.synth.generate_cohort`, the
+same seed and size for all three, so the subjects and anatomy are the same and only the placement
+of the evidence differs), the variants of :data:`~i2m2_med.ablation.settings.REGIME_VARIANTS` are
+trained over the seeds (cached like the main grid), and their test predictions are compared:
+
+* per variant, the slice- and study-level mean AUROC over ACL/MTEAR/CART, mean and sd over seeds;
+* I2M2's margin over ``intra`` and over ``inter`` (difference of the seed-ensemble mean AUROCs)
+  with a paired bootstrap CI that resamples whole studies (slice level) or studies (study level);
+* the cohort's oracle ceiling on the same test slices: the AUROC of a perfect predictor of the
+  true findings against the annotated labels (from ``slice_labels.csv``; 1.0 without label
+  noise), and the generator's episode-level Bayes AUROCs of the regime's design;
+* the target ``I2M2 >= max(intra, inter) - tolerance`` on the seed means.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from i2m2_med.errors import UsageError
+from i2m2_med.heads import HEADS
+
+REGIMES: tuple[str, ...] = ("intra", "inter", "mixed")
+TARGET_TOLERANCE = 0.01
+
+Progress = Callable[[str], None]
+
+
+def regime_cohort_dir(root: str | os.PathLike, regime: str, n_volumes: int, seed: int, label_noise: float,
+                      n_slices: int | None = None) -> Path:
+    fixed = "" if n_slices is None else f"-k{int(n_slices)}"
+    return Path(root) / f"{regime}-v{int(n_volumes)}-s{int(seed)}-ln{float(label_noise):g}{fixed}"
+
+
+def cohort_is_complete(path: Path, regime: str, n_volumes: int, seed: int, label_noise: float) -> bool:
+    """True when ``path`` holds a finished cohort with these generator parameters (its manifest
+    is written last)."""
+    manifest = path / "manifest.json"
+    if not manifest.is_file():
+        return False
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    counts = data.get("counts") or {}
+    return (
+        data.get("regime") == regime
+        and int(data.get("seed", -1)) == int(seed)
+        and int(counts.get("volumes", -1)) == int(n_volumes)
+        and abs(float(data.get("label_noise", -1.0)) - float(label_noise)) < 1e-12
+    )
+
+
+def ensure_regime_cohort(root: str | os.PathLike, regime: str, n_volumes: int, seed: int, label_noise: float,
+                         progress: Progress | None = None, n_slices: int | None = None) -> Path:
+    """The folder of the regime's cohort, generated unless a complete one is already there
+    (``n_slices``: a fixed number of slices per volume, None for the generator's default)."""
+    from i2m2_med.synth import generate_cohort
+
+    path = regime_cohort_dir(root, regime, n_volumes, seed, label_noise, n_slices)
+    if cohort_is_complete(path, regime, n_volumes, seed, label_noise):
+        return path
+    if progress:
+        progress(f"generating the {regime}-regime cohort ({n_volumes} volumes)")
+    generate_cohort(path, int(n_volumes), int(seed), regime=regime, label_noise=float(label_noise), n_slices=n_slices)
+    return path
+
+
+def oracle_ceiling(cohort_dir: str | os.PathLike, study_ids: Any, split: str = "test") -> dict[str, Any]:
+    """The oracle ceiling on the slices of ``study_ids``: per head, the AUROC of the true
+    findings (``<head>_true`` of ``slice_labels.csv``) as scores against the annotated labels
+    (``<head>``), and their mean over ACL/MTEAR/CART. ``{"value": None, "reason"}`` without
+    ``slice_labels.csv``."""
+    import pandas as pd
+
+    from i2m2_med.evaluation import PATHOLOGY_HEADS, auroc_result
+
+    path = Path(cohort_dir) / "slice_labels.csv"
+    if not path.is_file():
+        return {"value": None, "reason": f"no slice_labels.csv in {cohort_dir}: the true findings are unknown"}
+    table = pd.read_csv(path, dtype={"study_id": str})
+    wanted = set(str(s) for s in np.asarray(study_ids).astype(str))
+    table = table[table["study_id"].isin(wanted)]
+    per: dict[str, Any] = {}
+    for head in HEADS:
+        res = auroc_result(table[head].to_numpy() > 0, table[f"{head}_true"].to_numpy(dtype=float), split=split, unit="slices")
+        per[head] = res.to_dict()
+    vals = [per[h]["value"] for h in PATHOLOGY_HEADS if per[h]["value"] is not None]
+    return {
+        "per_head": per,
+        "mean_pathologies": float(np.mean(vals)) if vals else None,
+        "slices": int(len(table)),
+        "what": "AUROC of the true findings against the annotated labels on the test slices",
+    }
+
+
+def regime_targets(per_regime: Mapping[str, Mapping[str, Any]], tolerance: float = TARGET_TOLERANCE, level: str = "slice") -> dict[str, Any]:
+    """The paper's claim per regime on the seed means of the mean AUROC over ACL/MTEAR/CART:
+    ``i2m2 >= max(intra, inter) - tolerance``. A regime where a value is missing says why."""
+    out: dict[str, Any] = {"tolerance": tolerance, "level": level, "per_regime": {}}
+    for regime, block in per_regime.items():
+        if block.get("value", 0) is None:
+            out["per_regime"][regime] = {"met": None, "reason": block.get("reason")}
+            continue
+        means = {}
+        missing = []
+        for v in ("i2m2", "intra", "inter"):
+            cell = ((block.get("variants") or {}).get(v) or {}).get("seed_summary", {}).get(level, {}).get("mean_pathologies", {})
+            means[v] = cell.get("mean")
+            if means[v] is None:
+                missing.append(f"{v}: {cell.get('reason') or (block.get('variants') or {}).get(v, {}).get('reason') or 'no result'}")
+        if missing:
+            out["per_regime"][regime] = {"met": None, "reason": "; ".join(missing), **means}
+            continue
+        best = max(means["intra"], means["inter"])
+        out["per_regime"][regime] = {
+            **means,
+            "best_other": best,
+            "margin_over_best": means["i2m2"] - best,
+            "met": bool(means["i2m2"] >= best - tolerance),
+        }
+    defined = [r["met"] for r in out["per_regime"].values() if r.get("met") is not None]
+    out["all_met"] = (all(defined) if len(defined) == len(out["per_regime"]) and defined else None)
+    if out["all_met"] is None:
+        out["all_met_reason"] = "not every regime has a result"
+    return out
+
+
+def check_regimes(regimes: Any) -> tuple[str, ...]:
+    out = tuple(regimes)
+    bad = [r for r in out if r not in REGIMES]
+    if bad:
+        raise UsageError("regimes", f"unknown regime {bad[0]!r}; use {', '.join(REGIMES)}")
+    return out

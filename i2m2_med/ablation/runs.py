@@ -1,0 +1,179 @@
+"""Training runs of the ablation grid, cached on disk.
+
+A run is identified by its *key*: the SHA-256 of the data fingerprint
+(:func:`i2m2_med.dataset.data_fingerprint`), the variant, the seed, the resolved configuration
+(epochs included) and the project version. It lives in ``CACHE_DIR/<variant>-s<seed>-<key[:12]>/``
+as an ordinary training run folder (``model.safetensors``, ``metrics.json``, ...; see
+:func:`i2m2_med.training.train`) plus ``ablation_run.json``, written last, which marks it
+complete. A later ablation with the same key reuses it: nothing is retrained unless the data, the
+config, the variant, the seed or the code version changed.
+
+A run that fails (unknown variant, a config that cannot train, an empty split, ...) is not cached:
+its :class:`RunRecord` carries ``status="failed"`` and the one-line reason, and the traceback is
+kept in ``error.txt`` of the run folder for whoever debugs it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from i2m2_med import __version__
+from i2m2_med.atomic import write_json, write_text
+from i2m2_med.config import Config
+from i2m2_med.errors import I2M2Error
+
+RUN_MARKER = "ablation_run.json"
+CHECKPOINT_NAME = "model.safetensors"
+CACHE_SCHEMA = 1
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class RunRecord:
+    """One (variant, seed) of the grid: where it lives and how it went.
+
+    ``status``: ``"trained"`` (now), ``"cached"`` (reused) or ``"failed"`` (``reason`` says why).
+    ``training``: epochs run, best epoch and validation AUROC, times, samples/s (from the run's
+    metrics.json) -- empty for a failed run.
+    """
+
+    variant: str
+    seed: int
+    key: str
+    run_dir: str
+    status: str
+    reason: str | None = None
+    seconds: float = 0.0
+    training: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("trained", "cached")
+
+    @property
+    def checkpoint(self) -> Path:
+        return Path(self.run_dir) / CHECKPOINT_NAME
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def config_hash(config: Config) -> str:
+    """SHA-256 (hex) of a resolved configuration's canonical JSON."""
+    text = json.dumps(config.to_dict(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def run_key(data_fingerprint: str, variant: str, seed: int, config: Config) -> str:
+    """The cache key of a run (64 hex characters); see the module docstring."""
+    parts = {
+        "schema": CACHE_SCHEMA,
+        "data": data_fingerprint,
+        "variant": variant,
+        "seed": int(seed),
+        "config": config_hash(config),
+        "version": __version__,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def run_dir_for(cache_dir: str | os.PathLike, variant: str, seed: int, key: str) -> Path:
+    safe = "".join(c if (c.isalnum() or c in "-_") else "_" for c in variant)[:40] or "variant"
+    return Path(cache_dir) / f"{safe}-s{int(seed)}-{key[:12]}"
+
+
+def one_line_error(exc: BaseException) -> str:
+    """A failure as one line: the project's ``where: reason`` or ``Type: message``."""
+    if isinstance(exc, I2M2Error):
+        return exc.one_line()
+    text = " ".join(str(exc).split()) or "(no message)"
+    return f"{type(exc).__name__}: {text}"
+
+
+def _training_summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    t = metrics.get("training") or {}
+    keep = ("epochs_run", "best_epoch", "best_val_auroc_mean", "time_s", "train_time_s", "train_slices", "samples_per_s")
+    return {k: t.get(k) for k in keep}
+
+
+def cached_run(run_dir: Path, key: str) -> dict[str, Any] | None:
+    """The marker of a complete cached run with this key, or None."""
+    marker = run_dir / RUN_MARKER
+    if not marker.is_file() or not (run_dir / CHECKPOINT_NAME).is_file():
+        return None
+    try:
+        data = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if data.get("key") == key else None
+
+
+def train_or_reuse(
+    data_dir: str | os.PathLike,
+    cache_dir: str | os.PathLike,
+    variant: str,
+    seed: int,
+    config: Config,
+    data_fingerprint: str,
+    *,
+    cohort: Any = None,
+    datasets: Any = None,
+    train_n_boot: int = 50,
+    progress: Progress | None = None,
+) -> RunRecord:
+    """Train one (variant, seed) with ``config`` (epochs already resolved), or reuse the cached
+    run with the same key. ``cohort`` and ``datasets`` (split -> SliceDataset of that cohort)
+    are passed to :func:`i2m2_med.training.train`, so the runs of a grid share one transform
+    cache. Never raises for a training failure (KeyboardInterrupt aside): the record says
+    ``failed`` and why."""
+    from i2m2_med.training import train
+
+    key = run_key(data_fingerprint, variant, seed, config)
+    run_dir = run_dir_for(cache_dir, variant, seed, key)
+    marker = cached_run(run_dir, key)
+    if marker is not None:
+        return RunRecord(variant, int(seed), key, str(run_dir), "cached", None, 0.0, marker.get("training", {}))
+    if progress:
+        progress(f"training {variant} (seed {seed})")
+    t0 = time.perf_counter()
+    try:
+        metrics = train(
+            data_dir,
+            run_dir,
+            variant=variant,
+            config=config,
+            seed=int(seed),
+            progress=False,
+            n_boot=int(train_n_boot),
+            num_workers=0,
+            accelerator="auto",
+            cohort=cohort,
+            datasets=datasets,
+        )
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:  # a failing variant is reported, never fatal to the ablation
+        seconds = time.perf_counter() - t0
+        reason = one_line_error(exc)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_text(run_dir / "error.txt", "".join(traceback.format_exception(exc)))
+        except OSError:
+            pass
+        return RunRecord(variant, int(seed), key, str(run_dir), "failed", reason, seconds)
+    seconds = time.perf_counter() - t0
+    summary = _training_summary(metrics)
+    write_json(
+        run_dir / RUN_MARKER,
+        {"key": key, "variant": variant, "seed": int(seed), "data_fingerprint": data_fingerprint,
+         "config_hash": config_hash(config), "version": __version__, "seconds": seconds, "training": summary},
+    )
+    return RunRecord(variant, int(seed), key, str(run_dir), "trained", None, seconds, summary)

@@ -1,0 +1,131 @@
+"""`i2m2-med demo`: build the embedded default model from nothing.
+
+1. synthesise the demo cohort (mixed regime: half the evidence needs magnitude *and* phase
+   together, half shows in either alone) under ``OUT/cohort``;
+2. train the ``cpu`` configuration of the ``i2m2`` variant on it (``OUT/run``);
+3. bundle the model into the package, ``i2m2_med/assets/demo_model/``: ``model.safetensors``,
+   ``metrics.json`` and ``command.txt`` (the command that reproduces it) -- the model that
+   ``diagnose`` and the app use when the user names none.
+
+Exit codes: 0 success; 1 bad arguments or a failure (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+DEMO_VOLUMES = 40
+"""Volumes of the demo cohort: trains in a few minutes on 2 CPU cores with the cpu config."""
+DEMO_SEED = 0
+DEMO_REGIME = "mixed"
+DEMO_VARIANT = "i2m2"
+DEMO_CONFIG = "cpu"
+DEMO_SYNTH_WORKERS = 2
+"""Processes synthesising the cohort (the cohort does not depend on it)."""
+
+
+def _cohort_matches(cohort_dir: Path, volumes: int, seed: int) -> bool:
+    """True when ``cohort_dir`` already holds the demo cohort of these parameters, written by this
+    generator version (a rerun reuses it instead of synthesising it again)."""
+    from i2m2_med.synth import GENERATOR_VERSION
+
+    manifest = cohort_dir / "manifest.json"
+    if not manifest.is_file():
+        return False
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+        got = (
+            data["counts"]["volumes"], data["seed"], data["regime"], data["label_noise"], data["generator_version"],
+            data.get("multicoil"),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    files = {p.stem for p in cohort_dir.rglob("*.h5")}
+    return got == (volumes, seed, DEMO_REGIME, 0.0, GENERATOR_VERSION, False) and files == set(data.get("study_ids", []))
+
+
+def command_line(volumes: int, seed: int) -> str:
+    return f"i2m2-med demo --volumes {volumes} --seed {seed}"
+
+
+def bundle(run_dir: Path, volumes: int, seed: int, target: Path | None = None) -> Path:
+    """Copy a demo run's checkpoint and metrics into the package (atomically, file by file) and
+    write ``command.txt``; returns the bundle folder."""
+    import i2m2_med
+    from i2m2_med.atomic import atomic_path, write_text
+    from i2m2_med.errors import UsageError
+
+    target = Path(target) if target is not None else i2m2_med.DEMO_MODEL_DIR
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ("model.safetensors", "metrics.json"):
+            with atomic_path(target / name) as tmp:
+                shutil.copyfile(run_dir / name, tmp)
+                tmp.chmod(0o644)
+        text = (
+            "# The bundled demo model was produced by this command (cpu config, i2m2 variant,\n"
+            f"# mixed-regime synthetic cohort of {volumes} volumes, seed {seed}):\n"
+            f"{command_line(volumes, seed)}\n"
+        )
+        write_text(target / "command.txt", text)
+        (target / "command.txt").chmod(0o644)
+    except PermissionError as exc:
+        raise UsageError(target, f"cannot write the bundled model here ({exc.strerror}); use --no-bundle") from None
+    return target
+
+
+def run(
+    out: Path | None = None,
+    volumes: int = DEMO_VOLUMES,
+    seed: int = DEMO_SEED,
+    progress: bool = True,
+    bundle_model: bool = True,
+    epochs: int | None = None,
+) -> int:
+    """Synthesise, train and bundle; returns the exit code."""
+    from rich.console import Console
+
+    from i2m2_med.errors import UsageError
+    from i2m2_med.training import train
+    from pipelines.train import print_summary
+
+    if volumes < 6:
+        raise UsageError("--volumes", f"the demo needs at least 6 volumes for train/val/test splits, got {volumes}")
+    if seed < 0:
+        raise UsageError("--seed", f"must be a non-negative integer, got {seed}")
+    if epochs is not None and bundle_model:
+        raise UsageError("--epochs", "a demo run with other epochs than the config's is not bundled; add --no-bundle")
+    out = Path(out) if out is not None else Path("demo_out")
+    if out.exists() and not out.is_dir():
+        raise UsageError(out, "the output path is a file")
+    console = Console(stderr=True)
+    cohort_dir = out / "cohort"
+    if _cohort_matches(cohort_dir, volumes, seed):
+        console.print(f"reusing the synthetic cohort in {cohort_dir}")
+    else:
+        from i2m2_med.synth import generate_cohort
+
+        console.print(f"synthesising {volumes} volumes (regime {DEMO_REGIME}, seed {seed}) in {cohort_dir} ...")
+        generate_cohort(cohort_dir, volumes, seed, regime=DEMO_REGIME, workers=DEMO_SYNTH_WORKERS)
+    run_dir = out / "run"
+    console.print(f"training {DEMO_VARIANT} ({DEMO_CONFIG} config) in {run_dir} ...")
+    metrics: dict[str, Any] = train(
+        cohort_dir,
+        run_dir,
+        variant=DEMO_VARIANT,
+        config=DEMO_CONFIG,
+        epochs=epochs,
+        seed=seed,
+        progress=progress,
+        extra={"command": command_line(volumes, seed), "demo_volumes": volumes, "regime": DEMO_REGIME},
+    )
+    print_summary(metrics, run_dir)
+    if bundle_model:
+        target = bundle(run_dir, volumes, seed)
+        print(f"bundled demo model: {target}")
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,665 @@
+"""`i2m2-med diagnose INPUT_DIR --out OUT_DIR`: run a model over every study of a folder.
+
+Outputs (every file written atomically: a temporary name in the same folder, then a rename)::
+
+    OUT_DIR/predictions.csv          one row per study found (and per unreadable file)
+    OUT_DIR/studies/<study_id>.json  per study: every slice's terms of the product, the study answer
+    OUT_DIR/sr/<study_id>.dcm        per DICOM study: a DICOM Comprehensive SR (research use only)
+
+``predictions.csv`` starts with exactly ``study_id, source, format, status, error, n_slices,
+p_acl, p_mtear, p_cart, p_abnormal``; then ``contrib_<term>_<head>`` for every term of the
+model's product (its experts, and ``prior`` when it has one): the term's study-level log-odds
+contribution in nats (see :mod:`i2m2_med.inference`; empty when the expert was dropped); then
+``top_slice_<head>``, ``missing_modalities``, ``dropped_experts``, ``patient_id`` and
+``model_fingerprint``. ``status`` is ``ok`` or ``error``; ``error`` is a one-line reason.
+
+The per-study JSON is the source of truth: a study is done when its JSON is written (after its
+SR), and ``predictions.csv`` is rebuilt from the JSONs of the studies found -- after each study
+(at most once a second), at the end, and when the run is interrupted. ``--resume`` skips the
+studies whose JSON says ``ok`` with the same model fingerprint and the same source; failed
+studies are retried. An interrupted run (Ctrl-C) therefore leaves a consistent OUT_DIR that
+``--resume`` completes.
+
+De-identification: no patient name is ever read into an output (the readers do not keep it; the
+SR's patient name is empty). Unless ``--keep-ids``, study ids are the first 16 hex digits of
+sha256(reader's study id) (de-duplicated with ``-2``, ``-3``... in discovery order), patient ids
+likewise, and any occurrence of the raw patient id in a path or message is replaced by its hash.
+
+Exit codes: 0 every study succeeded; 2 some studies failed (their rows say why); 1 usage error
+(bad path or option, corrupt or mismatched checkpoint, no study found); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from i2m2_med.errors import I2M2Error, UsageError
+from i2m2_med.heads import HEADS
+
+LEADING_COLUMNS: tuple[str, ...] = (
+    "study_id", "source", "format", "status", "error", "n_slices",
+    *(f"p_{h}" for h in HEADS),
+)
+PREDICTIONS_CSV = "predictions.csv"
+STUDIES_DIR = "studies"
+SR_DIR = "sr"
+_CSV_INTERVAL_S = 1.0
+_H5 = (".h5", ".hdf5")
+_NIFTI = (".nii", ".nii.gz")
+
+
+def hash_id(text: str) -> str:
+    """The de-identified form of an id: the first 16 hex digits of its SHA-256."""
+    return hashlib.sha256(str(text).encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass
+class Item:
+    """One row of the run: a study found, or a file that could not be read as one."""
+
+    out_id: str
+    source: str
+    format: str
+    study: Any = None
+    problem: str | None = None
+    patient_id: str | None = None
+    secrets: list[tuple[str, str]] = field(default_factory=list)
+
+    def clean(self, text: str) -> str:
+        """``text`` with the patient's id replaced by its hash and name parts by ``anon``."""
+        for raw, replacement in self.secrets:
+            text = re.sub(re.escape(raw), replacement, text, flags=re.IGNORECASE)
+        return text
+
+
+@dataclass
+class Context:
+    """What every study of a run needs (one per process)."""
+
+    model: Any
+    meta: Any
+    info: dict[str, str]
+    out_dir: Path
+    input_root: Path
+    keep_ids: bool
+    batch_size: int
+    workers: int
+    drop_modalities: tuple[str, ...]
+    clinical: Any
+    term_names: list[str]
+    debug: bool = False
+
+
+# ---- the plan -------------------------------------------------------------------------------
+
+
+def _format_of(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith(_H5):
+        return "fastmri_h5"
+    if name.endswith(_NIFTI):
+        return "nifti"
+    return "dicom"
+
+
+def _relative(path: Path | str, root: Path) -> str:
+    """``path`` relative to the input folder (POSIX separators); its name when it is the folder."""
+    p = Path(path)
+    base = root if root.is_dir() else root.parent
+    for candidate in (base, base.resolve()):
+        try:
+            rel = p.relative_to(candidate) if p.is_absolute() == candidate.is_absolute() else p.resolve().relative_to(candidate)
+        except ValueError:
+            continue
+        text = rel.as_posix()
+        return p.resolve().name if text in ("", ".") else text
+    return p.name
+
+
+def _dicom_name_parts(study: Any) -> list[str]:
+    """Parts (3+ characters) of the Patient's Name of a DICOM study's first image, read only to
+    remove them from paths and messages (PACS exports often name folders after the patient)."""
+    reader = study.slice_reader
+    entries = getattr(reader, "magnitude", None) or getattr(reader, "phase", None) or []
+    if not entries:
+        return []
+    try:
+        import pydicom
+
+        ds = pydicom.dcmread(entries[0][0], stop_before_pixels=True, specific_tags=["PatientName"])
+        name = str(ds.get("PatientName") or "")
+    except Exception:  # unreadable now: the study itself will report it
+        return []
+    return sorted({part for part in re.split(r"[\\^\s,._=-]+", name) if len(part) >= 3}, key=len, reverse=True)
+
+
+def _secrets(study: Any, keep_ids: bool) -> list[tuple[str, str]]:
+    """(text, replacement) pairs for paths and messages: the patient's name parts always, the raw
+    patient id unless ``keep_ids``."""
+    out: list[tuple[str, str]] = []
+    pid = study.patient_id
+    if pid and not keep_ids and len(str(pid)) >= 3:
+        out.append((str(pid), hash_id(pid)))
+    if study.format == "dicom":
+        out += [(part, "anon") for part in _dicom_name_parts(study)]
+    return out
+
+
+def plan(root: Path, keep_ids: bool) -> list[Item]:
+    """Every study (and unreadable file) under ``root``, in source order, with its output id."""
+    from i2m2_med.io.discover import discover
+
+    found = discover(root)
+    items: list[Item] = []
+    for study in found.studies:
+        secrets = _secrets(study, keep_ids)
+        pid = study.patient_id
+        out_pid = None if not pid else (str(pid) if keep_ids else hash_id(pid))
+        item = Item(
+            out_id=study.study_id if keep_ids else hash_id(study.study_id),
+            source=_relative(study.source, root),
+            format=str(study.format),
+            study=study,
+            patient_id=out_pid,
+            secrets=secrets,
+        )
+        item.source = item.clean(item.source)
+        items.append(item)
+    for path, reason in found.problems:
+        source = _relative(path, root)
+        items.append(Item(
+            out_id=source if keep_ids else hash_id(source),
+            source=source,
+            format=_format_of(Path(path)),
+            problem=reason,
+        ))
+    items.sort(key=lambda it: (it.source, it.out_id))
+    seen: dict[str, int] = {}
+    for it in items:
+        base = it.out_id.replace("/", "_").replace("\\", "_")
+        n = seen.get(base, 0) + 1
+        seen[base] = n
+        it.out_id = base if n == 1 else f"{base}-{n}"
+    return items
+
+
+# ---- records and rows -------------------------------------------------------------------------
+
+
+def _json_path(out_dir: Path, out_id: str) -> Path:
+    return out_dir / STUDIES_DIR / f"{out_id}.json"
+
+
+def _error_record(item: Item, reason: str, ctx: Context) -> dict[str, Any]:
+    study = item.study
+    return {
+        "study_id": item.out_id,
+        "source": item.source,
+        "format": item.format,
+        "status": "error",
+        "error": item.clean(_relative_paths(reason, ctx.input_root)),
+        "model": dict(ctx.info),
+        "heads": list(HEADS),
+        "n_slices": int(study.n_slices) if study is not None else None,
+        "missing_modalities": list(study.missing_modalities) if study is not None else [],
+        "patient_id": item.patient_id,
+        "notes": [item.clean(n) for n in (study.notes if study is not None else [])],
+    }
+
+
+def _relative_paths(text: str, root: Path) -> str:
+    """``text`` on one line, with paths under the input folder made relative to it."""
+    text = " ".join(str(text).split())
+    base = root if root.is_dir() else root.parent
+    for prefix in sorted({str(base.resolve()), str(base.absolute()), str(base)}, key=len, reverse=True):
+        if prefix and prefix != ".":
+            text = text.replace(prefix + os.sep, "").replace(prefix, ".")
+    return text
+
+
+def _reason(exc: BaseException) -> str:
+    return exc.one_line() if isinstance(exc, I2M2Error) else f"{type(exc).__name__}: {exc}"
+
+
+def columns(term_names: Sequence[str]) -> list[str]:
+    """Every column of predictions.csv for a model with these terms."""
+    cols = list(LEADING_COLUMNS)
+    cols += [f"contrib_{t}_{h}" for t in term_names for h in HEADS]
+    cols += [f"top_slice_{h}" for h in HEADS]
+    cols += ["missing_modalities", "dropped_experts", "patient_id", "model_fingerprint"]
+    return cols
+
+
+def row_of(record: dict[str, Any], term_names: Sequence[str]) -> dict[str, Any]:
+    """The predictions.csv row of a per-study JSON record (ok or error)."""
+    row: dict[str, Any] = {c: "" for c in columns(term_names)}
+    row.update({
+        "study_id": record.get("study_id", ""),
+        "source": record.get("source", ""),
+        "format": record.get("format", ""),
+        "status": record.get("status", ""),
+        "error": record.get("error") or "",
+        "n_slices": "" if record.get("n_slices") is None else int(record["n_slices"]),
+        "missing_modalities": ";".join(record.get("missing_modalities") or []),
+        "dropped_experts": ";".join(record.get("dropped_experts") or []),
+        "patient_id": record.get("patient_id") or "",
+        "model_fingerprint": (record.get("model") or {}).get("fingerprint", ""),
+    })
+    study = record.get("study") or {}
+    for h in HEADS:
+        if h in (study.get("p") or {}):
+            row[f"p_{h}"] = repr(float(study["p"][h]))
+        if h in (study.get("top_slice") or {}):
+            row[f"top_slice_{h}"] = int(study["top_slice"][h])
+    for t, values in (study.get("contributions") or {}).items():
+        for h, v in values.items():
+            key = f"contrib_{t}_{h}"
+            if key in row:
+                row[key] = repr(float(v))
+    return row
+
+
+def write_predictions(out_dir: Path, items: Sequence[Item], records: dict[str, dict[str, Any]], term_names: Sequence[str]) -> Path:
+    """Write predictions.csv (atomically) with the rows of ``records``, in the items' order."""
+    from i2m2_med.atomic import write_text
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns(term_names), lineterminator="\n")
+    writer.writeheader()
+    for it in items:
+        record = records.get(it.out_id)
+        if record is not None:
+            writer.writerow(row_of(record, term_names))
+    path = out_dir / PREDICTIONS_CSV
+    write_text(path, buf.getvalue())
+    return path
+
+
+def slim(record: dict[str, Any]) -> dict[str, Any]:
+    """A record without its per-slice part: what the CSV needs, kept in memory for every study
+    (a few hundred bytes, so memory does not grow with the slices of the run)."""
+    return {k: v for k, v in record.items() if k != "slices"}
+
+
+def read_record(out_dir: Path, item: Item) -> dict[str, Any] | None:
+    """The JSON record of an item from an earlier run, or None (absent or unreadable)."""
+    path = _json_path(out_dir, item.out_id)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def is_done(record: dict[str, Any] | None, item: Item, fingerprint: str) -> bool:
+    """True when ``record`` is a finished, successful result of this item by this model."""
+    if not record or item.study is None:
+        return False
+    return (
+        record.get("status") == "ok"
+        and (record.get("model") or {}).get("fingerprint") == fingerprint
+        and record.get("source") == item.source
+        and record.get("study_id") == item.out_id
+        and record.get("n_slices") == item.study.n_slices
+    )
+
+
+# ---- one study ----------------------------------------------------------------------------------
+
+
+def _sr_sources(study: Any) -> tuple[list[list[Any]], list[Any]]:
+    """The source images of a DICOM study (series by series) and the image of each slice."""
+    from i2m2_med.io.dicom_sr import SourceImage
+
+    reader = study.slice_reader
+    series = []
+    for entries in (getattr(reader, "magnitude", None), getattr(reader, "phase", None)):
+        if entries:
+            series.append([SourceImage(str(e[0]), None if e[1] is None else int(e[1])) for e in entries])
+    if not series:
+        raise UsageError(study.source, "the DICOM study does not list its source images")
+    return series, series[0]
+
+
+def _write_sr(ctx: Context, item: Item, record: dict[str, Any]) -> str:
+    from i2m2_med.io.dicom_sr import build_diagnosis_sr, write_diagnosis_sr
+
+    series, per_slice = _sr_sources(item.study)
+    top = record["study"]["top_slice"]
+    ds = build_diagnosis_sr(
+        sources=series,
+        top_source={h: per_slice[int(top[h])] for h in HEADS},
+        probabilities=record["study"]["p"],
+        top_slice=top,
+        contributions=record["study"]["contributions"],
+        model=ctx.info,
+        study_id=item.out_id,
+        patient_id=item.patient_id or "",
+        missing_modalities=record.get("missing_modalities", []),
+        dropped_experts=record.get("dropped_experts", []),
+        keep_ids=ctx.keep_ids,
+    )
+    rel = f"{SR_DIR}/{item.out_id}.dcm"
+    write_diagnosis_sr(ctx.out_dir / rel, ds)
+    return rel
+
+
+def process(item: Item, ctx: Context, on_batch: Callable[[int], None] | None = None,
+            samples: Iterable[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Predict one item and write its outputs (SR first, then the JSON that marks it done).
+
+    Returns the JSON record (``status`` ok or error). Never raises for a bad study: read,
+    transform, model and report errors become an error record (KeyboardInterrupt passes).
+    ``samples``: the study's slices already being read (:class:`i2m2_med.inference.ReadAhead`).
+    """
+    from i2m2_med.atomic import write_json
+    from i2m2_med.inference import predict_study
+
+    if item.problem is not None:
+        record = _error_record(item, item.problem, ctx)
+    else:
+        try:
+            row = _clinical_row(ctx.clinical, item.study)
+            pred = predict_study(
+                ctx.model, ctx.meta, item.study,
+                clinical_row=row,
+                batch_size=ctx.batch_size,
+                drop_modalities=ctx.drop_modalities,
+                workers=ctx.workers,
+                on_batch=on_batch,
+                samples=samples,
+            )
+            record = pred.with_identity(item.out_id, item.source, [item.clean(n) for n in pred.notes]).to_json()
+            record["patient_id"] = item.patient_id
+            if item.format == "dicom":
+                record["sr"] = _write_sr(ctx, item, record)
+        except Exception as exc:  # one bad study never stops the run
+            if ctx.debug and not isinstance(exc, I2M2Error):
+                raise
+            record = _error_record(item, _reason(exc), ctx)
+    write_json(_json_path(ctx.out_dir, item.out_id), record)
+    return record
+
+
+def _clinical_row(table: Any, study: Any) -> Any:
+    if table is None:
+        return None
+    from i2m2_med.dataset import _clinical_row as lookup
+
+    return lookup(table, study)
+
+
+# ---- the run ------------------------------------------------------------------------------------
+
+
+def _term_names(model: Any) -> list[str]:
+    from i2m2_med.inference import TERM_ORDER
+
+    names = list(getattr(model, "expert_names", ()) or ())
+    if getattr(model, "prior", None) is not None:
+        names.append("prior")
+    return sorted(names, key=lambda t: (TERM_ORDER.index(t) if t in TERM_ORDER else len(TERM_ORDER), t))
+
+
+def _progress(total: int, enabled: bool, desc: str = "diagnose") -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="slice", desc=desc, file=sys.stderr, disable=not enabled,
+                dynamic_ncols=True, smoothing=0.1)
+
+
+def prepare(
+    input_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    model_path: str | os.PathLike | None,
+    keep_ids: bool,
+    workers: int,
+    clinical: str | os.PathLike | None,
+    batch_size: int | None,
+    drop_modalities: Iterable[str],
+    debug: bool = False,
+) -> tuple[Context, list[Item]]:
+    """Validate the arguments, load the model and find the studies (every rank does this)."""
+    from i2m2_med.inference import DROPPABLE, load_model, model_info
+
+    root = Path(input_dir)
+    out = Path(out_dir)
+    if not root.exists():
+        raise UsageError(root, "no such input folder")
+    if out.exists() and not out.is_dir():
+        raise UsageError(out, "the output path exists and is not a folder")
+    if workers < 0:
+        raise UsageError("--workers", f"must be >= 0, got {workers}")
+    if batch_size is not None and batch_size < 1:
+        raise UsageError("--batch-size", f"must be >= 1, got {batch_size}")
+    drop = tuple(dict.fromkeys(drop_modalities))
+    for m in drop:
+        if m not in DROPPABLE:
+            raise UsageError("--drop", f"unknown modality {m!r}; expected one of {', '.join(DROPPABLE)}")
+    try:
+        if out.resolve() == root.resolve() or root.resolve() in out.resolve().parents:
+            if root.is_dir():
+                raise UsageError(out, "the output folder must not be inside the input folder (outputs would be read as studies)")
+    except OSError:
+        pass
+    table = None
+    if clinical is not None:
+        cpath = Path(clinical)
+        if not cpath.is_file():
+            raise UsageError(cpath, "no such clinical table")
+        from i2m2_med.tabular import read_clinical_csv
+
+        table = read_clinical_csv(cpath)
+    model, meta = load_model(model_path)
+    items = plan(root, keep_ids)
+    if not items:
+        raise UsageError(root, "no study found (fastMRI .h5, DICOM series or NIfTI volumes)")
+    ctx = Context(
+        model=model,
+        meta=meta,
+        info=model_info(meta),
+        out_dir=out,
+        input_root=root,
+        keep_ids=keep_ids,
+        batch_size=int(batch_size or meta.config.training.batch_size),
+        workers=int(workers),
+        drop_modalities=drop,
+        clinical=table,
+        term_names=_term_names(model),
+        debug=debug,
+    )
+    return ctx, items
+
+
+def _summary(records: dict[str, dict[str, Any]], items: Sequence[Item], out: Path, seconds: float, slices: int) -> int:
+    failed = [r for r in (records.get(it.out_id) for it in items) if r is not None and r.get("status") != "ok"]
+    ok = sum(1 for it in items if (records.get(it.out_id) or {}).get("status") == "ok")
+    rate = f", {slices / seconds:.1f} slices/s" if seconds > 0 and slices else ""
+    print(f"{len(items)} studies: {ok} ok, {len(failed)} failed -> {out / PREDICTIONS_CSV}{rate}", file=sys.stderr)
+    for r in failed[:10]:
+        error, source = str(r.get("error")), str(r.get("source"))
+        print(f"  {error if error.startswith(source) else f'{source}: {error}'}", file=sys.stderr)
+    if len(failed) > 10:
+        print(f"  ... and {len(failed) - 10} more (see the error column)", file=sys.stderr)
+    return 0 if not failed and ok == len(items) else 2
+
+
+def run(
+    input_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    model: str | os.PathLike | None = None,
+    keep_ids: bool = False,
+    resume: bool = False,
+    workers: int = 2,
+    clinical: str | os.PathLike | None = None,
+    batch_size: int | None = None,
+    drop_modalities: Iterable[str] = (),
+    devices: int | None = None,
+    num_nodes: int = 1,
+    strategy: str = "ddp",
+    accelerator: str = "cpu",
+    progress: bool = True,
+    debug: bool = False,
+    on_study_done: Callable[[dict[str, Any]], None] | None = None,
+) -> int:
+    """Diagnose every study under ``input_dir`` into ``out_dir``; returns the exit code
+    (0 all ok, 2 some failed). Usage errors and an unusable checkpoint raise
+    :class:`~i2m2_med.errors.I2M2Error` (the CLI prints one line and exits 1).
+
+    ``devices`` > 1 or ``num_nodes`` > 1 runs through Lightning's predict loop with ``strategy``
+    (DDP): each rank diagnoses its share of the studies and writes their files; rank 0 then
+    writes predictions.csv from every rank's JSONs. ``on_study_done`` is called with each
+    finished study's record (single-process runs).
+    """
+    if devices is not None and devices < 1:
+        raise UsageError("--devices", f"must be >= 1, got {devices}")
+    if num_nodes < 1:
+        raise UsageError("--num-nodes", f"must be >= 1, got {num_nodes}")
+    ctx, items = prepare(input_dir, out_dir, model, keep_ids, workers, clinical, batch_size, drop_modalities, debug)
+    if (devices or 1) > 1 or num_nodes > 1:
+        return _run_distributed(ctx, items, resume, devices or 1, num_nodes, strategy, accelerator, progress)
+
+    records: dict[str, dict[str, Any]] = {}
+    pending: list[Item] = []
+    for it in items:
+        previous = read_record(ctx.out_dir, it) if resume else None
+        if is_done(previous, it, ctx.info["fingerprint"]):
+            records[it.out_id] = slim(previous)
+        else:
+            pending.append(it)
+    skipped = len(items) - len(pending)
+    if skipped:
+        print(f"resume: {skipped} of {len(items)} studies already done with model {ctx.info['fingerprint']}", file=sys.stderr)
+    ctx.out_dir.mkdir(parents=True, exist_ok=True)
+    total = sum(it.study.n_slices for it in pending if it.study is not None)
+    bar = _progress(total, progress)
+    t0 = time.perf_counter()
+    last_csv = 0.0
+    done_slices = 0
+    read_ahead = _read_ahead(ctx, pending)
+    try:
+        for it in pending:
+            bar.set_postfix_str(it.source[-40:], refresh=False)
+            counted = [0]
+
+            def tick(n: int, counted: list[int] = counted) -> None:
+                counted[0] += n
+                bar.update(n)
+
+            samples = read_ahead.samples(it.out_id) if read_ahead is not None and it.study is not None else None
+            record = process(it, ctx, on_batch=tick, samples=samples)
+            records[it.out_id] = slim(record)
+            if record.get("status") == "ok":
+                done_slices += int(record.get("n_slices") or 0)
+            elif it.study is not None:
+                bar.update(max(0, it.study.n_slices - counted[0]))
+            now = time.perf_counter()
+            if now - last_csv >= _CSV_INTERVAL_S:
+                write_predictions(ctx.out_dir, items, records, ctx.term_names)
+                last_csv = now
+            if on_study_done is not None:
+                on_study_done(record)
+    except KeyboardInterrupt:
+        bar.close()
+        write_predictions(ctx.out_dir, items, records, ctx.term_names)
+        print(f"interrupted after {len(records)} of {len(items)} studies; rerun with --resume to complete", file=sys.stderr)
+        raise
+    finally:
+        if read_ahead is not None:
+            read_ahead.close()
+    bar.close()
+    write_predictions(ctx.out_dir, items, records, ctx.term_names)
+    return _summary(records, items, ctx.out_dir, time.perf_counter() - t0, done_slices)
+
+
+def _read_ahead(ctx: Context, pending: Sequence[Item]) -> Any:
+    """Loading threads that read the slices of the pending studies ahead of the model, across
+    study boundaries (None with ``--workers 0``)."""
+    if ctx.workers <= 0:
+        return None
+    from i2m2_med.inference import ReadAhead, modality_pipeline
+
+    jobs = [(it.out_id, it.study, range(it.study.n_slices)) for it in pending if it.study is not None]
+    return ReadAhead(jobs, modality_pipeline(int(ctx.meta.config.image_size)), ctx.workers,
+                     lookahead=max(2 * ctx.batch_size, 4 * ctx.workers), exclude=ctx.drop_modalities)
+
+
+# ---- scale-out: Lightning predict with DDP ---------------------------------------------------------
+
+
+def _identity(batch: list[int]) -> list[int]:
+    return batch
+
+
+def _diagnose_task(ctx: Context, items: list[Item], n_pending: int, progress: bool) -> Any:
+    """A LightningModule whose predict step diagnoses the items of its batch (positions)."""
+    import pytorch_lightning as pl
+
+    class DiagnoseTask(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = ctx.model  # registered, so the strategy places it on the rank's device
+            self.bar: Any = None
+
+        def on_predict_start(self) -> None:
+            if self.global_rank == 0:
+                world = max(1, self.trainer.world_size)
+                self.bar = _progress(-(-n_pending // world), progress, desc=f"diagnose (rank 0 of {world})")
+                self.bar.unit = "study"
+
+        def predict_step(self, batch: list[int], batch_idx: int) -> None:
+            for position in batch:
+                process(items[int(position)], ctx)
+                if self.bar is not None:
+                    self.bar.update(1)
+            return None
+
+        def on_predict_end(self) -> None:
+            if self.bar is not None:
+                self.bar.close()
+            self.trainer.strategy.barrier("diagnose-done")
+
+    return DiagnoseTask()
+
+
+def _run_distributed(ctx: Context, items: list[Item], resume: bool, devices: int, num_nodes: int,
+                     strategy: str, accelerator: str, progress: bool) -> int:
+    """Each rank (Lightning launches them) diagnoses its share of the pending items through
+    ``Trainer.predict`` (the distributed sampler splits the item positions without repeats);
+    rank 0 writes predictions.csv from every rank's JSONs after a barrier."""
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader
+
+    fingerprint = ctx.info["fingerprint"]
+    pending = [i for i, it in enumerate(items) if not (resume and is_done(read_record(ctx.out_dir, it), it, fingerprint))]
+    ctx.out_dir.mkdir(parents=True, exist_ok=True)
+    trainer = pl.Trainer(
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    t0 = time.perf_counter()
+    if pending:
+        loader = DataLoader(pending, batch_size=1, shuffle=False, num_workers=0, collate_fn=_identity)
+        trainer.predict(_diagnose_task(ctx, items, len(pending), progress), dataloaders=loader, return_predictions=False)
+    records = {it.out_id: slim(r) for it in items if (r := read_record(ctx.out_dir, it)) is not None}
+    if trainer.global_rank != 0:
+        return 0 if all((records.get(it.out_id) or {}).get("status") == "ok" for it in items) else 2
+    write_predictions(ctx.out_dir, items, records, ctx.term_names)
+    slices = sum(int(records[items[i].out_id].get("n_slices") or 0) for i in pending if items[i].out_id in records)
+    return _summary(records, items, ctx.out_dir, time.perf_counter() - t0, slices)

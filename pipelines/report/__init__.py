@@ -1,0 +1,1 @@
+"""Templates and renderers of the reports (the ablation report: :mod:`pipelines.report.ablation`)."""

@@ -1,0 +1,121 @@
+"""`i2m2-med train --data DIR --out RUN_DIR`: train one variant and report its AUROCs.
+
+A thin shell over :func:`i2m2_med.training.train`: it trains, writes ``RUN_DIR/model.safetensors``,
+``metrics.json``, ``predictions.csv``, ``config.yaml`` and ``logs/``, then prints a table of the
+validation and test AUROCs (combined and per expert; slice and study level) and where the files
+are. In a multi-process run (``--devices N --strategy ddp``) only rank 0 prints.
+
+Exit codes: 0 success; 1 bad arguments or unreadable data (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Mapping
+
+from i2m2_med.heads import HEADS
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def summary_table(metrics: Mapping[str, Any], title: str | None = None) -> Any:
+    """A rich Table of AUROC per split, model (combined and each expert) and level (slice /
+    study): ``mean3`` over ACL/MTEAR/CART, ``mean4`` over all heads, then each head."""
+    from rich.table import Table
+
+    table = Table(
+        title=title or f"{metrics.get('variant')}: AUROC of p(y=1)",
+        caption="mean3: mean over ACL/MTEAR/CART; mean4: over all four heads; -: undefined (one class only)",
+    )
+    for col in ("split", "model", "level"):
+        table.add_column(col, no_wrap=True)
+    for col in ("mean3", "mean4", *HEADS):
+        table.add_column(col, justify="right", no_wrap=True)
+    for split in ("val", "test"):
+        block = metrics.get(split) or {}
+        for name, levels in (block.get("summary") or {}).items():
+            for level in ("slice", "study"):
+                row = (levels or {}).get(level) or {}
+                table.add_row(
+                    split, name, level, _fmt(row.get("mean_pathologies")), _fmt(row.get("mean_all")),
+                    *(_fmt(row.get(h)) for h in HEADS),
+                )
+    return table
+
+
+def print_summary(metrics: Mapping[str, Any], out_dir: Path) -> None:
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=110)
+    console.print(summary_table(metrics))
+    t = metrics.get("training", {})
+    sps = t.get("samples_per_s")
+    line = f"epochs {t.get('epochs_run')} (best {t.get('best_epoch')}, val mean4 AUROC {_fmt(t.get('best_val_auroc_mean'))})"
+    if sps:
+        line += f", {t.get('time_s', 0):.1f} s, {sps:.1f} training slices/s"
+    console.print(line)
+    oracle = metrics.get("oracle_mean_pathologies")
+    if oracle is not None:
+        test = (metrics.get("test_mean_pathologies") or {}).get("slice")
+        console.print(f"oracle ceiling (mean3): {_fmt(oracle)}; this model on test (slice mean3): {_fmt(test)}")
+    console.print(f"checkpoint: {out_dir / 'model.safetensors'}", soft_wrap=True)
+    console.print(f"metrics:    {out_dir / 'metrics.json'}", soft_wrap=True)
+
+
+def run(
+    data: Path,
+    out: Path,
+    variant: str = "i2m2",
+    config: str = "cpu",
+    epochs: int | None = None,
+    seed: int = 0,
+    devices: int = 1,
+    num_nodes: int = 1,
+    strategy: str = "auto",
+    warm_start: bool | None = None,
+    progress: bool = True,
+    labels: Path | None = None,
+    clinical: Path | None = None,
+    splits: Path | None = None,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    tensorboard: bool = False,
+    accelerator: str = "auto",
+    n_boot: int = 1000,
+) -> int:
+    """Train and print the summary; returns the exit code (errors propagate to the CLI)."""
+    from i2m2_med.errors import UsageError
+    from i2m2_med.training import train
+
+    if not Path(data).is_dir():
+        raise UsageError(data, "no such data folder")
+    metrics = train(
+        data,
+        out,
+        variant=variant,
+        config=config,
+        epochs=epochs,
+        seed=seed,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
+        warm_start=warm_start,
+        progress=progress,
+        labels=labels,
+        clinical=clinical,
+        splits=splits,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        tensorboard=tensorboard,
+        accelerator=accelerator,
+        n_boot=n_boot,
+    )
+    if "rank" not in metrics:
+        print_summary(metrics, Path(out))
+        sys.stdout.flush()
+    return 0

@@ -1,0 +1,197 @@
+"""Small real input files and a small real checkpoint for the inference and diagnose tests.
+
+Every file is written with the real writers (h5py through the project's fastMRI writer with a real
+ISMRMRD header, pydicom, nibabel). The DICOM studies carry a patient name and id that must never
+reach any output; the h5 files carry a raw patient id attribute.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+PATIENT_NAMES = ("Doe^Jane", "Roe^Richard")
+PATIENT_NAME_PARTS = ("Doe", "Jane", "Roe", "Richard")
+PATIENT_IDS = ("PAT-DCM-77123", "PAT-DCM-88456", "PAT-H5-31415", "PAT-H5-27182")
+
+
+# ---- the model ------------------------------------------------------------------------------------
+
+
+def make_checkpoint(path: Path, variant: str = "i2m2", seed: int = 0, prior: bool = False, aggregation: str | None = None) -> Path:
+    """An untrained cpu-config model of ``variant`` saved as a real checkpoint (weights seeded)."""
+    import torch
+
+    from i2m2_med.checkpoint import save_checkpoint
+    from i2m2_med.config import config_from_dict, load_config
+    from i2m2_med.models import build_model
+    from i2m2_med.tabular import tabular_features
+
+    config = load_config("cpu")
+    if prior or aggregation:
+        data = config.to_dict()
+        data["model"]["prior"] = bool(prior) or data["model"]["prior"]
+        if aggregation:
+            data["training"]["aggregation"] = aggregation
+        config = config_from_dict(data)
+    _, names = tabular_features({}, None)
+    names = list(names)
+    torch.manual_seed(seed)
+    if variant in ("mag", "phase", "i2m2-notab"):
+        names = []
+    n_tab = len(names)
+    model = build_model(variant, config, n_tab)
+    if model.prior is not None:
+        model.prior.set_frequencies(torch.tensor([0.1, 0.2, 0.3, 0.4]))
+    save_checkpoint(path, model, config, variant, n_tab, names, {"note": "untrained test model"}, "test-data")
+    return path
+
+
+# ---- studies ------------------------------------------------------------------------------------------
+
+
+def _kspace(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """k-space of a smooth object with some detail, (S, [C,] 640, W) complex64."""
+    rng = np.random.default_rng(seed)
+    s, w = shape[0], shape[-1]
+    yy, xx = np.mgrid[-1:1:640j, -1:1:complex(0, w)]
+    out = np.empty(shape, dtype=np.complex64)
+    for k in range(s):
+        obj = ((xx / 0.6) ** 2 + (yy / 0.4) ** 2 < 1).astype(np.float32) * (1 + 0.3 * k)
+        obj = obj + 0.05 * rng.standard_normal(obj.shape).astype(np.float32)
+        img = obj * np.exp(1j * (0.5 * xx + 0.2 * k)).astype(np.complex64)
+        if len(shape) == 4:
+            coils = shape[1]
+            sens = np.stack([np.exp(-((xx - 0.5 * np.cos(c)) ** 2 + (yy - 0.5 * np.sin(c)) ** 2)) for c in range(coils)])
+            img = img[None] * sens
+        k_img = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(img, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
+        out[k] = k_img.astype(np.complex64)
+    return out
+
+
+def write_h5(path: Path, n_slices: int = 3, width: int = 372, coils: int | None = None, patient_id: str | None = None,
+             seed: int = 0, nan: bool = False) -> Path:
+    """A fastMRI knee h5 (singlecoil, or multicoil with ``coils``) through the project's writer."""
+    from i2m2_med.io.fastmri_h5 import write_fastmri_h5
+    from i2m2_med.io.ismrmrd import HeaderParams, build_header
+
+    shape = (n_slices, 640, width) if coils is None else (n_slices, coils, 640, width)
+    k = _kspace(shape, seed)
+    if nan:
+        k[-1, ..., 5, 5] = np.nan
+    header = build_header(HeaderParams(encoded_y=width, n_slices=n_slices, n_coils=coils or 1))
+    attrs = {"acquisition": "CORPD_FBK", "max": 1.0, "norm": 1.0}
+    if patient_id:
+        attrs["patient_id"] = patient_id
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_fastmri_h5(path, k, header, attrs=attrs)
+    return path
+
+
+def _mr_template():
+    import pydicom
+    import pydicom.data
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pydicom.dcmread(pydicom.data.get_testdata_file("MR_small.dcm"))
+
+
+def write_dicom_study(folder: Path, n_slices: int = 3, phase: bool = True, patient: int = 0, size: int = 32,
+                      seed: int = 0) -> dict[str, str]:
+    """A magnitude series (and, with ``phase``, its phase series) of one study; returns the UIDs."""
+    from pydicom.uid import generate_uid
+
+    rng = np.random.default_rng(seed)
+    study_uid = generate_uid()
+    uids = {"study": study_uid, "magnitude": generate_uid()}
+    if phase:
+        uids["phase"] = generate_uid()
+    for component in (["magnitude", "phase"] if phase else ["magnitude"]):
+        for k in range(n_slices):
+            ds = _mr_template()
+            ds.PatientName = PATIENT_NAMES[patient]
+            ds.PatientID = PATIENT_IDS[patient]
+            ds.PatientBirthDate = "19700101"
+            ds.PatientAge = "052Y"
+            ds.PatientSex = "F" if patient == 0 else "M"
+            ds.PatientWeight = 70.0
+            ds.PatientSize = 1.70
+            ds.MagneticFieldStrength = 3.0
+            ds.StudyInstanceUID = study_uid
+            ds.SeriesInstanceUID = uids[component]
+            ds.SOPInstanceUID = generate_uid()
+            ds.SeriesNumber = 2 if component == "phase" else 1
+            ds.SeriesDescription = "PD COR"
+            ds.ImageType = ["ORIGINAL", "PRIMARY", "P" if component == "phase" else "M", "ND"]
+            ds.ImageOrientationPatient = [0.0, 1.0, 0.0, 0.0, 0.0, -1.0]
+            ds.ImagePositionPatient = [3.0 * k, -80.0, 60.0]
+            ds.InstanceNumber = k + 1
+            ds.Rows = ds.Columns = size
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+            if component == "phase":
+                values = rng.integers(0, 4096, (size, size))
+                ds.RescaleSlope, ds.RescaleIntercept = 2, -4096
+            else:
+                values = 500 + 300 * k + rng.integers(0, 200, (size, size))
+                for key in ("RescaleSlope", "RescaleIntercept"):
+                    if key in ds:
+                        delattr(ds, key)
+            ds.PixelData = values.astype(np.uint16).tobytes()
+            path = folder / component / f"im{k:03d}.dcm"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            ds.save_as(path, enforce_file_format=True)
+    return uids
+
+
+def write_nifti(path: Path, n_slices: int = 3, size: int = 32, phase: bool = True, seed: int = 0) -> Path:
+    import nibabel as nib
+
+    rng = np.random.default_rng(seed)
+    mag = (rng.random((size, size, n_slices)) * 1000).astype(np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(mag, np.eye(4)), str(path))
+    if phase:
+        ph = rng.uniform(-np.pi, np.pi, mag.shape).astype(np.float32)
+        stem = path.name[: -len(".nii.gz")] if path.name.endswith(".nii.gz") else path.stem
+        nib.save(nib.Nifti1Image(ph, np.eye(4)), str(path.with_name(stem + "_phase" + path.name[len(stem):])))
+    return path
+
+
+def write_broken(folder: Path) -> dict[str, str]:
+    """Broken files of the kinds the readers refuse; returns name -> a fragment of its reason."""
+    import pydicom
+
+    folder.mkdir(parents=True, exist_ok=True)
+    good = write_h5(folder / "_tmp_full.h5", n_slices=2, width=368, seed=9)
+    data = good.read_bytes()
+    (folder / "truncated.h5").write_bytes(data[: len(data) // 3])
+    good.unlink()
+    (folder / "notes.h5").write_text("this is not an HDF5 file\n")
+    ds = _mr_template()
+    ds.PatientName = PATIENT_NAMES[0]
+    ds.PatientID = PATIENT_IDS[0]
+    del ds.PixelData
+    ds.save_as(folder / "nopixels.dcm", enforce_file_format=True)
+    (folder / "garbage.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    write_h5(folder / "nan.h5", n_slices=2, width=368, seed=10, nan=True)
+    _ = pydicom  # the reader module under test is pydicom; imported for clarity
+    return {"truncated.h5": "truncated", "notes.h5": "HDF5", "nopixels.dcm": "pixel data",
+            "garbage.nii.gz": "", "nan.h5": "NaN"}
+
+
+def mixed_folder(root: Path) -> dict[str, Path]:
+    """The good studies of the mixed folder: h5 singlecoil and multicoil, DICOM magnitude + phase,
+    DICOM magnitude only, NIfTI (with phase)."""
+    paths = {
+        "h5_single": write_h5(root / "h5" / "knee_single.h5", n_slices=3, width=372, patient_id=PATIENT_IDS[2], seed=1),
+        "h5_multi": write_h5(root / "h5" / "knee_multi.h5", n_slices=2, width=368, coils=4, patient_id=PATIENT_IDS[3], seed=2),
+        "nifti": write_nifti(root / "nifti" / "knee_vol.nii.gz", n_slices=3, seed=3),
+    }
+    write_dicom_study(root / "dicom" / "with_phase", n_slices=3, phase=True, patient=0, seed=4)
+    write_dicom_study(root / "dicom" / "magnitude_only", n_slices=3, phase=False, patient=1, seed=5)
+    paths["dicom_phase"] = root / "dicom" / "with_phase"
+    paths["dicom_mag"] = root / "dicom" / "magnitude_only"
+    return paths

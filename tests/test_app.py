@@ -1,0 +1,461 @@
+"""The Streamlit app through streamlit.testing's AppTest: the demo study page, the slider served
+from caches (model calls counted), identifiers hidden by default, a missing and a withheld
+modality, paths outside the data root refused, good and bad uploads, the batch page on a real
+``diagnose`` output folder, and the per-study report."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import re
+import stat
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from app_support import MAIN, prepare
+
+from streamlit.testing.v1 import AppTest  # noqa: E402  (after app_support put app/ on the path)
+from viewer import compute, report, sources  # noqa: E402
+from viewer.paths import PathRefused, resolve_under  # noqa: E402
+
+torch.set_num_threads(1)
+TIMEOUT = 600
+HEX16 = re.compile(r"^[0-9a-f]{16}$")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    return prepare(tmp_path_factory.mktemp("app"))
+
+
+@pytest.fixture(autouse=True)
+def app_environ(env, monkeypatch):
+    for name in ("I2M2_DATA_ROOT", "I2M2_MODEL", "I2M2_MAX_UPLOAD_MB"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.environ().items():
+        monkeypatch.setenv(name, value)
+
+
+def demo_refs(env):
+    return sources.demo_refs(sources.demo_folder(env.cache_dir))
+
+
+def start() -> AppTest:
+    at = AppTest.from_file(str(MAIN), default_timeout=TIMEOUT)
+    at.run()
+    return at
+
+
+def markdown_text(at: AppTest) -> str:
+    return "\n".join(m.value for m in at.markdown)
+
+
+def charts(at: AppTest) -> list:
+    return list(at.get("plotly_chart"))
+
+
+def metric_values(at: AppTest) -> dict[str, float]:
+    return {m.label: float(m.value) for m in at.metric}
+
+
+def current_model() -> compute.LoadedModel:
+    """The model the app runs with (the same cached object)."""
+    configured = os.environ.get("I2M2_MODEL")
+    checkpoint, stamp = compute.model_location(Path(configured) if configured else None)
+    return compute.load_model(checkpoint, stamp, configured is None)
+
+
+def slice_slider(at: AppTest):
+    return next(s for s in at.slider if s.label == "Slice")
+
+
+# ---- the demo study ------------------------------------------------------------------------------
+
+
+def test_demo_study_page_shows_banner_probabilities_and_evidence(env):
+    at = start()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    text = markdown_text(at)
+    assert "RESEARCH USE ONLY" in text
+    values = metric_values(at)
+    assert set(values) == {"ACL tear / sprain", "Meniscus tear", "Cartilage defect", "Other abnormality"}
+    assert all(0.0 <= v <= 1.0 for v in values.values())
+    # the numbers on the cards are the cached prediction's study-level probabilities
+    ref = demo_refs(env)[0]
+    title = next(m.value for m in at.markdown if m.value.startswith("## Study"))
+    shown = title.split("`")[1]
+    assert HEX16.match(shown), title
+    study_id = sources.open_study(ref).study_id
+    assert study_id not in text  # hashed, never the raw id
+    assert len(charts(at)) >= 8  # 3 images, waterfall, agreement, 3 saliency maps, curve, tabular
+    assert any(s.label == "Slice" for s in at.slider)
+
+
+def test_moving_the_slider_does_not_rerun_the_model(env):
+    at = start()
+    assert not at.exception
+    slider = slice_slider(at)
+    first = int(slider.value)
+    other = first + 1 if first + 1 <= slider.max else first - 1
+    before = dict(compute.COUNTS)
+    slider.set_value(other)
+    at.run()
+    assert not at.exception
+    after = dict(compute.COUNTS)
+    assert after.get("forward", 0) == before.get("forward", 0), "the model ran again"
+    assert after.get("predict", 0) == before.get("predict", 0)
+    assert after.get("planes", 0) == before.get("planes", 0) + 1  # only the new slice was read for display
+    assert after.get("saliency", 0) - before.get("saliency", 0) <= 3  # one map per image expert, once
+    # back to the first slice, another pathology and a window change: everything from the caches
+    slice_slider(at).set_value(first)
+    at.run()
+    at.radio(key="head").set_value("mtear")
+    at.run()
+    at.slider(key="wl_mag_width").set_value(60)
+    at.run()
+    assert not at.exception
+    final = dict(compute.COUNTS)
+    assert final.get("forward", 0) == before.get("forward", 0)
+    assert final.get("predict", 0) == before.get("predict", 0)
+    assert final.get("planes", 0) == after.get("planes", 0)
+
+
+def test_identifiers_are_hashed_unless_the_user_opts_in(env):
+    ref = demo_refs(env)[0]
+    raw = sources.open_study(ref).study_id
+    at = start()
+    assert raw not in markdown_text(at)
+    at.toggle(key="show_ids").set_value(True)
+    at.run()
+    assert not at.exception
+    assert f"## Study `{raw}`" in markdown_text(at)
+
+
+def test_a_missing_modality_is_shown_missing_and_left_out_of_the_product(env):
+    at = start()
+    labels = at.selectbox(key="demo_choice").options
+    only = next(label for label in labels if "phase missing" in label)
+    at.selectbox(key="demo_choice").set_value(only)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    text = markdown_text(at)
+    assert "phase missing" in text
+    assert "not in product: phase, joint" in text
+    ref = next(r for r in demo_refs(env) if "phase missing" in r.label)
+    lm = current_model()
+    pred = compute.prediction(ref.key, lm.key, (), ref, lm)
+    assert "phase" not in pred.terms and "joint" not in pred.terms and "magnitude" in pred.terms
+    # the product without phase: normalised sum of the remaining terms
+    total = sum(v.astype(np.float64) for v in pred.terms.values())
+    p1 = np.exp(total[..., 1] - np.logaddexp(total[..., 0], total[..., 1]))
+    np.testing.assert_allclose(pred.p, p1, atol=2e-5)
+
+
+def test_withholding_a_modality_recomputes_the_product_once(env):
+    at = start()
+    before = compute.COUNTS.get("predict", 0)
+    box = next(m for m in at.multiselect if m.label == "Withhold from the model")
+    box.set_value(["phase"])
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert compute.COUNTS.get("predict", 0) == before + 1
+    assert "without phase" in markdown_text(at)
+    assert "experts left out: phase, joint" in markdown_text(at)
+    at.run()  # a rerun reuses the cached prediction without phase
+    assert compute.COUNTS.get("predict", 0) == before + 1
+
+
+def test_without_a_model_the_page_says_so_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("I2M2_MODEL", str(tmp_path / "missing.safetensors"))
+    at = start()
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and "cannot be loaded" in errors[0] and "missing.safetensors" in errors[0]
+
+
+# ---- paths ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def data_root(env, tmp_path):
+    root = tmp_path / "root"
+    outside = tmp_path / "outside"
+    (root / "studies").mkdir(parents=True)
+    outside.mkdir()
+    h5 = sorted((sources.demo_folder(env.cache_dir) / "h5").glob("*.h5"))[0]
+    (root / "studies" / "knee.h5").write_bytes(h5.read_bytes())
+    (outside / "secret.h5").write_bytes(h5.read_bytes())
+    (root / "escape").symlink_to(outside, target_is_directory=True)
+    return root, outside
+
+
+def test_resolve_under_refuses_everything_outside_the_roots(data_root):
+    root, outside = data_root
+    assert resolve_under([root], "studies") == (root / "studies").resolve()
+    assert resolve_under([root], "") == root.resolve()
+    assert resolve_under([root], str(root / "studies" / "knee.h5")) == (root / "studies" / "knee.h5").resolve()
+    for bad in ("..", "../outside", "studies/../../outside/secret.h5", str(outside), "escape", "escape/secret.h5",
+                "/etc/passwd", "~", "studies/\x00x"):
+        with pytest.raises(PathRefused) as info:
+            resolve_under([root], bad)
+        assert "Refused" in str(info.value), (bad, str(info.value))
+    with pytest.raises(PathRefused, match="Not found"):
+        resolve_under([root], "studies/nothing.h5")
+    with pytest.raises(PathRefused, match="No data root"):
+        resolve_under([], "studies")
+
+
+def test_the_page_refuses_a_path_outside_the_data_root_and_opens_one_inside(data_root, monkeypatch):
+    root, outside = data_root
+    monkeypatch.setenv("I2M2_DATA_ROOT", str(root))
+    at = start()
+    at.radio(key="source").set_value("Data folder")
+    at.run()
+    for bad in ("../outside", str(outside), "escape"):
+        at.text_input(key="root_path").input(bad)
+        at.button(key="root_scan").click()
+        at.run()
+        assert not at.exception
+        errors = [e.value for e in at.sidebar.error]
+        assert errors and "outside the allowed data roots" in errors[0], (bad, errors)
+        assert not at.metric  # nothing was opened
+    at.text_input(key="root_path").input("studies")
+    at.button(key="root_scan").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.sidebar.error
+    assert len(at.metric) == 4
+
+
+# ---- uploads -------------------------------------------------------------------------------------------
+
+
+def test_a_good_upload_is_analysed_in_a_private_folder_that_is_removed_after_use(env):
+    h5 = sorted((sources.demo_folder(env.cache_dir) / "h5").glob("*.h5"))[0]
+    at = start()
+    at.radio(key="source").set_value("Upload")
+    at.run()
+    at.file_uploader(key="upload_file").upload("my knee.h5", h5.read_bytes())
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.sidebar.error
+    assert len(at.metric) == 4
+    upload = at.session_state["upload"]
+    folder = Path(upload.folder)
+    assert folder.is_dir() and stat.S_IMODE(folder.stat().st_mode) == 0o700
+    files = [p for p in folder.iterdir()]
+    assert [p.name for p in files] == ["my_knee.h5"] and stat.S_IMODE(files[0].stat().st_mode) == 0o600
+    at.file_uploader(key="upload_file").clear()
+    at.run()
+    assert not folder.exists()
+    at.file_uploader(key="upload_file").upload("again.h5", h5.read_bytes())
+    at.run()
+    second = Path(at.session_state["upload"].folder)
+    at.radio(key="source").set_value("Demo studies")  # leaving the upload also removes it
+    at.run()
+    assert not second.exists()
+
+
+def test_a_bad_upload_gets_one_clear_message(env):
+    at = start()
+    at.radio(key="source").set_value("Upload")
+    at.run()
+    at.file_uploader(key="upload_file").upload("notes.h5", b"these are notes, not an HDF5 file\n")
+    at.run()
+    assert not at.exception
+    errors = [e.value for e in at.sidebar.error]
+    assert len(errors) == 1
+    assert errors[0].startswith("This file cannot be opened - notes.h5:") and "HDF5" in errors[0]
+    assert not at.metric
+
+
+@pytest.fixture()
+def private_tmp(tmp_path, monkeypatch):
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def _zip(entries: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_upload_validation(tmp_path, private_tmp):
+    from diagnose_inputs import write_dicom_study
+
+    write_dicom_study(tmp_path / "dcm", n_slices=3, phase=True, patient=0)
+    entries = {f"series/{p.relative_to(tmp_path / 'dcm').as_posix()}": p.read_bytes()
+               for p in sorted((tmp_path / "dcm").rglob("*.dcm"))}
+    good = sources.accept_upload("series.zip", _zip(entries), 50 << 20)
+    assert len(good.refs) == 1 and good.refs[0].kind == "upload"
+    study = sources.open_study(good.refs[0])
+    assert study.format == "dicom" and study.n_slices == 3 and set(study.modalities) == {"magnitude", "phase"}
+    good.close()
+    assert not good.folder.exists()
+
+    cases = {
+        ("evil.zip", _zip({"../evil.dcm": b"x"})): "outside the archive",
+        ("abs.zip", _zip({"/etc/cron.d/x": b"x"})): "outside the archive",
+        ("bomb.zip", _zip({"big.bin": b"\0" * (5 << 20)})): "expands to more than",
+        ("empty.zip", _zip({"readme.txt": b"hello"})): "no study found",
+        ("broken.zip", b"PK\x03\x04 not really a zip"): "not a valid zip",
+        ("notes.txt", b"hello"): "not a supported file",
+        ("empty.h5", b""): "empty",
+        ("huge.nii", b"\0" * (2 << 20)): "upload limit",
+        ("garbage.nii.gz", b"\x1f\x8b not gzip"): "",
+    }
+    for (name, data), fragment in cases.items():
+        with pytest.raises(sources.UploadRejected) as info:
+            sources.accept_upload(name, data, 1 << 20)
+        message = str(info.value)
+        assert message.startswith(name) and fragment in message, (name, message)
+        assert "\n" not in message
+    assert list(private_tmp.iterdir()) == []  # nothing left behind by refused uploads
+
+
+# ---- the batch page -------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def batch_run(env, tmp_path):
+    from pipelines import diagnose
+
+    root = tmp_path / "root"
+    inputs = root / "inputs"
+    inputs.mkdir(parents=True)
+    for i, h5 in enumerate(sorted((sources.demo_folder(env.cache_dir) / "h5").glob("*.h5"))):
+        (inputs / f"knee{i}.h5").write_bytes(h5.read_bytes())
+    (inputs / "broken.h5").write_text("not an HDF5 file\n")
+    out = root / "runs" / "run1"
+    model = None if env.model is None else str(env.model)
+    code = diagnose.run(inputs, out, model=model, progress=False)
+    assert code == 2  # one study failed
+    return root, out
+
+
+def test_batch_page_sorts_filters_and_opens_a_study(batch_run, monkeypatch):
+    root, out = batch_run
+    monkeypatch.setenv("I2M2_DATA_ROOT", str(root))
+    at = start()
+    at.switch_page("views/batch.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="batch_run").value == "runs/run1"
+    values = {m.label: m.value for m in at.metric}
+    assert values["Studies"] == "3" and values["Succeeded"] == "2" and values["Failed"] == "1"
+    table = at.dataframe[0].value
+    assert len(table) == 3 and all(HEX16.match(s) for s in table["study_id"])
+    assert "source" not in table.columns  # paths hidden by default
+    # sorted by p_acl descending by default
+    p = table["p_acl"].to_numpy(dtype=float)
+    p = p[~np.isnan(p)]
+    assert list(p) == sorted(p, reverse=True)
+    at.selectbox(key="batch_sort").set_value("p_cart")
+    at.toggle(key="batch_desc").set_value(False)
+    at.run()
+    p = at.dataframe[0].value["p_cart"].to_numpy(dtype=float)
+    p = p[~np.isnan(p)]
+    assert list(p) == sorted(p)
+    at.multiselect(key="batch_status").set_value(["error"])
+    at.run()
+    only = at.dataframe[0].value
+    assert list(only["status"]) == ["error"] and "HDF5" in only["error"].iloc[0]
+    at.multiselect(key="batch_status").set_value(["ok"])
+    at.run()
+    pick = at.selectbox(key="batch_pick").value
+    at.button(key="batch_open").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    text = markdown_text(at)
+    assert f"## Study `{pick}`" in text and "from a batch result: no images" in text
+    record = json.loads((out / "studies" / f"{pick}.json").read_text())
+    values = metric_values(at)
+    for j, head in enumerate(["ACL tear / sprain", "Meniscus tear", "Cartilage defect", "Other abnormality"]):
+        h = ["acl", "mtear", "cart", "abnormal"][j]
+        assert math.isclose(values[head], round(record["study"]["p"][h], 2), abs_tol=0.006)
+
+
+def test_batch_page_opens_the_images_when_given_the_input_folder(batch_run, monkeypatch):
+    root, out = batch_run
+    monkeypatch.setenv("I2M2_DATA_ROOT", str(root))
+    at = start()
+    at.switch_page("views/batch.py")
+    at.run()
+    at.text_input(key="batch_input").input("inputs")
+    at.button(key="batch_open").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "from a batch result" not in markdown_text(at)
+    assert any(s.label == "Slice" for s in at.slider)
+    # a run folder outside the root is refused
+    at.switch_page("views/batch.py")
+    at.run()
+    at.selectbox(key="batch_run").set_value("Type a path...")
+    at.run()
+    at.text_input(key="batch_path").input("../../")
+    at.run()
+    assert any("outside the allowed data roots" in e.value for e in at.error)
+
+
+# ---- the report ---------------------------------------------------------------------------------------
+
+
+def test_report_json_and_html(env):
+    ref = demo_refs(env)[0]
+    lm = current_model()
+    pred = compute.prediction(ref.key, lm.key, (), ref, lm)
+    study = sources.open_study(ref)
+    summary = {"study_id": study.study_id, "patient_id": study.patient_id, "format": study.format,
+               "n_slices": study.n_slices}
+    shown = report.hash_text(study.study_id)
+    attr = compute.compute_tabular(lm, ref)
+    doc = report.report_json(pred, summary, shown, show_ids=False, withheld=[], tabular=attr)
+    text = json.dumps(doc)
+    assert doc["research_use_only"] is True and "RESEARCH USE ONLY" in doc["notice"]
+    assert study.study_id not in text and doc["prediction"]["source"] is None
+    assert doc["study"]["id"] == shown and doc["prediction"]["study_id"] == shown
+    for j, head in enumerate(["acl", "mtear", "cart", "abnormal"]):
+        ev = doc["evidence"][head]
+        # the contributions at the top slice add up to the product's log-odds there
+        p_top = ev["p_top_slice"]
+        assert math.isclose(sum(ev["contributions_top_slice"].values()), math.log(p_top / (1 - p_top)), abs_tol=1e-4)
+        assert math.isclose(ev["p"], float(pred.p_study[j]), abs_tol=1e-9)
+        assert ev["driving_expert_top_slice"] in pred.terms
+    # every slice's product is checkable from the JSON alone
+    for s in doc["prediction"]["slices"]:
+        for h in ["acl", "mtear", "cart", "abnormal"]:
+            lp0 = sum(s["logp"][t][h][0] for t in s["logp"])
+            lp1 = sum(s["logp"][t][h][1] for t in s["logp"])
+            assert abs(math.exp(lp1) / (math.exp(lp0) + math.exp(lp1)) - s["p"][h]) < 1e-5
+    png = b"\x89PNG\r\n\x1a\n" + b"0" * 16
+    html = report.report_html(doc, images={"acl": png}, curves={"acl": (pred.slices, pred.p[:, 0], int(pred.top_slice[0]))})
+    assert html.startswith("<!DOCTYPE html>") and "RESEARCH USE ONLY" in html
+    assert "<script" not in html.lower() and "http://" not in html and "https://" not in html
+    assert "data:image/png;base64," in html and html.count("<svg") >= 9
+    assert study.study_id not in html and shown in html
+
+
+def test_server_config_is_safe_by_default():
+    tomllib = pytest.importorskip("tomllib")
+    from app_support import REPO
+
+    config = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["address"] == "localhost"
+    assert config["server"]["enableXsrfProtection"] is True
+    assert 1 <= config["server"]["maxUploadSize"] <= 1024
+    assert config["browser"]["gatherUsageStats"] is False
+    assert config["client"]["showErrorDetails"] in ("type", "none")
+    assert config["server"]["showEmailPrompt"] is False  # no set-up step on a fresh install

@@ -1,0 +1,150 @@
+"""End to end in a real headless browser: `streamlit run app/main.py` as a subprocess, driven by
+playwright with Debian's chromium (never a downloaded browser). Opens the page, picks a demo
+study, checks the research-use banner, the probabilities, the per-expert evidence chart and a
+saliency image, and saves a screenshot (a non-blank PNG) as a test artifact.
+
+The screenshot goes to ``$I2M2_TEST_ARTIFACTS`` when set, else to pytest's temporary folder; its
+path is printed."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app_support import REPO, prepare
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+START_TIMEOUT_S = 180
+PAGE_TIMEOUT_MS = 420_000
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    if not CHROMIUM.is_file():
+        pytest.skip("Debian's chromium is not installed at /usr/bin/chromium (apt-get install -y chromium)")
+    env_root = tmp_path_factory.mktemp("browser")
+    app_env = prepare(env_root)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("I2M2_")}
+    env.update(app_env.environ())
+    env["STREAMLIT_BROWSER_GATHER_USAGE_STATS"] = "false"
+    log = open(env_root / "server.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.headless", "true",
+         "--server.port", str(port)],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://localhost:{port}"
+    deadline = time.monotonic() + START_TIMEOUT_S
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"streamlit exited with {proc.returncode}: {(env_root / 'server.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("streamlit did not start in time")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def wait_until_idle(page, timeout_s: float = 420.0) -> None:
+    """Until the app's script run has finished: no element is marked stale (Streamlit marks the
+    previous run's elements ``data-stale="true"`` until the new run replaces them) for 2 s."""
+    deadline = time.monotonic() + timeout_s
+    quiet = 0
+    time.sleep(1.0)
+    while time.monotonic() < deadline:
+        stale = page.evaluate("() => document.querySelectorAll('[data-stale=\"true\"]').length")
+        quiet = quiet + 1 if stale == 0 else 0
+        if quiet >= 4:
+            return
+        time.sleep(0.5)
+    raise AssertionError("the app kept running")
+
+
+def test_browser_shows_banner_probabilities_evidence_and_saliency(server, tmp_path):
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    artifacts = Path(os.environ.get("I2M2_TEST_ARTIFACTS") or tmp_path)
+    artifacts.mkdir(parents=True, exist_ok=True)
+    shot = artifacts / "app_study_page.png"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 3400})
+            page.goto(server)
+            page.get_by_text("RESEARCH USE ONLY").first.wait_for(timeout=PAGE_TIMEOUT_MS)
+            page.locator('[data-testid="stMetricValue"]').first.wait_for(timeout=PAGE_TIMEOUT_MS)
+            wait_until_idle(page)
+            first_title = page.locator("h2").filter(has_text="Study").first.inner_text()
+
+            # pick another demo study in the sidebar
+            page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').first.click()
+            page.get_by_role("option", name=re.compile(r"Demo knee 2")).click()
+            page.wait_for_function(
+                "t => ![...document.querySelectorAll('h2')].some(h => h.innerText === t)", arg=first_title,
+                timeout=PAGE_TIMEOUT_MS)
+            page.get_by_text("Across slices").first.wait_for(timeout=PAGE_TIMEOUT_MS)
+            wait_until_idle(page)
+
+            banner = page.locator(".i2m2-banner").inner_text()
+            assert "RESEARCH USE ONLY" in banner
+            values = [float(v) for v in page.locator('[data-testid="stMetricValue"]').all_inner_texts()]
+            assert len(values) == 4 and all(0.0 <= v <= 1.0 for v in values), values
+
+            # the per-expert evidence chart (waterfall of log-odds) and a saliency image
+            page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 8", timeout=PAGE_TIMEOUT_MS)
+            plots = page.evaluate("""() => [...document.querySelectorAll('.js-plotly-plot')].map(p => ({
+                title: (p.querySelector('.gtitle') || {}).textContent || '',
+                bars: p.querySelectorAll('g.trace.bars g.point').length,
+                images: [...p.querySelectorAll('image')].map(i => i.getAttribute('href') || '')}))""")
+            waterfalls = [q for q in plots if q["title"].startswith("Log-odds contributions")]
+            assert len(waterfalls) == 1 and waterfalls[0]["bars"] >= 4, plots  # experts + the I2M2 total
+            maps = [q for q in plots if q["title"] == "Magnitude expert on magnitude"]
+            assert len(maps) == 1, [q["title"] for q in plots]
+            href = maps[0]["images"][0] if maps[0]["images"] else ""
+            assert href.startswith("data:image/png;base64,") and len(href) > 2000
+            page.mouse.move(1400, 5)  # no tooltip in the picture
+            time.sleep(1.0)
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    print(f"screenshot: {shot}")
+    image = Image.open(shot)
+    assert image.format == "PNG" and image.size[0] >= 1000 and image.size[1] >= 1000
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float64)
+    assert pixels.std() > 10.0  # not blank
+    colours = np.unique(pixels[::4, ::4].reshape(-1, 3), axis=0)
+    assert len(colours) > 500  # images and charts, not a flat page

@@ -1,0 +1,450 @@
+"""`i2m2-med diagnose` end to end on a mixed folder: one row per study with the right status,
+the JSON identity from the written files, DICOM SR, de-identification, resume, an interrupted
+run completed by --resume, atomic outputs, one-line errors and exit codes, and DDP with 2 CPU
+processes."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from diagnose_inputs import (
+    PATIENT_IDS,
+    PATIENT_NAME_PARTS,
+    make_checkpoint,
+    mixed_folder,
+    write_broken,
+    write_dicom_study,
+    write_h5,
+)
+from i2m2_med.heads import HEADS
+from i2m2_med.io.dicom import read_dicom_series
+from pipelines import diagnose
+from pipelines.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+LEADING = ["study_id", "source", "format", "status", "error", "n_slices", "p_acl", "p_mtear", "p_cart", "p_abnormal"]
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _rows(out: Path) -> list[dict[str, str]]:
+    with open(out / "predictions.csv", newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _header(out: Path) -> list[str]:
+    with open(out / "predictions.csv", newline="", encoding="utf-8") as fh:
+        return next(csv.reader(fh))
+
+
+def _json(out: Path, study_id: str) -> dict:
+    return json.loads((out / "studies" / f"{study_id}.json").read_text())
+
+
+def _all_files(out: Path) -> list[Path]:
+    return sorted(p for p in out.rglob("*") if p.is_file())
+
+
+def _diagnose(capsys, *args: str) -> tuple[int, str]:
+    rc = main(["diagnose", *map(str, args)])
+    err = capsys.readouterr().err
+    return rc, err
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("run") / "model.safetensors", seed=3)
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("mixed")
+    mixed_folder(root)
+    write_broken(root / "broken")
+    return root
+
+
+@pytest.fixture(scope="module")
+def mixed_run(mixed, checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out") / "diag"
+    rc = main(["diagnose", str(mixed), "--out", str(out), "--model", str(checkpoint.parent), "--workers", "2"])
+    return rc, out
+
+
+def test_mixed_folder_rows_statuses_and_columns(mixed_run, mixed):
+    rc, out = mixed_run
+    assert rc == 2  # some studies failed
+    header = _header(out)
+    assert header[:10] == LEADING
+    terms = ["magnitude", "phase", "tabular", "joint"]
+    assert header[10:10 + 16] == [f"contrib_{t}_{h}" for t in terms for h in HEADS]
+    rows = {r["source"]: r for r in _rows(out)}
+    ok = {
+        "h5/knee_single.h5": ("fastmri_h5", 3),
+        "h5/knee_multi.h5": ("fastmri_h5", 2),
+        "nifti/knee_vol.nii.gz": ("nifti", 3),
+        "dicom/with_phase/magnitude": ("dicom", 3),
+        "dicom/magnitude_only/magnitude": ("dicom", 3),
+    }
+    for source, (fmt, n) in ok.items():
+        r = rows.pop(source)
+        assert (r["status"], r["format"], int(r["n_slices"]), r["error"]) == ("ok", fmt, n, ""), r
+        for h in HEADS:
+            assert 0.0 <= float(r[f"p_{h}"]) <= 1.0
+    # every broken file is its own error row with a one-line reason
+    errors = {
+        "broken/truncated.h5": "truncated",
+        "broken/notes.h5": "HDF5",
+        "broken/nopixels.dcm": "pixel data",
+        "broken/garbage.nii.gz": "",
+        "broken/nan.h5": "NaN",
+    }
+    for source, fragment in errors.items():
+        r = rows.pop(source)
+        assert r["status"] == "error" and r["error"] and "\n" not in r["error"], r
+        assert fragment.lower() in r["error"].lower(), r["error"]
+        assert all(r[f"p_{h}"] == "" for h in HEADS)
+    assert rows == {}, f"unexpected rows: {sorted(rows)}"
+    assert not any(p.name.endswith(".part") for p in _all_files(out))
+    for path in [out / "predictions.csv", *(out / "studies").glob("*.json")]:
+        assert str(mixed) not in path.read_text(), f"absolute input path in {path.name}"
+
+
+def test_missing_phase_is_shown_and_the_product_computed_without_it(mixed_run):
+    _, out = mixed_run
+    rows = {r["source"]: r for r in _rows(out)}
+    mag = rows["dicom/magnitude_only/magnitude"]
+    both = rows["dicom/with_phase/magnitude"]
+    assert mag["missing_modalities"] == "phase" and mag["dropped_experts"] == "phase;joint"
+    assert all(mag[f"contrib_phase_{h}"] == "" and mag[f"contrib_joint_{h}"] == "" for h in HEADS)
+    assert all(mag[f"contrib_magnitude_{h}"] != "" for h in HEADS)
+    assert both["missing_modalities"] == "" and all(both[f"contrib_joint_{h}"] != "" for h in HEADS)
+    doc = _json(out, mag["study_id"])
+    assert doc["missing_modalities"] == ["phase"] and doc["dropped_experts"] == ["phase", "joint"]
+    assert set(doc["slices"][0]["logp"]) == {"magnitude", "tabular"}
+
+
+def test_json_identity_from_the_written_files(mixed_run, checkpoint):
+    from i2m2_med.checkpoint import read_checkpoint_meta
+
+    _, out = mixed_run
+    meta = read_checkpoint_meta(checkpoint)
+    checked = 0
+    for r in _rows(out):
+        doc = _json(out, r["study_id"])
+        assert doc["study_id"] == r["study_id"] and doc["source"] == r["source"] and doc["format"] == r["format"]
+        assert doc["model"]["fingerprint"] == meta.fingerprint and doc["model"]["variant"] == "i2m2"
+        if r["status"] != "ok":
+            assert doc["status"] == "error" and doc["error"] == r["error"]
+            continue
+        assert doc["heads"] == list(HEADS)
+        assert len(doc["slices"]) == int(r["n_slices"])
+        for s in doc["slices"]:
+            for h in HEADS:
+                lp0 = sum(s["logp"][t][h][0] for t in s["logp"])
+                lp1 = sum(s["logp"][t][h][1] for t in s["logp"])
+                p1 = np.exp(lp1) / (np.exp(lp0) + np.exp(lp1))
+                assert abs(p1 - s["p"][h]) < 1e-5
+                checked += 1
+        # study level from the slices by the documented rule (mean of the top 3)
+        for h in HEADS:
+            ps = sorted((s["p"][h] for s in doc["slices"]), reverse=True)
+            assert doc["study"]["p"][h] == pytest.approx(np.mean(ps[:3]), rel=1e-6)
+            assert float(r[f"p_{h}"]) == pytest.approx(doc["study"]["p"][h], rel=1e-12)
+            top = doc["study"]["top_slice"][h]
+            assert doc["slices"][top]["p"][h] == max(ps)
+            assert int(r[f"top_slice_{h}"]) == top
+            contrib = doc["study"]["contributions"]
+            for t in contrib:
+                assert float(r[f"contrib_{t}_{h}"]) == pytest.approx(contrib[t][h])
+    assert checked == 4 * (3 + 2 + 3 + 3 + 3)
+
+
+def test_dicom_sr_references_the_source_series(mixed_run, mixed):
+    import highdicom as hd
+
+    _, out = mixed_run
+    rows = {r["source"]: r for r in _rows(out)}
+    srs = sorted((out / "sr").glob("*.dcm"))
+    assert len(srs) == 2  # one per DICOM study, none for h5 / NIfTI
+    for folder, series in (("with_phase", ("magnitude", "phase")), ("magnitude_only", ("magnitude",))):
+        row = rows[f"dicom/{folder}/magnitude"]
+        doc = _json(out, row["study_id"])
+        assert doc["sr"] == f"sr/{row['study_id']}.dcm"
+        sr = pydicom.dcmread(out / doc["sr"])
+        assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR
+        assert str(sr.PatientName) == "" and sr.PatientBirthDate == ""
+        assert sr.PatientID == _sha(PATIENT_IDS[0 if folder == "with_phase" else 1])
+        src_series = {}
+        for s in series:
+            first = pydicom.dcmread(mixed / "dicom" / folder / s / "im000.dcm", stop_before_pixels=True)
+            src_series[s] = first.SeriesInstanceUID
+            assert sr.StudyInstanceUID == first.StudyInstanceUID
+        ref = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
+        assert {item.SeriesInstanceUID for item in ref} == set(src_series.values())
+        assert sum(len(item.ReferencedSOPSequence) for item in ref) == 3 * len(series)
+        items = list(_walk(sr.ContentSequence))
+        texts = [item.TextValue for item in items if item.ValueType == "TEXT"]
+        assert any(t.startswith("RESEARCH USE ONLY") for t in texts)
+        assert ("missing modalities: phase" in " ".join(texts)) == (folder == "magnitude_only")
+        assert "RESEARCH USE ONLY" in sr.SeriesDescription
+        # the probabilities are the study-level p of the CSV, one Probability item per head
+        values = sorted(float(x.MeasuredValueSequence[0].NumericValue) for x in items if x.ValueType == "NUM")
+        assert values == pytest.approx(sorted(float(row[f"p_{h}"]) for h in HEADS), abs=1e-6)
+        # the top slice of each head is referenced as the source image of its measurement group
+        (study,) = read_dicom_series(mixed / "dicom" / folder)
+        mag_uids = [pydicom.dcmread(entry[0], stop_before_pixels=True).SOPInstanceUID
+                    for entry in study.slice_reader.magnitude]  # in the reader's slice order
+        refs = [x.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for x in items if x.ValueType == "IMAGE"]
+        assert refs == [mag_uids[int(row[f"top_slice_{h}"])] for h in HEADS]
+        # highdicom reads it back as a Comprehensive SR
+        parsed = hd.sr.srread(out / doc["sr"])
+        assert isinstance(parsed, hd.sr.ComprehensiveSR)
+
+
+def _walk(seq):
+    for item in seq:
+        yield item
+        if "ContentSequence" in item:
+            yield from _walk(item.ContentSequence)
+
+
+def test_no_patient_name_or_raw_id_in_any_output(mixed_run):
+    _, out = mixed_run
+    files = _all_files(out)
+    assert len(files) >= 12
+    for path in files:
+        data = path.read_bytes()
+        for secret in (*PATIENT_NAME_PARTS, *PATIENT_IDS):
+            assert secret.encode() not in data, f"{secret} found in {path.relative_to(out)}"
+    rows = _rows(out)
+    # study ids are sha256 hashes of the readers' ids; patient ids hashed
+    by_source = {r["source"]: r for r in rows}
+    assert by_source["h5/knee_single.h5"]["study_id"] == _sha("knee_single")
+    assert by_source["h5/knee_single.h5"]["patient_id"] == _sha(PATIENT_IDS[2])
+    assert by_source["nifti/knee_vol.nii.gz"]["study_id"] == _sha("knee_vol")
+
+
+def test_patient_name_and_id_in_folder_names_are_removed(capsys, tmp_path, checkpoint):
+    """PACS exports often name folders after the patient: the name parts and the id are replaced
+    in every path and message of the outputs."""
+    src = tmp_path / "in"
+    write_dicom_study(src / "DOE_JANE" / PATIENT_IDS[0], n_slices=2, phase=False, patient=0)
+    write_h5(src / f"{PATIENT_IDS[2]}.h5", n_slices=2, width=368, patient_id=PATIENT_IDS[2])
+    out = tmp_path / "out"
+    rc, err = _diagnose(capsys, src, "--out", out, "--model", checkpoint, "--no-progress")
+    assert rc == 0, err
+    sources = sorted(r["source"] for r in _rows(out))
+    assert sources == sorted([f"anon_anon/{_sha(PATIENT_IDS[0])}/magnitude", f"{_sha(PATIENT_IDS[2])}.h5"])
+    for path in _all_files(out):
+        for secret in (*PATIENT_NAME_PARTS, *PATIENT_IDS):
+            assert secret.encode() not in path.read_bytes(), f"{secret} in {path.name}"
+
+
+def test_keep_ids(capsys, tmp_path, checkpoint):
+    src = tmp_path / "in"
+    write_h5(src / "knee_kept.h5", n_slices=2, width=368, patient_id=PATIENT_IDS[2])
+    write_dicom_study(src / "dcm", n_slices=2, phase=False, patient=0)
+    out = tmp_path / "out"
+    rc, err = _diagnose(capsys, src, "--out", out, "--model", checkpoint, "--keep-ids", "--no-progress")
+    assert rc == 0, err
+    rows = {r["source"]: r for r in _rows(out)}
+    assert rows["knee_kept.h5"]["study_id"] == "knee_kept"
+    assert rows["knee_kept.h5"]["patient_id"] == PATIENT_IDS[2]
+    assert rows["dcm/magnitude"]["study_id"].startswith("dicom-")
+    sr = pydicom.dcmread(next((out / "sr").glob("*.dcm")))
+    assert sr.PatientID == PATIENT_IDS[0] and str(sr.PatientName) == ""
+    for path in _all_files(out):
+        for name in PATIENT_NAME_PARTS:
+            assert name.encode() not in path.read_bytes()
+
+
+def _small_folder(root: Path) -> Path:
+    write_h5(root / "a.h5", n_slices=2, width=368, patient_id="PX-1", seed=11)
+    write_h5(root / "b.h5", n_slices=3, width=372, patient_id="PX-2", seed=12)
+    write_dicom_study(root / "c", n_slices=2, phase=True, patient=0, seed=13)
+    return root
+
+
+def _outputs(out: Path) -> dict[str, object]:
+    """CSV text and every JSON, for comparing two runs (the SR carries creation times)."""
+    docs = {p.name: json.loads(p.read_text()) for p in sorted((out / "studies").glob("*.json"))}
+    return {"csv": (out / "predictions.csv").read_text(), "json": docs,
+            "sr": sorted(p.name for p in (out / "sr").glob("*.dcm"))}
+
+
+def test_resume_skips_done_studies_and_reruns_for_another_model(capsys, tmp_path, checkpoint):
+    src = _small_folder(tmp_path / "in")
+    out = tmp_path / "out"
+    rc, _ = _diagnose(capsys, src, "--out", out, "--model", checkpoint, "--no-progress")
+    assert rc == 0
+    first = _outputs(out)
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "studies").glob("*.json")}
+    rc, err = _diagnose(capsys, src, "--out", out, "--model", checkpoint, "--resume", "--no-progress")
+    assert rc == 0 and "3 of 3 studies already done" in err
+    assert {p: p.stat().st_mtime_ns for p in (out / "studies").glob("*.json")} == mtimes
+    assert _outputs(out) == first
+    other = make_checkpoint(tmp_path / "other" / "model.safetensors", seed=99)
+    rc, err = _diagnose(capsys, src, "--out", out, "--model", other, "--resume", "--no-progress")
+    assert rc == 0 and "already done" not in err
+    docs = [json.loads(p.read_text()) for p in (out / "studies").glob("*.json")]
+    from i2m2_med.checkpoint import read_checkpoint_meta
+
+    assert {d["model"]["fingerprint"] for d in docs} == {read_checkpoint_meta(other).fingerprint}
+
+
+def test_interrupted_run_is_completed_by_resume(tmp_path, checkpoint):
+    src = _small_folder(tmp_path / "in")
+    out = tmp_path / "out"
+    seen = []
+
+    def stop_after_first(record: dict) -> None:
+        seen.append(record["study_id"])
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        diagnose.run(src, out, model=checkpoint, progress=False, on_study_done=stop_after_first)
+    # consistent after the interrupt: one finished study, listed in the CSV, no temporary files
+    rows = _rows(out)
+    assert [r["study_id"] for r in rows] == seen and rows[0]["status"] == "ok"
+    assert sorted(p.stem for p in (out / "studies").glob("*.json")) == seen
+    assert not any(p.name.endswith(".part") for p in _all_files(out))
+    assert diagnose.run(src, out, model=checkpoint, resume=True, progress=False) == 0
+    reference = tmp_path / "reference"
+    assert diagnose.run(src, reference, model=checkpoint, progress=False) == 0
+    assert _outputs(out) == _outputs(reference)
+    assert len(_rows(out)) == 3
+
+
+def test_tampered_checkpoint_is_one_line_exit_1(capsys, tmp_path, checkpoint):
+    src = _small_folder(tmp_path / "in")
+    data = bytearray(checkpoint.read_bytes())
+    data[-50] ^= 0x01
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(bytes(data))
+    rc, err = _diagnose(capsys, src, "--out", tmp_path / "out", "--model", bad, "--no-progress")
+    assert rc == 1
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "bad.safetensors" in lines[0]
+    assert "Traceback" not in err
+    assert not (tmp_path / "out" / "predictions.csv").exists()
+    (tmp_path / "trunc.safetensors").write_bytes(bytes(data[: len(data) // 2]))
+    rc, err = _diagnose(capsys, src, "--out", tmp_path / "out", "--model", tmp_path / "trunc.safetensors")
+    assert rc == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_usage_errors_exit_1(capsys, tmp_path, checkpoint):
+    rc, err = _diagnose(capsys, tmp_path / "nowhere", "--out", tmp_path / "o", "--model", checkpoint)
+    assert rc == 1 and "no such input folder" in err and "Traceback" not in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rc, err = _diagnose(capsys, empty, "--out", tmp_path / "o", "--model", checkpoint)
+    assert rc == 1 and "no study found" in err
+    (tmp_path / "file").write_text("x")
+    src = _small_folder(tmp_path / "in")
+    rc, err = _diagnose(capsys, src, "--out", tmp_path / "file", "--model", checkpoint)
+    assert rc == 1 and "not a folder" in err
+    rc, err = _diagnose(capsys, src, "--out", tmp_path / "o", "--model", checkpoint, "--workers", "-1")
+    assert rc == 1 and "Traceback" not in err
+    rc, err = _diagnose(capsys, src, "--out", tmp_path / "o", "--model", checkpoint, "--drop", "kspace")
+    assert rc == 1 and "unknown modality" in err
+
+
+def test_help_documents_exit_codes(capsys):
+    rc = main(["diagnose", "--help"])
+    text = capsys.readouterr().out
+    assert rc == 0
+    for fragment in ("0 every study succeeded", "2 some studies failed", "1 usage error", "--resume", "--keep-ids", "--workers"):
+        assert fragment in " ".join(text.split()), fragment
+
+
+def test_progress_bar_with_eta(capsys, tmp_path, checkpoint):
+    src = _small_folder(tmp_path / "in")
+    rc, err = _diagnose(capsys, src, "--out", tmp_path / "out", "--model", checkpoint)
+    assert rc == 0
+    assert "diagnose" in err and "slice" in err and "<" in err  # tqdm: [elapsed<remaining]
+    assert "3 studies: 3 ok, 0 failed" in err
+
+
+def test_one_bad_study_among_good_ones_and_drop_option(capsys, tmp_path, checkpoint):
+    src = _small_folder(tmp_path / "in")
+    write_h5(src / "zz_bad.h5", n_slices=2, width=368, nan=True)
+    out = tmp_path / "out"
+    rc, err = _diagnose(capsys, src, "--out", out, "--model", checkpoint, "--drop", "tabular", "--no-progress")
+    assert rc == 2 and "Traceback" not in err
+    rows = _rows(out)
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok", "error"]
+    assert "zz_bad.h5" in rows[-1]["error"] and "NaN" in rows[-1]["error"]
+    assert not rows[-1]["error"].startswith("/")  # paths relative to INPUT_DIR
+    for r in rows[:3]:
+        assert all(r[f"contrib_tabular_{h}"] == "" for h in HEADS)
+        assert _json(out, r["study_id"])["excluded_modalities"] == ["tabular"]
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_match_a_single_process_run(tmp_path, checkpoint):
+    src = _small_folder(tmp_path / "in")
+    write_h5(src / "d.h5", n_slices=2, width=368, seed=21)
+    single = tmp_path / "single"
+    assert diagnose.run(src, single, model=checkpoint, progress=False) == 0
+    out = tmp_path / "ddp"
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "diagnose", str(src), "--out", str(out), "--model", str(checkpoint),
+         "--devices", "2", "--no-progress"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = _outputs(single), _outputs(out)
+    assert a["sr"] == b["sr"] and set(a["json"]) == set(b["json"])
+    rows_a, rows_b = _rows(single), _rows(out)
+    assert [r["study_id"] for r in rows_a] == [r["study_id"] for r in rows_b]
+    for ra, rb in zip(rows_a, rows_b):
+        for h in HEADS:
+            assert float(ra[f"p_{h}"]) == pytest.approx(float(rb[f"p_{h}"]), abs=1e-6)
+    shutil.rmtree(out)
+
+
+def test_synthetic_cohort_all_formats_with_clinical_table(capsys, tmp_path, checkpoint):
+    """The synthetic generator's h5 + DICOM + NIfTI of two subjects, with its tabular.csv as the
+    clinical table: six ok rows, the clinical values reach the tabular expert, and neither the
+    placeholder patient name nor the raw subject ids appear in any output."""
+    from i2m2_med.synth import generate_cohort
+
+    src = tmp_path / "synth"
+    generate_cohort(src, 2, seed=0, dicom=True, nifti=True, n_slices=8)
+    with open(src / "splits.csv", newline="") as fh:
+        subjects = {row["subject_id"] for row in csv.DictReader(fh)}
+    assert len(subjects) == 2
+    plain, joined = tmp_path / "plain", tmp_path / "joined"
+    rc, err = _diagnose(capsys, src, "--out", plain, "--model", checkpoint, "--no-progress")
+    assert rc == 0, err
+    rc, err = _diagnose(capsys, src, "--out", joined, "--model", checkpoint, "--clinical", src / "tabular.csv",
+                        "--no-progress", "--workers", "2")
+    assert rc == 0, err
+    rows = {r["source"]: r for r in _rows(joined)}
+    assert sorted((r["format"], r["status"], r["n_slices"]) for r in rows.values()) == sorted(
+        [(f, "ok", "8") for f in ("fastmri_h5", "dicom", "nifti") for _ in range(2)])
+    before = {r["source"]: r for r in _rows(plain)}
+    for source in ("nifti/synth0_0000.nii.gz", "nifti/synth0_0001.nii.gz"):
+        # a NIfTI header has no age / sex / BMI: only the clinical table supplies them
+        assert rows[source]["contrib_tabular_acl"] != before[source]["contrib_tabular_acl"]
+        assert rows[source]["contrib_magnitude_acl"] == before[source]["contrib_magnitude_acl"]
+    assert len(list((joined / "sr").glob("*.dcm"))) == 2
+    for path in _all_files(joined):
+        data = path.read_bytes()
+        for secret in ("SYNTH", "ANON", *subjects):
+            assert secret.encode() not in data, f"{secret} in {path.name}"

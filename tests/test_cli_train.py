@@ -1,0 +1,132 @@
+"""`i2m2-med train` and `i2m2-med demo` from the command line: end to end on the tiny synthetic
+cohort, and one-line errors for bad arguments."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from i2m2_med.config import load_config
+from pipelines.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def small_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The cpu config at 32 x 32 pixels as a YAML file (exercises --config FILE.yaml)."""
+    path = tmp_path_factory.mktemp("config") / "small.yaml"
+    path.write_text(load_config("cpu").with_updates(image_size=32, name="small").to_yaml())
+    return path
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _one_error_line(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
+    rc = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 1, err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.mark.slow
+def test_train_end_to_end(tiny_cohort: Path, small_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    rc = main([
+        "train", "--data", str(tiny_cohort), "--out", str(run), "--variant", "i2m2", "--config", str(small_config),
+        "--epochs", "1", "--seed", "2", "--batch-size", "16", "--no-progress",
+    ])
+    out = capsys.readouterr().out
+    assert rc == 0
+    for name in ("model.safetensors", "metrics.json", "predictions.csv", "config.yaml"):
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["config"] == str(small_config) and metrics["seed"] == 2
+    assert metrics["training"]["epochs_run"] == 1 and metrics["training"]["batch_size"] == 16
+    assert load_config(run / "config.yaml").image_size == 32
+    # the printed table has the combined model and every expert, on both splits and levels
+    assert "mean3" in out and f"checkpoint: {run / 'model.safetensors'}" in out
+    for name in ("combined", "magnitude", "phase", "tabular", "joint"):
+        assert name in out
+    test_mean = metrics["test_mean_pathologies"]["slice"]
+    assert test_mean is None or 0.0 <= test_mean <= 1.0
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--epochs", "0"], "--epochs: must be a positive integer"),
+        (["--variant", "fusion"], "unknown variant"),
+        (["--strategy", "bogus"], "unknown strategy"),
+        (["--devices", "0"], "--devices: must be a positive integer"),
+        (["--accelerator", "abacus"], "unknown accelerator"),
+        (["--config", "/nonexistent/cfg.yaml"], "no such config file"),
+    ],
+)
+def test_train_bad_arguments_are_one_line(
+    args: list[str], expected: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()  # arguments are checked before any data is read
+    line = _one_error_line(capsys, ["train", "--data", str(data), "--out", str(tmp_path / "r"), *args])
+    assert line.startswith("error: ") and expected in line
+    assert not (tmp_path / "r" / "model.safetensors").exists()
+
+
+def test_train_bad_data_and_config_keys(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    line = _one_error_line(capsys, ["train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "r")])
+    assert "no such data folder" in line
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\ntraining:\n  max_epoch: 3\n")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    line = _one_error_line(capsys, ["train", "--data", str(empty), "--out", str(tmp_path / "r"), "--config", str(bad)])
+    assert "training.max_epoch: unknown key" in line
+
+
+def test_demo_bad_arguments_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    line = _one_error_line(capsys, ["demo", "--out", str(tmp_path), "--volumes", "2"])
+    assert "at least 6 volumes" in line
+    line = _one_error_line(capsys, ["demo", "--out", str(tmp_path), "--seed", "-1"])
+    assert "--seed" in line
+
+
+def test_demo_bundle_writes_model_metrics_and_command(tmp_path: Path) -> None:
+    import i2m2_med
+    from pipelines import demo
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.safetensors").write_bytes(b"weights")
+    (run / "metrics.json").write_text('{"variant": "i2m2"}')
+    target = demo.bundle(run, 40, 3, target=tmp_path / "bundle")
+    assert (target / "model.safetensors").read_bytes() == b"weights"
+    assert json.loads((target / "metrics.json").read_text()) == {"variant": "i2m2"}
+    assert "i2m2-med demo --volumes 40 --seed 3" in (target / "command.txt").read_text()
+    assert i2m2_med.demo_model_path() == REPO / "i2m2_med" / "assets" / "demo_model" / "model.safetensors"
+
+
+def test_bundled_demo_model_loads_when_present() -> None:
+    import i2m2_med
+    from i2m2_med.checkpoint import load_checkpoint
+
+    path = i2m2_med.demo_model_path()
+    if not path.is_file():
+        pytest.skip("the demo model is not bundled in this checkout (run `i2m2-med demo`)")
+    model, meta = load_checkpoint(path)
+    metrics = json.loads((path.parent / "metrics.json").read_text())
+    assert meta.variant == "i2m2" and meta.config.name == "cpu"
+    assert metrics["variant"] == "i2m2" and metrics["data_fingerprint"] == meta.data_fingerprint
+    assert "i2m2-med demo" in (path.parent / "command.txt").read_text()
+    assert path.stat().st_size < 8_000_000

@@ -1,0 +1,194 @@
+"""Lightning training: the losses by hand, every variant on the tiny synthetic cohort, the
+metrics file, determinism, warm start, class balance and argument checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import WeightedRandomSampler
+
+from i2m2_med.checkpoint import load_checkpoint, read_checkpoint_meta
+from i2m2_med.config import load_config
+from i2m2_med.dataset import class_weights, load_cohort
+from i2m2_med.errors import ConfigError, UsageError
+from i2m2_med.heads import HEADS
+from i2m2_med.models import VARIANTS, I2M2Output, combine
+from i2m2_med.training import (
+    I2M2DataModule,
+    experts_loss,
+    oracle_from_manifest,
+    predict_dataset,
+    product_loss,
+    train,
+)
+
+QUICK = dict(epochs=1, progress=False, n_boot=20, batch_size=8, limit_train_batches=2)
+SMALL = load_config("cpu").with_updates(image_size=32)
+"""The cpu config at 32 x 32 pixels: the same networks, a quarter of the work."""
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: these tiny batches gain nothing from more, and on a busy machine
+    oversubscribed threads cost more than they give."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _check_unit(value) -> None:
+    assert value is None or 0.0 <= value <= 1.0
+
+
+# ---- losses --------------------------------------------------------------------------------------
+
+
+def _terms(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {name: F.log_softmax(torch.randn(5, 4, 2, generator=g), dim=-1) for name in ("magnitude", "phase", "joint")}
+
+
+def test_product_loss_is_the_weighted_nll_of_the_product_by_hand() -> None:
+    terms = _terms()
+    out = I2M2Output(terms=terms, combined=combine(terms))
+    labels = torch.tensor([[1, 0, 0, 1], [0, 0, 1, 0], [0, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0]], dtype=torch.float32)
+    weights = torch.tensor([[0.5, 2.0], [1.0, 1.0], [0.7, 3.0], [1.0, 1.5]])
+    expected = 0.0
+    for h in range(4):
+        s = sum(t[:, h, :] for t in terms.values())
+        logp = s - torch.logsumexp(s, dim=-1, keepdim=True)
+        y = labels[:, h].long()
+        w = weights[h][y]
+        expected += float(-(w * logp[torch.arange(5), y]).sum() / w.sum())
+    assert abs(float(product_loss(out, labels, weights)) - expected / 4) < 1e-5
+    unweighted = float(product_loss(out, labels, None))
+    assert unweighted != pytest.approx(float(product_loss(out, labels, weights)))
+
+
+def test_experts_loss_averages_each_experts_own_nll() -> None:
+    terms = _terms(1)
+    out = I2M2Output(terms=terms, combined=combine(terms), mask={"phase": torch.tensor([True, True, False, False, True])})
+    labels = torch.zeros(5, 4)
+    labels[0, 0] = 1
+    own = []
+    for name, t in terms.items():
+        keep = out.mask.get(name, torch.ones(5, dtype=torch.bool))
+        own.append(float(sum(F.nll_loss(t[keep][:, h], labels[keep][:, h].long()) for h in range(4)) / 4))
+    assert abs(float(experts_loss(out, labels, None)) - np.mean(own)) < 1e-5
+
+
+# ---- data module -----------------------------------------------------------------------------------
+
+
+def test_class_weighting_modes(tiny_cohort: Path) -> None:
+    cohort = load_cohort(tiny_cohort)
+    cfg = load_config("cpu")
+    dm = I2M2DataModule(cfg.with_updates(**{"training.class_weighting": "loss"}), cohort=cohort)
+    expected = class_weights(dm.datasets["train"].label_matrix())
+    torch.testing.assert_close(dm.class_weights, expected)
+    assert dm.sample_weights is None
+    assert not isinstance(dm.train_dataloader().sampler, WeightedRandomSampler)
+    dm = I2M2DataModule(cfg.with_updates(**{"training.class_weighting": "sampler"}), cohort=cohort)
+    assert dm.class_weights is None
+    sampler = dm.train_dataloader().sampler
+    assert isinstance(sampler, WeightedRandomSampler) and sampler.num_samples == len(dm.datasets["train"])
+    assert len(dm.val_dataloader().dataset) == cohort.n_slices("val")
+
+
+def test_oracle_is_read_from_the_manifest(tiny_cohort: Path) -> None:
+    manifest = json.loads((tiny_cohort / "manifest.json").read_text())
+    oracle = oracle_from_manifest(manifest)
+    assert oracle is not None and set(oracle["ceiling_auroc"]) == set(HEADS)
+    assert oracle["mean_pathologies"] == pytest.approx(1.0)  # no label noise: a perfect predictor
+    assert oracle["episode_bayes_auroc"] == manifest["episode_bayes_auroc"]
+    assert oracle_from_manifest(None) is None
+
+
+# ---- training --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_variant_trains_and_writes_its_metrics(variant: str, tiny_cohort: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    metrics = train(tiny_cohort, run, variant=variant, config=SMALL, seed=3, **QUICK)
+    on_disk = json.loads((run / "metrics.json").read_text())
+    assert on_disk["variant"] == variant and on_disk["data_fingerprint"] == metrics["data_fingerprint"]
+    experts = list(VARIANTS[variant])
+    assert on_disk["experts"] == experts
+    for split in ("val", "test"):
+        block = on_disk[split]
+        assert set(block["summary"]) == {"combined", *experts}
+        assert set(block["experts"]) == set(experts)
+        for name, levels in block["summary"].items():
+            for level in ("slice", "study"):
+                row = levels[level]
+                for key in (*HEADS, "mean_pathologies", "mean_all"):
+                    _check_unit(row[key])
+        combined = block["combined"]["slice"]
+        assert combined["n"] == load_cohort(tiny_cohort).n_slices(split)
+        assert combined["mean_all"]["auroc"] is not None  # some head has both classes
+    t = on_disk["training"]
+    assert t["epochs_run"] == 1 and t["train_slices"] == 2 * 8 and t["samples_per_s"] > 0
+    assert on_disk["oracle_mean_pathologies"] == pytest.approx(1.0)
+    assert on_disk["inference"]["test"]["slices_per_s"] > 0
+    model, meta = load_checkpoint(run / "model.safetensors", expected_variant=variant)
+    assert meta.data_fingerprint == metrics["data_fingerprint"] and meta.n_tabular == 14
+    assert (run / "logs" / "product" / "metrics.csv").is_file()
+    preds = pd.read_csv(run / "predictions.csv")
+    assert len(preds) == combined["n"] + on_disk["val"]["combined"]["slice"]["n"]
+    assert preds[[f"p_{h}" for h in HEADS]].to_numpy().min() >= 0.0
+    # the checkpoint reproduces the written test predictions, combined and per expert
+    from i2m2_med.dataset import SliceDataset
+
+    pred = predict_dataset(model, SliceDataset(load_cohort(tiny_cohort), "test", image_size=meta.config.image_size))
+    written = preds[preds["split"] == "test"]
+    assert list(written["study_id"]) == list(pred["study_id"])
+    np.testing.assert_allclose(written[[f"p_{h}" for h in HEADS]].to_numpy(), pred["p"]["combined"], atol=2e-6)
+    expert = experts[-1]
+    np.testing.assert_allclose(written[[f"p_{expert}_{h}" for h in HEADS]].to_numpy(), pred["p"][expert], atol=2e-6)
+
+
+def test_same_seed_same_model_other_seed_other_model(tiny_cohort: Path, tmp_path: Path) -> None:
+    shas = []
+    vals = []
+    for i, seed in enumerate((5, 5, 6)):
+        metrics = train(tiny_cohort, tmp_path / f"run{i}", variant="intra", config=SMALL, seed=seed, **QUICK)
+        shas.append(read_checkpoint_meta(tmp_path / f"run{i}" / "model.safetensors").weights_sha256)
+        vals.append(metrics["val"]["summary"]["combined"]["slice"]["mean_all"])
+    assert shas[0] == shas[1] and vals[0] == vals[1]
+    assert shas[2] != shas[0]
+
+
+def test_warm_start_trains_the_experts_then_the_product(tiny_cohort: Path, tmp_path: Path) -> None:
+    cfg = SMALL.with_updates(**{"training.warm_start_epochs": 1})
+    metrics = train(tiny_cohort, tmp_path / "run", variant="i2m2", config=cfg, warm_start=True, **QUICK)
+    stages = metrics["training"]["stages"]
+    assert [s["objective"] for s in stages] == ["experts", "product"]
+    assert stages[0]["history"][0]["objective"] == "experts"
+    assert metrics["training"]["warm_start"] is True and metrics["training"]["epochs_run"] == 2
+    meta = read_checkpoint_meta(tmp_path / "run" / "model.safetensors")
+    assert meta.config.training.warm_start is True and meta.extra["warm_start"] is True
+
+
+def test_bad_arguments_are_one_line_errors(tiny_cohort: Path, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="--epochs"):
+        train(tiny_cohort, tmp_path / "r", epochs=0)
+    with pytest.raises(UsageError, match="unknown variant"):
+        train(tiny_cohort, tmp_path / "r", variant="fusion")
+    with pytest.raises(UsageError, match="unknown strategy"):
+        train(tiny_cohort, tmp_path / "r", strategy="bogus")
+    with pytest.raises(UsageError, match="--devices"):
+        train(tiny_cohort, tmp_path / "r", devices=0)
+    with pytest.raises(ConfigError, match="no such config file"):
+        train(tiny_cohort, tmp_path / "r", config=str(tmp_path / "missing.yaml"))
+    with pytest.raises(UsageError, match="no such data folder"):
+        train(tmp_path / "nothing", tmp_path / "r")
+    for err in (UsageError("x", "a\nb"),):
+        assert "\n" not in err.one_line()
