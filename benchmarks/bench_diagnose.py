@@ -12,9 +12,10 @@ the libraries, then times ``pipelines.diagnose.run`` -- discovery, model load, h
 k-space -> magnitude / phase, resize, the four experts and the product, aggregation, the JSON of
 every study and predictions.csv -- and reports its own peak resident set size
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss``, and ``VmHWM`` from ``/proc/self/status``). The
-the end-to-end rate is slices / (time of ``run``); the interpreter start and the imports are reported
+end-to-end rate is slices / (time of ``run``); the interpreter start and the imports are reported
 apart. The marginal rate (extra slices / extra seconds between the two folder sizes) removes what
-every run pays once (model load, discovery, first calls). ``--workers`` loading threads and torch threads are recorded in the parameters.
+every run pays once (model load, discovery, first calls). ``--workers`` loading threads and torch
+threads are recorded in the parameters.
 """
 
 from __future__ import annotations

@@ -632,7 +632,9 @@ def _trainer(
     from pytorch_lightning.callbacks import EarlyStopping, TQDMProgressBar
     from pytorch_lightning.loggers import CSVLogger
 
-    loggers: list[Any] = [CSVLogger(str(out_dir), name="logs", version=name)]
+    loggers: list[Any] = [
+        CSVLogger(str(out_dir), name="logs", version=name, flush_logs_every_n_steps=max(1, n_train_batches))
+    ]
     if tensorboard:
         try:
             from pytorch_lightning.loggers import TensorBoardLogger

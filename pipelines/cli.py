@@ -213,11 +213,19 @@ def ablate_cmd(
     )
 
 
+def _demo_defaults() -> dict[str, int]:
+    from pipelines.demo import DEMO_SEED, DEMO_VOLUMES  # a light module: no torch at import
+
+    return {"volumes": DEMO_VOLUMES, "seed": DEMO_SEED}
+
+
 @app.command("demo")
 def demo_cmd(
     out: Optional[Path] = typer.Option(None, "--out", help="Working folder for the cohort and the run (default: ./demo_out)."),
-    volumes: Optional[int] = typer.Option(None, "--volumes", help="Volumes of the synthetic demo cohort (default: the demo size)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the cohort and of the training."),
+    volumes: Optional[int] = typer.Option(
+        None, "--volumes", help=f"Volumes of the synthetic demo cohort (default: {_demo_defaults()['volumes']})."
+    ),
+    seed: int = typer.Option(_demo_defaults()["seed"], "--seed", help="Seed of the cohort and of the training."),
     bundle: bool = typer.Option(True, "--bundle/--no-bundle", help="Write the model into the package (i2m2_med/assets/demo_model)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:

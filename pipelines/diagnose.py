@@ -16,14 +16,19 @@ contribution in nats (see :mod:`i2m2_med.inference`; empty when the expert was d
 The per-study JSON is the source of truth: a study is done when its JSON is written (after its
 SR), and ``predictions.csv`` is rebuilt from the JSONs of the studies found -- after each study
 (at most once a second), at the end, and when the run is interrupted. ``--resume`` skips the
-studies whose JSON says ``ok`` with the same model fingerprint and the same source; failed
-studies are retried. An interrupted run (Ctrl-C) therefore leaves a consistent OUT_DIR that
-``--resume`` completes.
+studies whose JSON says ``ok`` for the same source with the same model fingerprint, the same
+withheld modalities (``--drop``) and the same clinical table (its sha256); failed studies are
+retried. An interrupted run (Ctrl-C) therefore leaves a consistent OUT_DIR that ``--resume``
+completes. Only the per-study summaries (no slices) are kept in memory, so memory does not grow
+with the slices of the run.
 
-De-identification: no patient name is ever read into an output (the readers do not keep it; the
-SR's patient name is empty). Unless ``--keep-ids``, study ids are the first 16 hex digits of
-sha256(reader's study id) (de-duplicated with ``-2``, ``-3``... in discovery order), patient ids
-likewise, and any occurrence of the raw patient id in a path or message is replaced by its hash.
+De-identification: no patient name reaches an output. The readers do not keep it; the SR's
+patient name is empty; for DICOM studies the name is read once, only to replace its parts with
+``anon`` in paths and messages (PACS exports often name folders after the patient). Unless
+``--keep-ids``, study ids are the first 16 hex digits of sha256(reader's study id)
+(de-duplicated with ``-2``, ``-3``... in discovery order), patient ids likewise, and the raw
+patient id is replaced by its hash wherever it occurs in a path or message. Paths are relative to
+INPUT_DIR.
 
 Exit codes: 0 every study succeeded; 2 some studies failed (their rows say why); 1 usage error
 (bad path or option, corrupt or mismatched checkpoint, no study found); 130 interrupted.
@@ -76,9 +81,14 @@ class Item:
     secrets: list[tuple[str, str]] = field(default_factory=list)
 
     def clean(self, text: str) -> str:
-        """``text`` with the patient's id replaced by its hash and name parts by ``anon``."""
+        """``text`` with the patient's id replaced by its hash (wherever it occurs) and the parts
+        of the patient's name by ``anon`` (as whole words: ``DOE_JANE`` -> ``anon_anon``)."""
         for raw, replacement in self.secrets:
-            text = re.sub(re.escape(raw), replacement, text, flags=re.IGNORECASE)
+            if replacement == "anon":
+                pattern = r"(?<![A-Za-z0-9])" + re.escape(raw) + r"(?![A-Za-z0-9])"
+            else:
+                pattern = re.escape(raw)
+            text = re.sub(pattern, replacement, text, flags=re.IGNORECASE)
         return text
 
 
@@ -98,6 +108,7 @@ class Context:
     clinical: Any
     term_names: list[str]
     debug: bool = False
+    clinical_digest: str | None = None
 
 
 # ---- the plan -------------------------------------------------------------------------------
@@ -301,16 +312,19 @@ def read_record(out_dir: Path, item: Item) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def is_done(record: dict[str, Any] | None, item: Item, fingerprint: str) -> bool:
-    """True when ``record`` is a finished, successful result of this item by this model."""
+def is_done(record: dict[str, Any] | None, item: Item, ctx: Context) -> bool:
+    """True when ``record`` is a finished, successful result of this item by this model with the
+    same settings (withheld modalities, clinical table)."""
     if not record or item.study is None:
         return False
     return (
         record.get("status") == "ok"
-        and (record.get("model") or {}).get("fingerprint") == fingerprint
+        and (record.get("model") or {}).get("fingerprint") == ctx.info["fingerprint"]
         and record.get("source") == item.source
         and record.get("study_id") == item.out_id
         and record.get("n_slices") == item.study.n_slices
+        and list(record.get("excluded_modalities") or []) == [m for m in ctx.drop_modalities if m not in (record.get("missing_modalities") or [])]
+        and record.get("clinical_table") == ctx.clinical_digest
     )
 
 
@@ -381,6 +395,7 @@ def process(item: Item, ctx: Context, on_batch: Callable[[int], None] | None = N
             )
             record = pred.with_identity(item.out_id, item.source, [item.clean(n) for n in pred.notes]).to_json()
             record["patient_id"] = item.patient_id
+            record["clinical_table"] = ctx.clinical_digest
             if item.format == "dicom":
                 record["sr"] = _write_sr(ctx, item, record)
         except Exception as exc:  # one bad study never stops the run
@@ -430,7 +445,7 @@ def prepare(
     debug: bool = False,
 ) -> tuple[Context, list[Item]]:
     """Validate the arguments, load the model and find the studies (every rank does this)."""
-    from i2m2_med.inference import DROPPABLE, load_model, model_info
+    from i2m2_med.inference import DROPPABLE, load_model, modality_pipeline, model_info
 
     root = Path(input_dir)
     out = Path(out_dir)
@@ -453,6 +468,7 @@ def prepare(
     except OSError:
         pass
     table = None
+    digest = None
     if clinical is not None:
         cpath = Path(clinical)
         if not cpath.is_file():
@@ -460,10 +476,14 @@ def prepare(
         from i2m2_med.tabular import read_clinical_csv
 
         table = read_clinical_csv(cpath)
+        digest = "sha256:" + hashlib.sha256(cpath.read_bytes()).hexdigest()[:16]
     model, meta = load_model(model_path)
+    modality_pipeline(int(meta.config.image_size))  # builds the transforms now, not under the progress bar
     items = plan(root, keep_ids)
     if not items:
         raise UsageError(root, "no study found (fastMRI .h5, DICOM series or NIfTI volumes)")
+    if any(it.format == "dicom" and it.study is not None for it in items):
+        import i2m2_med.io.dicom_sr  # noqa: F401  (highdicom: imported before the progress bar starts)
     ctx = Context(
         model=model,
         meta=meta,
@@ -477,6 +497,7 @@ def prepare(
         clinical=table,
         term_names=_term_names(model),
         debug=debug,
+        clinical_digest=digest,
     )
     return ctx, items
 
@@ -533,7 +554,7 @@ def run(
     pending: list[Item] = []
     for it in items:
         previous = read_record(ctx.out_dir, it) if resume else None
-        if is_done(previous, it, ctx.info["fingerprint"]):
+        if is_done(previous, it, ctx):
             records[it.out_id] = slim(previous)
         else:
             pending.append(it)
@@ -640,8 +661,7 @@ def _run_distributed(ctx: Context, items: list[Item], resume: bool, devices: int
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader
 
-    fingerprint = ctx.info["fingerprint"]
-    pending = [i for i, it in enumerate(items) if not (resume and is_done(read_record(ctx.out_dir, it), it, fingerprint))]
+    pending = [i for i, it in enumerate(items) if not (resume and is_done(read_record(ctx.out_dir, it), it, ctx))]
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     trainer = pl.Trainer(
         accelerator=accelerator,

@@ -162,8 +162,6 @@ def write_nifti(path: Path, n_slices: int = 3, size: int = 32, phase: bool = Tru
 
 def write_broken(folder: Path) -> dict[str, str]:
     """Broken files of the kinds the readers refuse; returns name -> a fragment of its reason."""
-    import pydicom
-
     folder.mkdir(parents=True, exist_ok=True)
     good = write_h5(folder / "_tmp_full.h5", n_slices=2, width=368, seed=9)
     data = good.read_bytes()
@@ -177,7 +175,6 @@ def write_broken(folder: Path) -> dict[str, str]:
     ds.save_as(folder / "nopixels.dcm", enforce_file_format=True)
     (folder / "garbage.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
     write_h5(folder / "nan.h5", n_slices=2, width=368, seed=10, nan=True)
-    _ = pydicom  # the reader module under test is pydicom; imported for clarity
     return {"truncated.h5": "truncated", "notes.h5": "HDF5", "nopixels.dcm": "pixel data",
             "garbage.nii.gz": "", "nan.h5": "NaN"}
 

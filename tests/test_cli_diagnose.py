@@ -297,6 +297,12 @@ def test_resume_skips_done_studies_and_reruns_for_another_model(capsys, tmp_path
     assert rc == 0 and "3 of 3 studies already done" in err
     assert {p: p.stat().st_mtime_ns for p in (out / "studies").glob("*.json")} == mtimes
     assert _outputs(out) == first
+    # other settings are another result: withholding a modality is not skipped by --resume
+    rc, err = _diagnose(capsys, src, "--out", out, "--model", checkpoint, "--resume", "--drop", "tabular", "--no-progress")
+    assert rc == 0 and "already done" not in err
+    assert all(json.loads(p.read_text())["excluded_modalities"] == ["tabular"] for p in (out / "studies").glob("*.json"))
+    rc, err = _diagnose(capsys, src, "--out", out, "--model", checkpoint, "--resume", "--drop", "tabular", "--no-progress")
+    assert "3 of 3 studies already done" in err
     other = make_checkpoint(tmp_path / "other" / "model.safetensors", seed=99)
     rc, err = _diagnose(capsys, src, "--out", out, "--model", other, "--resume", "--no-progress")
     assert rc == 0 and "already done" not in err
@@ -344,6 +350,13 @@ def test_tampered_checkpoint_is_one_line_exit_1(capsys, tmp_path, checkpoint):
     (tmp_path / "trunc.safetensors").write_bytes(bytes(data[: len(data) // 2]))
     rc, err = _diagnose(capsys, src, "--out", tmp_path / "out", "--model", tmp_path / "trunc.safetensors")
     assert rc == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    # a valid safetensors file that is not a checkpoint of this project
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"weight": torch.zeros(3)}, str(tmp_path / "foreign.safetensors"))
+    rc, err = _diagnose(capsys, src, "--out", tmp_path / "out", "--model", tmp_path / "foreign.safetensors")
+    assert rc == 1 and len(err.strip().splitlines()) == 1 and "not an i2m2-med checkpoint" in err
 
 
 def test_usage_errors_exit_1(capsys, tmp_path, checkpoint):

@@ -4,6 +4,10 @@ The probe (:mod:`i2m2_med.synth.probe`) renders 36 fresh subjects under each reg
 to 64 x 64 as the compact models see them, measures the magnitude and phase cue strength at the
 lesion sites and fits cross-fitted logistic regressions on magnitude only, phase only and both.
 Numbers are the mean over the four heads (per-head values with 18 test subjects are noisy).
+Everything is seeded: the numbers are fixed for a given generator; the bounds leave room for
+the sampling error of 36 subjects (on 120 subjects: inter 0.52 / 0.55 / 0.96, intra 0.76 /
+0.75 / 0.84, mixed 0.61 / 0.65 / 0.89 for magnitude / phase / joint; on these 36: inter
+0.46 / 0.47 / 0.93, intra 0.70 / 0.78 / 0.80, mixed 0.63 / 0.65 / 0.88).
 """
 
 from __future__ import annotations
@@ -32,17 +36,18 @@ def test_inter_single_modalities_near_chance_joint_learnable(probes):
 @pytest.mark.slow
 def test_intra_each_modality_informative(probes):
     m = probes["intra"]["mean"]
-    assert m["magnitude"] >= 0.68 and m["phase"] >= 0.68
+    assert m["magnitude"] >= 0.62 and m["phase"] >= 0.62
     assert m["joint"] >= max(m["magnitude"], m["phase"]) - 0.03
     assert m["joint"] < 0.97  # not at the ceiling: mimics and unexpressed findings remain
 
 
 @pytest.mark.slow
 def test_mixed_lies_between(probes):
-    m, inter, intra = probes["mixed"]["mean"], probes["inter"]["mean"], probes["intra"]["mean"]
+    m, inter = probes["mixed"]["mean"], probes["inter"]["mean"]
     for which in ("magnitude", "phase"):
-        assert inter[which] + 0.03 <= m[which] <= intra[which] - 0.03
-    assert m["joint"] >= max(m["magnitude"], m["phase"]) + 0.08
+        assert 0.55 <= m[which] <= 0.75
+    assert m["joint"] >= max(m["magnitude"], m["phase"]) + 0.10
+    assert m["joint"] < inter["joint"] + 0.02  # half the episodes carry the weaker intra evidence
 
 
 @pytest.mark.slow

@@ -390,3 +390,24 @@ def test_transforms_compose_by_hand_and_missing_keys() -> None:
     assert "phase" not in passthrough
     img = ImageToModalitiesd(size=(32, 32))({"magnitude": torch.ones(1, 40, 20)})
     assert isinstance(img["magnitude"], torch.Tensor) and tuple(img["magnitude"].shape) == (32, 32)
+
+
+def test_core_does_not_import_monai() -> None:
+    # the functional core is used by readers and the CLI; MONAI takes seconds to import
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from i2m2_med.transforms import kspace_to_modalities\n"
+        "kspace_to_modalities(np.ones((64, 40), np.complex64), crop=(32, 32))\n"
+        "assert 'monai' not in sys.modules\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import i2m2_med.transforms as core
+
+    assert core.build_modality_pipeline.__module__ == "i2m2_med.dict_transforms"
+    assert "KSpaceToModalitiesd" in dir(core)
+    with pytest.raises(AttributeError):
+        core.NoSuchTransformd

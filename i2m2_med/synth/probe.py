@@ -13,10 +13,10 @@ does) and asks, per lesion class, what the pixels at the class's sites say:
   over slices of the same site and sequence; phase: absolute value) and the differences between
   the two sites of a side pair (:func:`cue_features`);
 * a logistic regression per regime and input -- magnitude only, phase only, joint (both plus
-  co-location products) -- with class-specific weights (:func:`probe_auroc`).
+  co-location products) -- on features standardised within each class (:func:`probe_auroc`).
 
 Same subjects across regimes (their anatomy, findings and mimic episodes are identical; only
-the expression of the cues changes); subjects split in halves, cross-fitted. A head is probed
+the expression of the cues changes); subject-level folds, cross-fitted. A head is probed
 on the slices where its class's sites are visible (positives: slices with the finding;
 negatives: the other eligible slices), so the probe measures what the *images* say, not which
 part of the knee a slice shows (that anatomy prior is in the manifest as
@@ -28,7 +28,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 from i2m2_med.heads import HEADS
 from i2m2_med.synth import lesions, risk
@@ -37,6 +36,7 @@ from i2m2_med.synth.regimes import regime_params
 from i2m2_med.synth.volume import draw_anatomy, render_acquisitions
 
 INPUTS: tuple[str, ...] = ("magnitude", "phase", "joint")
+N_FOLDS = 4  # subject-level folds of the cross-fitting
 
 
 @dataclass
@@ -176,19 +176,21 @@ def cue_features(contrast: np.ndarray, cls_index: np.ndarray, fat_sat: np.ndarra
 
 
 def site_features(c: dict[str, np.ndarray], which: str) -> np.ndarray:
-    """(N, F) features of one input from :func:`cue_features`: magnitude -- the largest and
-    summed cue strength and the side differences (also times the fat-sat flag, since a lesion
-    darkens fatty marrow on PD and brightens it on PD-FS); phase -- the same for phase; joint --
-    both, plus co-location: the largest same-site product of the two strengths and the products
-    of the side differences (a magnitude and a phase cue on the same side)."""
+    """(N, F) features of one input from :func:`cue_features`, none of them telling the side or
+    the sequence by itself (those are subject-level and would let a probe memorise subjects):
+    magnitude -- the largest and summed cue strength, the absolute side differences; phase --
+    the same for phase; joint -- both, plus co-location: the largest same-site product of the two
+    strengths and the signed product of the side differences (same side: positive for a
+    brightening magnitude cue; times the fat-sat flag, since a bone lesion darkens fatty marrow
+    on PD and brightens it on PD-FS)."""
     m, p, dm, dp, fs = c["m"], c["p"], c["dm"], c["dp"], c["fs"]
-    parts = [fs]
+    parts = []
     if which in ("magnitude", "joint"):
-        parts += [m.max(1, keepdims=True), m.sum(1, keepdims=True), dm, np.abs(dm), dm * fs]
+        parts += [m.max(1, keepdims=True), m.sum(1, keepdims=True), np.abs(dm)]
     if which in ("phase", "joint"):
-        parts += [p.max(1, keepdims=True), p.sum(1, keepdims=True), dp, np.abs(dp)]
+        parts += [p.max(1, keepdims=True), p.sum(1, keepdims=True), np.abs(dp)]
     if which == "joint":
-        parts += [(m * p).max(1, keepdims=True), dm * dp, dm * dp * fs]
+        parts += [(m * p).max(1, keepdims=True), dm * dp, dm * dp * (2 * fs - 1)]
     return np.concatenate(parts, axis=1)
 
 
@@ -198,13 +200,12 @@ def probe_auroc(
     """Cross-fitted AUROC per regime, head and input, plus their mean over heads ("mean").
 
     One sample per (slice, class) where the class's sites are visible; label: that class's
-    finding on the slice. One logistic regression per regime and input over all classes
-    (features x class indicators, so each class has its own weights); subjects split in two
-    halves by parity, each half scored by the model fitted on the other; AUROC within each
-    half (so that the two fits' offsets do not mix), averaged over the halves; a head pools
-    its classes' samples."""
+    finding on the slice. One logistic regression per regime and input over all classes, on
+    features standardised within each class (one weight vector for all classes); subjects in
+    :data:`N_FOLDS` folds, each scored by the model fitted on the others; AUROC within each
+    fold and class (so that different fits' offsets do not mix), averaged with the number of
+    positives as weights over the folds and the head's classes."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
 
     names = list(lesions.LESION_CLASSES)
     result: dict[str, dict[str, dict[str, float | None]]] = {}
@@ -221,23 +222,24 @@ def probe_auroc(
         y = np.concatenate(ys)
         s = np.concatenate(subj)
         c = np.concatenate(cid)
-        onehot = np.eye(len(names))[c]
         head_of = np.array([HEADS.index(lesions.LESION_CLASSES[n].head) for n in names])[c]
         result[regime] = {h: {} for h in (*HEADS, "mean")}
         for which in INPUTS:
-            blocks = [site_features(c, which) for c in ms]
+            blocks = []
+            for feat in (site_features(cf, which) for cf in ms):
+                # standardise within the class (unsupervised), so one weight vector serves all
+                # classes: few parameters, stable with few positive subjects per class
+                blocks.append((feat - feat.mean(0)) / (feat.std(0) + 1e-9))
             width = max(b.shape[1] for b in blocks)
-            f = np.concatenate([np.pad(b, ((0, 0), (0, width - b.shape[1]))) for b in blocks])
-            x = np.concatenate([onehot, (f[:, :, None] * onehot[:, None, :]).reshape(len(f), -1)], axis=1)
+            x = np.concatenate([np.pad(b, ((0, 0), (0, width - b.shape[1]))) for b in blocks])
             per_head: dict[str, list[tuple[float, int]]] = {h: [] for h in HEADS}
-            for fold in (0, 1):
-                tr, te = s % 2 != fold, s % 2 == fold
+            for fold in range(N_FOLDS):
+                tr, te = s % N_FOLDS != fold, s % N_FOLDS == fold
                 if not y[tr].any() or y[tr].all():
                     continue
-                scaler = StandardScaler().fit(x[tr])
-                clf = LogisticRegression(C=0.5, max_iter=2000, class_weight="balanced")
-                clf.fit(scaler.transform(x[tr]), y[tr])
-                score = clf.decision_function(scaler.transform(x[te]))
+                clf = LogisticRegression(C=0.2, max_iter=2000, class_weight="balanced")
+                clf.fit(x[tr], y[tr])
+                score = clf.decision_function(x[te])
                 for ci in range(len(names)):
                     sel = c[te] == ci
                     auc = auroc(score[sel], y[te][sel]) if sel.any() else None
