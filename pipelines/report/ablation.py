@@ -626,6 +626,7 @@ def regime_section(results: Mapping[str, Any], figs: Figures) -> str:
         return section("regimes", "".join(out))
     regimes = study.get("regimes") or {}
     fig = go.Figure()
+    lowest = 1.0
     for v in study.get("variants", []):
         xs, ys, err = [], [], []
         for regime, block in regimes.items():
@@ -633,13 +634,15 @@ def regime_section(results: Mapping[str, Any], figs: Figures) -> str:
             xs.append(regime)
             ys.append(cell.get("mean"))
             err.append(cell.get("sd") or 0.0)
+            if cell.get("mean") is not None:
+                lowest = min(lowest, float(cell["mean"]) - float(cell.get("sd") or 0.0))
         fig.add_trace(go.Bar(x=xs, y=ys, name=v, marker_color=colour(v), error_y=dict(type="data", array=err, visible=True),
                              hovertemplate=f"{v}, %{{x}}: %{{y:.3f}}<extra></extra>"))
     ox = [r for r, b in regimes.items() if ((b.get("oracle") or {}).get("mean_pathologies")) is not None]
     oy = [regimes[r]["oracle"]["mean_pathologies"] for r in ox]
     if ox:
         fig.add_trace(go.Scatter(x=ox, y=oy, mode="markers", name="oracle ceiling", marker=dict(symbol="line-ew", size=40, line=dict(width=3, color="#222"))))
-    fig.update_layout(barmode="group", title="Regime study: mean AUROC (slice level), error bars = sd over seeds", yaxis=dict(range=[0.4, 1.02], title="mean AUROC"))
+    fig.update_layout(barmode="group", title="Regime study: mean AUROC (slice level), error bars = sd over seeds", yaxis=dict(range=[max(0.0, min(0.4, lowest - 0.05)), 1.02], title="mean AUROC"))
     out.append(figs.div(fig, 420))
     for level in ("slice", "study"):
         notes = Notes()
@@ -679,10 +682,10 @@ def regime_section(results: Mapping[str, Any], figs: Figures) -> str:
     for regime, block in regimes.items():
         eb = block.get("episode_bayes_auroc") if isinstance(block, Mapping) else None
         if isinstance(eb, Mapping):
-            bayes_rows.append([esc(regime), *[num(eb.get(k)) for k in ("magnitude", "phase", "both")]])
+            bayes_rows.append([esc(regime), *[num(eb.get(k, eb.get("both") if k == "joint" else None)) for k in ("magnitude", "phase", "joint")]])
     if bayes_rows:
         out.append("<h3>Generator design: episode-level Bayes AUROC of one finding-vs-mimic episode</h3>")
-        out.append(table(["regime", "magnitude alone", "phase alone", "both"], bayes_rows))
+        out.append(table(["regime", "magnitude alone", "phase alone", "magnitude and phase jointly"], bayes_rows))
     out.append(f'<p class="explain">Generated cohorts: {esc(study.get("volumes"))} volumes each (generator seed {esc(study.get("cohort_seed"))}, '
                f"label noise {esc(study.get('label_noise'))}), seeds {esc(study.get('seeds'))}, at most {esc(study.get('epochs'))} epochs. A regime marked "
                "&ldquo;the ablated cohort&rdquo; reuses the main grid (its cohort, seeds and epochs). "
