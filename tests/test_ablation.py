@@ -254,6 +254,11 @@ def test_too_few_units_guards_degenerate_bootstraps() -> None:
     assert "1 positive and 3 negative" in stats.too_few_units(np.array([1, 0, 0, 0], bool))
     res = stats.paired_mean_auroc_difference(y[:, None], np.arange(6.0)[:, None], np.zeros((6, 1)), groups=one_study)
     assert res["value"] is None and "too few studies" in res["reason"]
+    # a head with too few studies leaves the mean; the others stay
+    two = np.stack([y, np.array([1, 1, 0, 0, 0, 0], bool)], axis=1)
+    res = stats.paired_mean_auroc_difference(two, np.tile(np.arange(6.0)[:, None], 2), np.zeros((6, 2)), groups=groups,
+                                             n_boot=50, names=("x", "y"))
+    assert res["heads"] == ["x"] and "too few studies" in res["excluded_heads"]["y"]
 
 
 def _pred(p: np.ndarray, y: np.ndarray, ids: list[str], terms: dict | None = None) -> Predictions:
@@ -488,3 +493,25 @@ def test_empty_validation_split_fails_every_variant_with_its_reason(tiny_cohort:
     assert "turned off" in res["regime_study"]["reason"]
     page = write_report(res, tmp_path / "report").read_text(encoding="utf-8")
     assert page.count("the val split has no slices") >= 3
+
+
+@pytest.mark.slow
+def test_condition_datasets_change_the_images(tiny_cohort: Path) -> None:
+    from i2m2_med.dataset import load_cohort
+
+    cohort = load_cohort(tiny_cohort)
+    clean, _ = cond.condition_dataset(cohort, "test", 64, cond.CLEAN, seed=3)
+    x = clean[0]
+    for condition in (cond.undersample_condition("random", 8), cond.undersample_condition("equispaced", 4), cond.noise_condition(0.2)):
+        ds, note = cond.condition_dataset(cohort, "test", 64, condition, seed=3)
+        assert note is None and len(ds) == len(clean)
+        a, b = ds[0], ds[0]
+        assert a["study_id"] == x["study_id"] and a["slice"] == x["slice"]
+        for m in ("magnitude", "phase"):
+            diff = float((a[m] - x[m]).abs().mean())
+            assert diff > 1e-3, (condition.name, m)
+            assert torch.equal(a[m], b[m]), "a condition must give the same image every time"
+    # the stronger the change, the further from the clean image
+    mild, _ = cond.condition_dataset(cohort, "test", 64, cond.undersample_condition("equispaced", 2), seed=3)
+    strong, _ = cond.condition_dataset(cohort, "test", 64, cond.undersample_condition("equispaced", 8), seed=3)
+    assert float((strong[0]["magnitude"] - x["magnitude"]).abs().mean()) > float((mild[0]["magnitude"] - x["magnitude"]).abs().mean())

@@ -18,16 +18,16 @@ condition              what the model sees (test split)
 =====================  ===========================================================================
 
 Undersampling needs raw k-space: image-domain studies (DICOM, NIfTI) are left out of the ``us:``
-conditions and the result says so. Masks and noise are deterministic: the masks come from the
-transform's seeded random state in loader order, and each slice's noise from a generator seeded
-with ``condition_seed``, the level and a CRC32 of the slice's own data, so the same slice gets the
-same noise whatever the order.
+conditions and the result says so. Masks and noise are deterministic whatever the order of
+reading: one mask per study (seeded by ``condition_seed`` and the study id, fastMRI's evaluation
+convention), and each slice's noise from a generator seeded with ``condition_seed``, the level
+and a CRC32 of the slice's own data.
 """
 
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -35,6 +35,7 @@ import torch
 
 from i2m2_med.dataset import Cohort, SliceDataset
 from i2m2_med.errors import UsageError
+from i2m2_med.io.study import Study
 
 DROPPABLE: tuple[str, ...] = ("magnitude", "phase", "tabular")
 CENTER_FRACTION = 0.08
@@ -171,6 +172,22 @@ class NoisySliceDataset(SliceDataset):
         return state
 
 
+def with_identity(study: Study) -> Study:
+    """A copy of ``study`` whose raw slices also carry ``study_id`` and ``slice``, so that the
+    undersampling transform can seed its mask by study (one mask per volume, whatever the order
+    of reading: fastMRI's evaluation convention)."""
+    reader = study.slice_reader
+    sid = study.study_id
+
+    def read(index: int) -> dict[str, Any]:
+        raw = dict(reader(index))
+        raw["study_id"] = sid
+        raw["slice"] = int(index)
+        return raw
+
+    return replace(study, slice_reader=read)
+
+
 def condition_dataset(
     cohort: Cohort, split: str, image_size: int, condition: Condition, seed: int, cache_size: int = 0
 ) -> tuple[SliceDataset, str | None]:
@@ -182,10 +199,11 @@ def condition_dataset(
     studies = cohort.studies_in(split)
     note = None
     if condition.kind == "undersample":
-        kspace = [s for s in studies if s.domain == "kspace"]
+        kspace = [with_identity(s) for s in studies if s.domain == "kspace"]
         if len(kspace) < len(studies):
             note = f"{len(studies) - len(kspace)} image-domain stud{'y' if len(studies) - len(kspace) == 1 else 'ies'} without k-space left out"
-        spec = {"mask": condition.mask, "acceleration": int(condition.acceleration), "center_fraction": CENTER_FRACTION}
+        spec = {"mask": condition.mask, "acceleration": int(condition.acceleration), "center_fraction": CENTER_FRACTION,
+                "seed_key": "study_id"}
         return SliceDataset(cohort, split, image_size=image_size, cache_size=0, undersample=spec, seed=int(seed), studies=kspace), note
     if condition.kind == "noise":
         seed_here = (int(seed) * 1000003 + int(round(condition.noise * 1e6))) % (2**32)

@@ -45,7 +45,7 @@ from i2m2_med.ablation.tables import tables, write_tables
 
 RESULTS_SCHEMA = "i2m2-med-ablation/1"
 EVAL_DIR = "ablation_eval"
-EVAL_VERSION = "e1"
+EVAL_VERSION = "e2"
 """Part of the cached prediction file names: changes when what a condition does changes."""
 Progress = Callable[[str], None]
 

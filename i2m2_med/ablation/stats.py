@@ -268,10 +268,11 @@ def paired_mean_auroc_difference(
     Rows (or whole clusters, with ``groups`` (N,)) are drawn with replacement, the same draw for
     both score sets and every head; replicates where some head lacks a class are discarded
     (counted in ``n_valid``). The mean uses the heads whose AUROC is defined on the full data
-    (the others are listed in ``undefined_heads``). Returns ``{"diff", "ci", "p", "se",
-    "auc_a", "auc_b", "n_boot", "n_valid", "method", "heads"}``; ``p`` is the two-sided
+    and that have at least :data:`MIN_UNITS_PER_CLASS` units of each class; the others are in
+    ``excluded_heads`` (name -> reason). Returns ``{"diff", "ci", "p", "se", "auc_a", "auc_b",
+    "n_boot", "n_valid", "method", "heads", "excluded_heads"}``; ``p`` is the two-sided
     bootstrap p-value of no difference, ``(1 + #{|d* - d| >= |d|}) / (n_valid + 1)``; or
-    ``{"value": None, "reason"}`` when no head is defined.
+    ``{"value": None, "reason"}`` when no head qualifies.
     """
     y = np.asarray(y, dtype=bool)
     s_a = np.asarray(s_a, dtype=np.float64)
@@ -285,9 +286,10 @@ def paired_mean_auroc_difference(
         if n == 0:
             return {"value": None, "reason": "empty test split: no cases to compare"}
         return {"value": None, "reason": "AUROC undefined for every head (a class is absent in the test split)"}
-    few = [f"{names[h]}: {r}" for h in heads for r in [too_few_units(y[:, h], groups)] if r]
-    if few:
-        return {"value": None, "reason": "; ".join(few)}
+    excluded = {names[h]: r for h in heads for r in [too_few_units(y[:, h], groups)] if r}
+    heads = [h for h in heads if names[h] not in excluded]
+    if not heads:
+        return {"value": None, "reason": "; ".join(f"{k}: {v}" for k, v in excluded.items())}
     auc_a = float(np.mean([auroc(y[:, h], s_a[:, h]) for h in heads]))
     auc_b = float(np.mean([auroc(y[:, h], s_b[:, h]) for h in heads]))
     diff = auc_a - auc_b
@@ -321,6 +323,7 @@ def paired_mean_auroc_difference(
         "auc_a": auc_a, "auc_b": auc_b, "n_boot": int(n_boot), "n_valid": int(d.size), "alpha": alpha,
         "method": "paired bootstrap, " + ("rows" if groups is None else "whole studies"),
         "heads": [names[h] for h in heads],
+        "excluded_heads": excluded,
     }
 
 

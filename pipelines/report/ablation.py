@@ -23,6 +23,8 @@ PALETTE = {
     "i2m2": "#1f5fa8", "intra": "#e07b00", "inter": "#2e9d4a", "i2m2-notab": "#7a4fb0",
     "mag": "#8c8c8c", "phase": "#c2477a", "tab": "#a08a2a",
 }
+FOCUS = ("i2m2", "intra", "inter")
+"""Variants drawn by default in busy figures (the others are one legend click away)."""
 EXPERT_COLOURS = {"magnitude": "#8c8c8c", "phase": "#c2477a", "tabular": "#a08a2a", "joint": "#2e9d4a", "prior": "#5b6472", "none": "#d9dee6"}
 
 SECTIONS: tuple[tuple[str, str], ...] = (
@@ -163,6 +165,15 @@ def _auroc_cell(cell: Mapping[str, Any] | None, seed: Mapping[str, Any] | None, 
     return out
 
 
+def _excluded_note(cell: Mapping[str, Any], notes: Notes) -> str:
+    """A note when a mean over heads left some out (e.g. too few studies for a bootstrap)."""
+    excluded = cell.get("excluded_heads") or {}
+    if not excluded:
+        return ""
+    kept = ", ".join(HEAD_TITLES.get(h, h) for h in cell.get("heads") or [])
+    return notes.mark(f"mean over {kept} only; left out: " + "; ".join(f"{HEAD_TITLES.get(h, h)} ({r})" for h, r in excluded.items()))
+
+
 def summary_section(results: Mapping[str, Any]) -> str:
     variants = results.get("variants") or {}
     data = results.get("data") or {}
@@ -222,7 +233,8 @@ def summary_section(results: Mapping[str, Any]) -> str:
             if m.get("diff") is None:
                 cells.append(notes.na(m.get("reason")))
             else:
-                cells.append(f"{float(m['diff']):+.3f}<br>{ci_text(m.get('ci'))}<br><span class=\"ci\">p = {pval(m.get('p'))}</span>")
+                cells.append(f"{float(m['diff']):+.3f}<br>{ci_text(m.get('ci'))}<br><span class=\"ci\">p = {pval(m.get('p'))}</span>"
+                             + _excluded_note(m, notes))
         rows.append(cells)
         classes.append("ref" if v == ref else "")
     out.append(table(["variant", "slice AUROC", "study AUROC", f"&Delta; slice ({esc(ref)} &minus; variant)",
@@ -344,7 +356,8 @@ def comparisons_section(results: Mapping[str, Any]) -> str:
                     row.append(notes.na((cell or {}).get("reason")))
                     continue
                 ci = cell.get("diff_ci") or cell.get("ci")
-                row.append(f"{float(cell['diff']):+.3f}<br>{ci_text(ci)}<br><span class=\"ci\">p = {pval(cell.get('p'))}</span>")
+                row.append(f"{float(cell['diff']):+.3f}<br>{ci_text(ci)}<br><span class=\"ci\">p = {pval(cell.get('p'))}</span>"
+                           + _excluded_note(cell, notes))
             rows.append(row)
         method = "paired cluster bootstrap" if level == "slice" else "DeLong"
         out.append(f"<h3>{LEVEL_TITLES[level]} ({method})</h3>")
@@ -395,7 +408,8 @@ def calibration_section(results: Mapping[str, Any], figs: Figures) -> str:
     settings = results.get("settings") or {}
     out = [f'<p class="explain">Expected calibration error (ECE, {esc(settings.get("n_bins"))} equal-width bins of p(y=1); 0 is perfect) '
            "of the seed ensembles, and the slice-level reliability diagram: observed fraction of positives against the mean predicted "
-           "probability per bin (marker size ~ number of slices); the diagonal is perfect calibration.</p>"]
+           "probability per bin (marker size ~ number of slices); the diagonal is perfect calibration. The diagram shows I2M2, intra "
+           "and inter; click a legend entry to add the others.</p>"]
     notes = Notes()
     rows = []
     variants = results.get("variants") or {}
@@ -427,6 +441,7 @@ def calibration_section(results: Mapping[str, Any], figs: Figures) -> str:
             size = [max(5.0, min(18.0, 4.0 + 2.0 * (c ** 0.5) / 3.0)) for c in counts]
             fig.add_trace(go.Scatter(x=rel["mean_pred"], y=rel["frac_pos"], mode="lines+markers", name=v, legendgroup=v,
                                      showlegend=col == 1, line=dict(color=colour(v)), marker=dict(size=size),
+                                     visible=True if v in FOCUS or len(variants) <= 3 else "legendonly",
                                      text=[f"n={c}" for c in counts],
                                      hovertemplate=f"{v}<br>mean p %{{x:.3f}}<br>observed %{{y:.3f}}<br>%{{text}}<extra></extra>"), 1, col)
             any_trace = True
@@ -666,7 +681,8 @@ def regime_section(results: Mapping[str, Any], figs: Figures) -> str:
                 if not c or c.get("diff") is None:
                     row.append(notes.na((c or {}).get("reason")))
                 else:
-                    row.append(f"{float(c['diff']):+.3f} {ci_text(c.get('ci'))}<br><span class=\"ci\">p = {pval(c.get('p'))}</span>")
+                    row.append(f"{float(c['diff']):+.3f} {ci_text(c.get('ci'))}<br><span class=\"ci\">p = {pval(c.get('p'))}</span>"
+                               + _excluded_note(c, notes))
             t = targets.get(regime) or {}
             if t.get("met") is None:
                 row.append(notes.na(t.get("reason")))
