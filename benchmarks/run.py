@@ -30,6 +30,10 @@ from benchmarks.common import Context, machine_info, software_versions, summaris
 #: name -> module of every section, in report order.
 SECTIONS: dict[str, str] = {
     "transforms": "benchmarks.bench_transforms",
+    "synth": "benchmarks.bench_synth",
+    "models": "benchmarks.bench_models",
+    "training": "benchmarks.bench_training",
+    "ablation": "benchmarks.bench_ablation",
     "diagnose": "benchmarks.bench_diagnose",
 }
 
@@ -101,6 +105,23 @@ def render_markdown(results: dict[str, Any]) -> str:
     ]
     sections = results.get("sections", {})
     order = [n for n in SECTIONS if n in sections] + [n for n in sections if n not in SECTIONS]
+    targets = [
+        (sections[n].get("title", n), r) for n in order for r in sections[n].get("ratios", [])
+        if r.get("target") is not None and "error" not in sections[n]
+    ]
+    if targets:
+        lines += ["## Targets at a glance", "",
+                  "| section | ratio | median | target | met | measured |", "| --- | --- | ---: | ---: | --- | --- |"]
+        for n in order:
+            sec = sections[n]
+            for r in sec.get("ratios", []):
+                if r.get("target") is None or "error" in sec:
+                    continue
+                median = r.get("stats", {}).get("median")
+                met = "–" if median is None else ("yes" if median >= r["target"] else "**no**")
+                quick = " (quick run)" if sec.get("quick") else ""
+                lines.append(f"| {n} | {r['label']} | {_fmt(median)} | ≥ {r['target']:g} | {met} | {sec.get('measured_at', '?')}{quick} |")
+        lines.append("")
     for name in order:
         sec = sections[name]
         lines += [f"## {sec.get('title', name)}", ""]
@@ -146,6 +167,15 @@ def render_markdown(results: dict[str, Any]) -> str:
             lines.append(f"- {note}")
         if sec.get("notes"):
             lines.append("")
+    if "gpu" not in sections:
+        lines += [
+            "## GPU",
+            "",
+            "Not measured yet: no accelerator has been lent to this project's benchmark runs. On a CUDA machine,",
+            "`python -m benchmarks.gpu_section` measures the paper config (bf16 autocast, channels_last) and",
+            "`python -m benchmarks.gpu_section --merge gpu_results.json` adds it here with the card's name and date.",
+            "",
+        ]
     return "\n".join(lines).rstrip() + "\n"
 
 

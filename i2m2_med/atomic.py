@@ -58,3 +58,30 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def json_safe(obj: Any) -> Any:
+    """A plain-JSON copy of ``obj``: NaN / inf -> None (strict JSON has neither), numpy and torch
+    scalars and arrays -> Python numbers and lists, tuples -> lists, paths -> str, mapping keys
+    -> str. Other values are returned as they are (``json.dumps`` decides about them)."""
+    import math
+
+    if isinstance(obj, dict) or (hasattr(obj, "items") and hasattr(obj, "keys")):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (str, bytes, bool, int)) or obj is None:
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    shape = getattr(obj, "shape", None)
+    if shape is not None and hasattr(obj, "tolist"):  # numpy / torch arrays and scalars
+        return json_safe(obj.tolist())
+    if hasattr(obj, "item") and callable(obj.item):
+        try:
+            return json_safe(obj.item())
+        except (TypeError, ValueError):
+            return obj
+    return obj

@@ -143,10 +143,20 @@ class EarlyStoppingConfig(_Strict):
     patience: int = Field(5, ge=0)
 
 
+class AugmentConfig(_Strict):
+    """Training-time augmentation (:mod:`i2m2_med.augment`): per-sample left-right flip and integer
+    shift, the same for magnitude and phase; off by default (the knee reference trains without)."""
+
+    flip_p: float = Field(0.0, ge=0.0, le=1.0)
+    max_shift: int = Field(0, ge=0)
+    """Largest translation in pixels of the model's input size."""
+
+
 class TrainingConfig(_Strict):
     batch_size: int = Field(16, ge=1)
     max_epochs: int = Field(50, ge=1)
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
     class_weighting: Literal["none", "loss", "sampler", "both"] = "loss"
     """``loss``: per-head class weights (inverse training frequency) in the NLL; ``sampler``: a
     weighted random sampler over slices; ``both``; ``none``."""

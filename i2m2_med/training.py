@@ -47,6 +47,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
+from i2m2_med.atomic import json_safe
+from i2m2_med.augment import BatchAugment
 from i2m2_med.config import Config, load_config
 from i2m2_med.dataset import (
     Cohort,
@@ -280,6 +282,8 @@ class I2M2Module(pl.LightningModule):
         self._loss_n = 0
         self._t_epoch = 0.0
         self._t_val = 0.0
+        aug = config.training.augment
+        self.augment = BatchAugment(aug.flip_p, aug.max_shift, seed=config.training.seed)
 
     def forward(self, batch: Mapping[str, Any]) -> Any:
         return self.model(batch)
@@ -290,6 +294,10 @@ class I2M2Module(pl.LightningModule):
             return product_loss(out, labels, self.class_weights)
         return experts_loss(out, labels, self.class_weights)
 
+    def on_train_start(self) -> None:
+        # each DDP process draws its own augmentations (reproducibly)
+        self.augment.generator.manual_seed(int(self.config.training.seed) + 1_000_003 * int(self.global_rank))
+
     def on_train_epoch_start(self) -> None:
         self._loss_sum, self._loss_n = 0.0, 0
         self._t_epoch = time.perf_counter()
@@ -297,6 +305,8 @@ class I2M2Module(pl.LightningModule):
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
         labels = batch["labels"]
+        if self.augment.active:
+            batch = self.augment(batch)
         out = self.model(batch)
         loss = self._loss(out, labels)
         n = int(labels.shape[0])
@@ -911,18 +921,8 @@ def _checkpoint_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _finite(obj: Any) -> Any:
-    """JSON-safe copy: NaN / inf -> None, numpy scalars -> Python, tuples -> lists."""
-    if isinstance(obj, Mapping):
-        return {str(k): _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _finite(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    return obj
+    """JSON-safe copy (see :func:`i2m2_med.atomic.json_safe`)."""
+    return json_safe(obj)
 
 
 def _write_predictions(path: Path, predictions: Mapping[str, Mapping[str, Any]]) -> None:

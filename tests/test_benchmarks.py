@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,7 @@ def test_quick_benchmark_writes_json_and_markdown(tmp_path: Path) -> None:
     # an earlier section measured elsewhere must survive a run of other sections
     js.write_text(json.dumps({"schema": 1, "sections": {"gpu": {"title": "GPU", "measured_at": "then", "figures": []}}}))
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--quick", "--sections", "transforms", "--out", str(out), "--json", str(js), "--quiet"],
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--sections", "transforms", "synth", "models", "--out", str(out), "--json", str(js), "--quiet"],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -47,13 +48,54 @@ def test_quick_benchmark_writes_json_and_markdown(tmp_path: Path) -> None:
     assert targets["i2m2_volume_vs_bare"] == 0.8 and targets["i2m2_best_vs_fastmri_best"] == 2.0
     assert sec["params"]["max_relative_difference_i2m2_vs_fastmri"] < 1e-5
 
+    synth = data["sections"]["synth"]
+    assert "error" not in synth, synth.get("traceback")
+    assert synth["quick"] is True and synth["params"]["volumes_per_repetition"] == 1
+    assert synth["params"]["slices_per_repetition"] == 8 and synth["params"]["cli_default_workers"] == 1
+    assert {f["key"] for f in synth["figures"]} == {"volumes_per_min_w1", "volumes_per_cpu_min_w1", "slices_per_s_w1"}
+    for item in synth["figures"] + synth["ratios"]:
+        _check_stats(item)
+        assert len(item["values"]) == 2 and all(math.isfinite(v) for v in item["values"])
+    by_key = {f["key"]: f["values"] for f in synth["figures"]}
+    # 8 slices per volume: slices/s is 8 volumes/min over 60, repetition by repetition
+    assert by_key["slices_per_s_w1"] == pytest.approx([v * 8 / 60 for v in by_key["volumes_per_min_w1"]])
+    assert [r["target"] for r in synth["ratios"]] == [10.0]
+    assert synth["ratios"][0]["values"] == by_key["volumes_per_min_w1"]
+
+    models = data["sections"]["models"]
+    assert "error" not in models, models.get("traceback")
+    assert models["params"]["torch_threads"] == 1  # quick run; 2 in a full run
+    cases = {(c["config"], c["variant"]): c for c in models["params"]["cases"]}
+    assert set(cases) == {("cpu", "i2m2"), ("cpu", "mag"), ("paper", "mag")}
+    assert cases[("cpu", "i2m2")]["batch"] == 4 and cases[("paper", "mag")]["image_size"] == 32
+    gflops = models["params"]["image_expert_forward_gflops_per_slice"]
+    assert 0 < gflops["cpu"] < 0.1 and 0 < gflops["paper"]  # cpu config: about 18 MFLOPs per slice
+    n_params = models["params"]["parameters"]
+    assert n_params["cpu_i2m2"] > n_params["cpu_mag"] > 0 and n_params["paper_mag"] > 10 * n_params["cpu_mag"]
+    mkeys = {f["key"] for f in models["figures"]}
+    for case in ("cpu_i2m2", "cpu_mag", "paper_mag"):
+        assert {f"{case}_train", f"{case}_train_cpu", f"{case}_infer", f"{case}_infer_cpu"} <= mkeys
+    assert {f["unit"] for f in models["figures"]} == {"samples/s", "samples/CPU-s", "slices/s", "slices/CPU-s"}
+    for item in models["figures"] + models["ratios"]:
+        _check_stats(item)
+        assert len(item["values"]) == 2 and all(math.isfinite(v) for v in item["values"])
+
     md = out.read_text()
     assert md.startswith("# Benchmarks\n")
     assert "## Modality pipeline" in md and "## GPU" in md
+    assert "## Synthetic generator" in md and "## Models" in md
+    # report order: the registered sections first, in registration order, then the others
+    assert md.index("## Modality pipeline") < md.index("## Synthetic generator") < md.index("## Models") < md.index("## GPU")
     assert "| ratio | median | IQR | min–max | target | met |" in md
-    # one table row per figure and ratio, each with 5 or 6 cells
+    # one table row per figure and ratio, plus a header row per table, each with 5 or 6 cells
     rows = [line for line in md.splitlines() if line.startswith("| ") and "---" not in line]
-    assert len(rows) == len(sec["figures"]) + len(sec["ratios"]) + 2
+    secs = [sec, synth, models]
+    tables = sum(bool(s["figures"]) + bool(s["ratios"]) for s in secs)
+    targeted = [r for s in secs for r in s["ratios"] if r.get("target") is not None]
+    glance = 1 + len(targeted)  # "Targets at a glance": a header and one row per ratio with a target
+    assert len(rows) == sum(len(s["figures"]) + len(s["ratios"]) for s in secs) + tables + glance
+    assert md.index("## Targets at a glance") < md.index("## Modality pipeline")
+    assert md.count("| ≥ 0.8 | ") >= 2 and "| ≥ 10 | yes |" in md
     assert all(line.count("|") in (6, 7) for line in rows)
 
 
@@ -70,3 +112,120 @@ def test_summarise() -> None:
     st = summarise([4.0, 1.0, 3.0, 2.0, 5.0])
     assert (st["median"], st["q1"], st["q3"], st["min"], st["max"], st["n"]) == (3.0, 2.0, 4.0, 1.0, 5.0, 5)
     assert summarise([2.0])["q1"] == 2.0
+
+
+def test_models_standalone_cli_and_thread_count(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    from benchmarks import bench_models
+    from benchmarks.common import Context
+
+    threads = torch.get_num_threads()
+    try:
+        bench_models.main(["--config", "cpu", "--variants", "mag", "--batch-size", "2", "--steps", "2", "--warmup", "0",
+                           "--threads", "1"])
+        assert torch.get_num_threads() == 1
+        out = json.loads(capsys.readouterr().out)
+        assert out["config"] == "cpu" and out["image_size"] == 64 and out["steps"] == 2 and out["threads"] == 1
+        assert out["bf16_autocast"] is False and out["channels_last"] is False and out["device"] == "cpu"
+        mag = out["variants"]["mag"]
+        assert len(mag["train_step_seconds"]) == 2 and mag["train_samples_per_s_best"] >= mag["train_samples_per_s_median"] > 0
+        assert mag["parameters"] > 0 and 0 < out["image_expert_forward_gflops_per_slice"] < 0.1
+
+        # bf16 autocast + channels-last run on CPU too (the GPU script's options)
+        res = bench_models.bench("cpu", ["mag"], 2, 1, 6, "cpu", bf16=True, channels_last=True, warmup=0)
+        assert res["bf16_autocast"] and res["channels_last"] and res["variants"]["mag"]["infer_slices_per_s_median"] > 0
+        assert res["variants"]["mag"]["parameters"] == mag["parameters"]
+
+        # as a section it sets its own thread count (1 in a quick run) and gives the process's back
+        torch.set_num_threads(2)
+        ctx = Context(quick=True, repeats=1, workdir=tmp_path)
+        result = bench_models.run(ctx)
+        assert torch.get_num_threads() == 2 and result["params"]["torch_threads"] == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert all(len(f["values"]) == 1 and f["values"][0] > 0 for f in result["figures"])
+    assert any("32 x 32" in note for note in result["notes"])
+
+
+def test_gpu_section_without_cuda_exits_2() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_section"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "CUDA is not available" in lines[0]
+    assert proc.stdout == ""
+
+
+def test_gpu_output_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks.gpu_section import output_path
+
+    monkeypatch.delenv("OUT", raising=False)
+    assert output_path() == Path("gpu_results.json")
+    monkeypatch.setenv("OUT", str(tmp_path))
+    assert output_path() == tmp_path / "gpu_results.json"
+    monkeypatch.setenv("OUT", str(tmp_path / "g.json"))
+    assert output_path() == tmp_path / "g.json"
+    assert output_path(tmp_path / "x.json") == tmp_path / "x.json"
+
+
+def test_gpu_merge_keeps_other_sections(tmp_path: Path) -> None:
+    from benchmarks.gpu_section import SECTION, TITLE, main
+
+    entry = {"title": TITLE, "measured_at": "now", "repeats": 3, "machine": {"cpu": "host", "gpu": "Card X"},
+             "figures": [{"key": "paper_mag_train", "label": "training", "unit": "samples/s", "values": [3.0, 1.0, 2.0]}],
+             "ratios": [], "params": {"card": "Card X"}}
+    gpu_json = tmp_path / "gpu_results.json"
+    gpu_json.write_text(json.dumps(entry))
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"schema": 1, "sections": {"transforms": {"title": "Modality pipeline", "figures": []}}}))
+    md = tmp_path / "B.md"
+    assert main(["--merge", str(gpu_json), "--json", str(results), "--out", str(md)]) == 0
+    data = json.loads(results.read_text())
+    assert set(data["sections"]) == {"transforms", SECTION}
+    st = data["sections"][SECTION]["figures"][0]["stats"]
+    assert (st["median"], st["min"], st["max"], st["n"]) == (2.0, 1.0, 3.0, 3)
+    text = md.read_text()
+    assert text.index("## Modality pipeline") < text.index(f"## {TITLE}")
+    assert "| training | 2.00 | 1.50–2.50 | 1.00–3.00 | samples/s |" in text
+
+
+def test_training_section_quick(tmp_path: Path) -> None:
+    """The training section trains I2M2 and a single expert on a tiny cohort and reports the
+    models-issue target as ratios (values checked, not only presence)."""
+    from benchmarks import bench_training
+    from benchmarks.common import Context
+
+    result = bench_training.run(Context(quick=True, repeats=1, workdir=tmp_path))
+    runs = result["params"]["results"]
+    assert set(runs) == {"i2m2", "mag"}
+    assert runs["i2m2"]["augment"] is None and runs["mag"]["augment"] == bench_training.AUGMENT
+    for r in runs.values():
+        assert r["epochs"] == [1] and r["wall_seconds"] > 0
+        assert r["train_samples_per_s"] is not None and r["train_samples_per_s"] > 0
+    keys = {r["key"]: r for r in result["ratios"]}
+    assert keys["time_i2m2"]["target"] == 1.0
+    assert abs(keys["time_i2m2"]["values"][0] - 600.0 / runs["i2m2"]["wall_seconds"]) < 1e-9
+    if runs["i2m2"]["test_mean_auroc"] is not None:
+        ceiling_ratio = keys["quality_i2m2"]["values"][0]
+        assert abs(ceiling_ratio - runs["i2m2"]["test_mean_auroc"] / 0.95) < 1e-9
+    assert any("oracle ceiling" in note.lower() for note in result["notes"])
+
+
+def test_ablation_section_quick(tmp_path: Path) -> None:
+    """The ablation section runs `ablate --quick` end to end on a tiny cohort and reports its wall
+    time against the 5-minute target."""
+    from benchmarks import bench_ablation
+    from benchmarks.common import Context
+
+    result = bench_ablation.run(Context(quick=True, repeats=1, workdir=tmp_path))
+    (fig,) = result["figures"]
+    (ratio,) = result["ratios"]
+    minutes = fig["values"][0]
+    assert fig["unit"] == "min" and minutes > 0
+    assert ratio["target"] == 1.0 and abs(ratio["values"][0] - 5.0 / minutes) < 1e-9
+    assert result["params"]["settings"]["variants"] == ["mag"] and result["params"]["timing"]["total_s"] > 0
+    assert (tmp_path / "report" / "report.html").is_file()

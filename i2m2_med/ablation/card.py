@@ -80,7 +80,8 @@ def model_card(data: Mapping[str, Any], settings: AblationSettings, config: Any,
         limitations.insert(1, "Synthetic data: lesions, mimics and their magnitude/phase cues follow the generator's design; "
                               "results show what the method can do under that design, not its performance on patients.")
     if settings.quick:
-        limitations.append("Quick mode: fewer seeds, epochs and bootstrap replicates than the full ablation.")
+        limitations.append("Quick mode: fewer seeds, epochs and bootstrap replicates, fewer robustness conditions (random masks "
+                           "only, one noise level) and smaller regime cohorts than the full ablation.")
     return {
         "intended_use": "research use only",
         "intended_use_detail": ("Comparing product-of-experts models (I2M2) with their ablations for knee MRI findings "

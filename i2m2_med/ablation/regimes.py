@@ -69,7 +69,9 @@ def ensure_regime_cohort(root: str | os.PathLike, regime: str, n_volumes: int, s
         return path
     if progress:
         progress(f"generating the {regime}-regime cohort ({n_volumes} volumes)")
-    generate_cohort(path, int(n_volumes), int(seed), regime=regime, label_noise=float(label_noise), n_slices=n_slices)
+    workers = max(1, min(os.cpu_count() or 1, int(n_volumes), 8))  # the cohort does not depend on it
+    generate_cohort(path, int(n_volumes), int(seed), regime=regime, label_noise=float(label_noise), n_slices=n_slices,
+                    workers=workers)
     return path
 
 

@@ -119,13 +119,16 @@ def run_grid(
     grid.train_seconds = time.perf_counter() - t0
 
     t1 = time.perf_counter()
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     models: dict[str, Any] = {}
     rid_of: dict[str, tuple[str, int]] = {}
     for (variant, seed), record in grid.records.items():
         if not record.ok:
             continue
         try:
-            model, _ = load_checkpoint(record.checkpoint, expected_variant=variant)
+            model, _ = load_checkpoint(record.checkpoint, expected_variant=variant, map_location=device)
         except CheckpointError as exc:
             record.status, record.reason = "failed", f"checkpoint unusable: {exc.one_line()}"
             continue
@@ -182,7 +185,7 @@ def run_grid(
         else:
             try:
                 out = predict_models({rid: models[rid] for rid in union}, dataset, run_views, settings.eval_batch_size, note=note,
-                                     view_models=needed)
+                                     view_models=needed, device=device)
             except Exception as exc:
                 reason = f"not evaluated: {error_reason(exc)}"
                 out = {(rid, v.name): Predictions.empty(reason, note) for rid in union for v in run_views}

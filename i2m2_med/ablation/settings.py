@@ -142,9 +142,9 @@ class AblationSettings:
 
 def default_settings(quick: bool = False, **overrides: Any) -> AblationSettings:
     """The full ablation (3 seeds, 6 epochs, 1000 bootstrap replicates, 30-volume regime cohorts
-    with 2 seeds), or with ``quick`` the short one (1 seed, 3 epochs, 200 replicates, two noise
-    levels, 16-volume regime cohorts with 1 seed); ``overrides`` replace any field (None values
-    are ignored)."""
+    with 2 seeds), or with ``quick`` the short one (1 seed, 3 epochs, 200 replicates, random
+    undersampling masks only and one noise level, 16-volume regime cohorts with 1 seed);
+    ``overrides`` replace any field (None values are ignored)."""
     base = AblationSettings()
     if quick:
         base = replace(
@@ -153,7 +153,8 @@ def default_settings(quick: bool = False, **overrides: Any) -> AblationSettings:
             epochs=3,
             n_boot=200,
             robustness_seeds=1,
-            noise_levels=(0.1, 0.2),
+            mask_types=("random",),
+            noise_levels=(0.1,),
             regime_volumes=16,
             regime_seeds=1,
             regime_epochs=3,

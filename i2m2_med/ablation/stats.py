@@ -478,15 +478,8 @@ def robustness_summary(per_seed: Mapping[str, Sequence[Mapping[str, Any]]], clea
 
 
 def finite_or_none(x: Any) -> Any:
-    """JSON-safe copy: NaN/inf -> None, numpy scalars and arrays -> Python, tuples -> lists."""
-    if isinstance(x, Mapping):
-        return {str(k): finite_or_none(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [finite_or_none(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return finite_or_none(x.tolist())
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
+    """JSON-safe copy: NaN/inf -> None, numpy scalars and arrays -> Python, tuples -> lists
+    (:func:`i2m2_med.atomic.json_safe`)."""
+    from i2m2_med.atomic import json_safe
+
+    return json_safe(x)
