@@ -78,6 +78,8 @@ def test_report_files_and_self_contained_html(report: Path) -> None:
     assert not re.search(r"<script[^>]+src\s*=", page, flags=re.I), "no external script may be loaded"
     assert not re.search(r"<link[^>]+href\s*=\s*[\"']https?:", page, flags=re.I)
     assert page.count("Plotly.newPlot") >= 5
+    # the robustness plot's legend names only the masks that were run (--quick: random only)
+    assert "solid: random mask)" in page and "equispaced" not in page
     for sid, title in SECTIONS:
         assert f'<section id="{sid}"><h2>' in page, sid
         assert title.replace("&", "&amp;") in page

@@ -83,6 +83,7 @@ def test_configs_default_off_and_validated() -> None:
         type(cfg.training.augment)(flip_p=0.5, rotate=10)  # unknown key refused
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 def test_training_step_sees_the_augmented_batch() -> None:
     from i2m2_med.models import build_model
     from i2m2_med.training import I2M2Module

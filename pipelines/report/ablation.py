@@ -555,6 +555,11 @@ def _clean_mean(results: Mapping[str, Any], variant: str, seeds: Sequence[Any]) 
     return sum(vals) / len(vals) if vals else None
 
 
+MASK_DASH = {"random": "solid", "equispaced": "dash"}
+"""Line style of each undersampling mask in the robustness plot."""
+MASK_STYLE_WORD = {"solid": "solid", "dash": "dashed", "dot": "dotted"}
+
+
 def robustness_section(results: Mapping[str, Any], figs: Figures) -> str:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -583,12 +588,12 @@ def robustness_section(results: Mapping[str, Any], figs: Figures) -> str:
                                          hovertemplate=f"{v}, clean: %{{y:.3f}}<extra></extra>"), 1, col)
             if kind == "undersample":
                 masks = sorted({c["mask"] for c in here})
-                for m_i, mask in enumerate(masks):
+                for mask in masks:
                     cs = [c for c in here if c["mask"] == mask]
                     xs = [f"R={c['acceleration']}" for c in cs]
                     ys = [((per.get(c["name"]) or {}).get("slice") or {}).get("mean_pathologies", {}).get("mean") for c in cs]
                     fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=v, legendgroup=v, showlegend=False,
-                                             line=dict(color=colour(v), dash="solid" if m_i == 0 else "dash"),
+                                             line=dict(color=colour(v), dash=MASK_DASH.get(mask, "dot")),
                                              hovertemplate=f"{v}, {mask} mask, %{{x}}: %{{y:.3f}}<extra></extra>"), 1, col)
             else:
                 xs = [c["label"].replace("without ", "no ").replace("noise sigma = ", "").replace(" x image RMS", "") for c in here]
@@ -597,7 +602,9 @@ def robustness_section(results: Mapping[str, Any], figs: Figures) -> str:
                                          showlegend=col == 1, marker=dict(size=9, color=colour(v)), line=dict(color=colour(v)),
                                          hovertemplate=f"{v}, %{{x}}: %{{y:.3f}}<extra></extra>"), 1, col)
         fig.update_yaxes(title_text="mean AUROC" if col == 1 else None, row=1, col=col)
-    fig.update_layout(title="Robustness (open diamond: clean data; solid: random mask, dashed: equispaced mask)")
+    present = sorted({c["mask"] for c in conds if c["kind"] == "undersample"})
+    styles = "; ".join(f"{MASK_STYLE_WORD[MASK_DASH.get(m, 'dot')]}: {m} mask" for m in present)
+    fig.update_layout(title="Robustness (open diamond: clean data" + (f"; {styles}" if styles else "") + ")")
     out.append(figs.div(fig, 400))
     notes = Notes()
     rows = []
