@@ -61,10 +61,13 @@ def run(ctx: Context) -> dict[str, Any]:
     regime = results.get("regime_study") or {}
     for level, target in ((regime.get("targets") or {}).items()):
         for name, r in (target.get("per_regime") or {}).items():
+            if any(r.get(v) is None for v in ("i2m2", "intra", "inter")):
+                notes.append(f"Regime {name}, {level} level: no result ({r.get('reason')}).")
+                continue
             notes.append(
                 f"Regime {name}, {level} level, mean AUROC ACL/MTEAR/CART: i2m2 {r['i2m2']:.3f}, intra {r['intra']:.3f},"
                 f" inter {r['inter']:.3f}; claim (i2m2 >= max(intra, inter) - {target.get('tolerance', 0.01)}):"
-                f" {'met' if r.get('met') else 'not met'}."
+                f" {'met' if r.get('met') else ('not met' if r.get('met') is False else 'no verdict: ' + str(r.get('reason')))}."
             )
     margins = ((regime.get("regimes") or {}).get("mixed") or {}).get("margins") or {}
     for other, m in margins.items():

@@ -400,6 +400,17 @@ def test_regime_targets_and_oracle(tmp_path: Path) -> None:
     assert t["per_regime"]["intra"]["met"] is True and t["per_regime"]["intra"]["margin_over_best"] == pytest.approx(-0.005)
     assert t["per_regime"]["inter"]["met"] is False
     assert t["per_regime"]["mixed"]["met"] is None and t["all_met"] is None
+    # study level: a regime whose test split has too few studies gets no verdict, with the reason
+    def study_block(i2m2: float, intra: float, inter: float, n: int) -> dict:
+        cell = lambda m: {"seed_summary": {"study": {"mean_pathologies": {"mean": m}}}}  # noqa: E731
+        return {"test_studies": n, "variants": {"i2m2": cell(i2m2), "intra": cell(intra), "inter": cell(inter)}}
+
+    ts = reg.regime_targets({"intra": study_block(0.0, 0.0, 0.0, 2), "inter": study_block(0.7, 0.6, 0.9, 12)}, level="study")
+    small = ts["per_regime"]["intra"]
+    assert small["met"] is None and "only 2 test studies" in small["reason"] and small["i2m2"] == 0.0
+    assert ts["per_regime"]["inter"]["met"] is False and ts["all_met"] is None
+    # the slice level of the same small regime still gets its verdict
+    assert reg.regime_targets({"intra": block(0.9, 0.8, 0.7) | {"test_studies": 2}})["per_regime"]["intra"]["met"] is True
     rows = ["study_id,slice," + ",".join(f"{h}_true,{h}" for h in HEADS)]
     truth = [0, 1, 1, 0, 1, 0]
     noisy = [0, 1, 0, 0, 1, 1]

@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from i2m2_med.ablation.stats import MIN_UNITS_PER_CLASS
 from i2m2_med.errors import UsageError
 from i2m2_med.heads import HEADS
 
@@ -103,6 +104,11 @@ def oracle_ceiling(cohort_dir: str | os.PathLike, study_ids: Any, split: str = "
     }
 
 
+MIN_STUDY_LEVEL_STUDIES = 2 * MIN_UNITS_PER_CLASS
+"""Fewest test studies for a study-level verdict on the claim: with fewer, the AUROC over a
+pair of studies is 0, 0.5 or 1 and says nothing about the models."""
+
+
 def regime_targets(per_regime: Mapping[str, Mapping[str, Any]], tolerance: float = TARGET_TOLERANCE, level: str = "slice") -> dict[str, Any]:
     """The paper's claim per regime on the seed means of the mean AUROC over ACL/MTEAR/CART:
     ``i2m2 >= max(intra, inter) - tolerance``. A regime where a value is missing says why."""
@@ -120,6 +126,14 @@ def regime_targets(per_regime: Mapping[str, Mapping[str, Any]], tolerance: float
                 missing.append(f"{v}: {cell.get('reason') or (block.get('variants') or {}).get(v, {}).get('reason') or 'no result'}")
         if missing:
             out["per_regime"][regime] = {"met": None, "reason": "; ".join(missing), **means}
+            continue
+        n_studies = block.get("test_studies")
+        if level == "study" and n_studies is not None and int(n_studies) < MIN_STUDY_LEVEL_STUDIES:
+            out["per_regime"][regime] = {
+                "met": None, **means,
+                "reason": f"only {int(n_studies)} test studies: a study-level AUROC needs at least "
+                          f"{MIN_STUDY_LEVEL_STUDIES} to say anything (use more regime volumes)",
+            }
             continue
         best = max(means["intra"], means["inter"])
         out["per_regime"][regime] = {
