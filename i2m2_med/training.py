@@ -888,8 +888,9 @@ def train(
     metrics["checkpoint"] = str(out / CHECKPOINT_NAME)
     write_text(out / CONFIG_NAME, cfg.to_yaml())
     _write_predictions(out / PREDICTIONS_NAME, predictions)
-    write_json(out / METRICS_NAME, _finite(metrics))
-    return _finite(metrics)
+    metrics = json_safe(metrics)
+    write_json(out / METRICS_NAME, metrics)
+    return metrics
 
 
 def _stage_record(objective: str, module: I2M2Module, trainer: pl.Trainer, seconds: float) -> dict[str, Any]:
@@ -917,12 +918,7 @@ def _checkpoint_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
     keep["summary"] = {
         split: (metrics[split] or {}).get("summary") for split in ("val", "test")
     }
-    return _finite(keep)
-
-
-def _finite(obj: Any) -> Any:
-    """JSON-safe copy (see :func:`i2m2_med.atomic.json_safe`)."""
-    return json_safe(obj)
+    return json_safe(keep)
 
 
 def _write_predictions(path: Path, predictions: Mapping[str, Mapping[str, Any]]) -> None:

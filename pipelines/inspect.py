@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from i2m2_med.atomic import json_safe
 from i2m2_med.errors import AnnotationError, I2M2Error
 from i2m2_med.heads import HEADS
 from i2m2_med.io.discover import discover
@@ -50,12 +51,6 @@ _ACQUISITION_TAGS: tuple[str, ...] = (
 def hash_id(value: str) -> str:
     """The first 12 hex digits of sha256(value): how patient ids are shown."""
     return hashlib.sha256(value.encode("utf-8")).hexdigest()[:12]
-
-
-def _jsonable(value: Any) -> Any:
-    from i2m2_med.atomic import json_safe
-
-    return json_safe(value)
 
 
 def _tabular_module() -> Any | None:
@@ -166,7 +161,7 @@ def summarise(study: Study, *, annotations: Any | None = None, clinical: dict[st
         entry["clinical_row"] = clinical_row is not None
         if clinical_row is None:
             entry["missing"]["clinical"] = True
-    return _jsonable(entry)
+    return json_safe(entry)
 
 
 def inspect_path(path: str | Path, annotations: str | Path | None = None,

@@ -9,7 +9,6 @@ Every function returns JSON-ready values: a statistic the data cannot define is 
 
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -475,11 +474,3 @@ def robustness_summary(per_seed: Mapping[str, Sequence[Mapping[str, Any]]], clea
             entry["partial_reason"] = "; ".join(reasons)
         out[name] = entry
     return out
-
-
-def finite_or_none(x: Any) -> Any:
-    """JSON-safe copy: NaN/inf -> None, numpy scalars and arrays -> Python, tuples -> lists
-    (:func:`i2m2_med.atomic.json_safe`)."""
-    from i2m2_med.atomic import json_safe
-
-    return json_safe(x)
