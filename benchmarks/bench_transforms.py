@@ -6,8 +6,9 @@ cache) and produces magnitude and phase of the centred, cropped image:
 
 * ``i2m2_slice``   -- this project, slice by slice as the dataset does it:
   ``read_fastmri_h5`` + ``Study.read_slice`` (h5py partial read) + ``kspace_to_modalities``;
-* ``i2m2_volume``  -- this project, volume by volume: h5py reads of 8 slices at a time into a
-  reused buffer + ``kspace_to_modalities`` on each (8, 640, W) block;
+* ``i2m2_volume``  -- this project, volume by volume: ``read_fastmri_h5`` +
+  ``iter_volume_modalities`` (direct reads of 8-slice blocks, the next block read while the
+  current one is transformed by ``kspace_to_modalities``);
 * ``i2m2_no_io``   -- ``kspace_to_modalities`` on the preloaded volumes (no I/O);
 * ``fastmri_slice``  -- ``fastmri.data.SliceDataset`` with a transform doing ``to_tensor`` +
   ``ifft2c`` + ``complex_center_crop`` + ``complex_abs`` / ``atan2``, iterated slice by slice;
@@ -112,17 +113,6 @@ def _fastmri_slice_transform(kspace, mask, target, attrs, fname, slice_num):
     return _fastmri_image_parts(kspace)
 
 
-#: Slices per h5 read of the project's volume path (read into a reused buffer).
-BLOCK = 8
-_BUFFERS: dict[tuple[int, ...], np.ndarray] = {}
-
-
-def _buffer(shape: tuple[int, ...]) -> np.ndarray:
-    if shape not in _BUFFERS:
-        _BUFFERS[shape] = np.empty(shape, np.complex64)
-    return _BUFFERS[shape]
-
-
 def make_paths(files: list[Path], volumes: list[np.ndarray]) -> dict[str, Callable[[], Any]]:
     """The callables timed, each processing every slice of every file once."""
     from fastmri.data import SliceDataset
@@ -132,7 +122,7 @@ def make_paths(files: list[Path], volumes: list[np.ndarray]) -> dict[str, Callab
     from monai.transforms import CenterSpatialCrop
 
     from i2m2_med.io.fastmri_h5 import read_fastmri_h5
-    from i2m2_med.transforms import kspace_to_modalities
+    from i2m2_med.transforms import iter_volume_modalities, kspace_to_modalities
 
     root = files[0].parent
     dataset = SliceDataset(root, challenge="singlecoil", transform=_fastmri_slice_transform)
@@ -148,14 +138,10 @@ def make_paths(files: list[Path], volumes: list[np.ndarray]) -> dict[str, Callab
 
     def i2m2_volume() -> None:
         for path in files:
-            with h5py.File(path, "r") as f:
-                ds = f["kspace"]
-                n = ds.shape[0]
-                block = _buffer((min(BLOCK, n), *ds.shape[1:]))
-                for s in range(0, n, BLOCK):
-                    m = min(BLOCK, n - s)
-                    ds.read_direct(block, np.s_[s:s + m], np.s_[0:m])
-                    kspace_to_modalities(block[:m])
+            study = read_fastmri_h5(path)
+            for _ in iter_volume_modalities(study):
+                pass
+            study.slice_reader.close()
 
     def i2m2_no_io() -> None:
         for k in volumes:
@@ -205,7 +191,7 @@ LABELS = {
     "bare_volume": "bare limit: scipy.fft.ifft2(workers=-1), whole volumes, no I/O",
     "bare_slices": "bare limit: scipy.fft.ifft2(workers=-1), slice by slice, no I/O",
     "i2m2_no_io": "i2m2-med kspace_to_modalities, whole volumes, no I/O",
-    "i2m2_volume": "i2m2-med h5 read (8-slice blocks) + kspace_to_modalities, volume by volume",
+    "i2m2_volume": "i2m2-med iter_volume_modalities (direct reads of 8-slice blocks, read ahead), volume by volume",
     "i2m2_slice": "i2m2-med read_fastmri_h5 + read_slice + kspace_to_modalities, slice by slice",
     "fastmri_volume": "fastmri to_tensor + ifft2c + complex_center_crop + abs/angle, whole volumes",
     "fastmri_slice": "fastmri SliceDataset + the same transform, slice by slice",
@@ -232,8 +218,10 @@ def stage_profile(path: Path, repeats: int) -> dict[str, float]:
     time goes."""
     import time
 
+    from i2m2_med.io.fastmri_h5 import FastMRISliceReader
     from i2m2_med.transforms import kspace_to_modalities
 
+    reader = FastMRISliceReader(path)
     with h5py.File(path, "r") as f:
         ds = f["kspace"]
         n = ds.shape[0]
@@ -251,7 +239,8 @@ def stage_profile(path: Path, repeats: int) -> dict[str, float]:
         for _ in range(max(1, repeats)):
             for i, k in enumerate(slices):
                 w = k.shape[-1]
-                clock("h5 read of one slice", lambda: ds.read_direct(buf, np.s_[i], np.s_[:]))
+                clock("h5py read of one slice", lambda: ds.read_direct(buf, np.s_[i], np.s_[:]))
+                clock("direct read of one slice (read_block)", lambda: reader.read_block(i, i + 1, out=buf[None]))
                 clock("bare: scipy ifft2, one thread", lambda: sfft.ifft2(k, workers=1))
                 clock("i2m2: kspace_to_modalities, one thread", lambda: kspace_to_modalities(k, workers=1))
                 y = clock("  readout FFT (640 x W)", lambda: sfft.ifft(k, axis=0, workers=1, norm="ortho"))
@@ -273,6 +262,7 @@ def stage_profile(path: Path, repeats: int) -> dict[str, float]:
                 tre, tim = torch.from_numpy(re), torch.from_numpy(im)
                 clock("  phase: float32 atan2 (torch)", lambda: [
                     torch.atan2(tim[r:r + 80], tre[r:r + 80], out=tre[r:r + 80]) for r in range(0, 320, 80)])
+    reader.close()
     return {name: float(np.percentile(v, 20) * 1e3) for name, v in times.items()}
 
 
@@ -347,12 +337,16 @@ def run(ctx: Context) -> dict[str, Any]:
             "Cores in use (median wall slices/s over median slices per CPU-second): "
             + ", ".join(f"{k} {statistics.median(rate[k]) / statistics.median(cpu_rate[k]):.2f}"
                         for k in ("bare_slices", "bare_volume", "i2m2_no_io", "i2m2_volume", "i2m2_slice"))
-            + ". The transform alone keeps pace with the bare FFT; the I/O paths lose to it on an idle machine "
-            f"because the h5 read ({profile.get('h5 read of one slice', float('nan')):.2f} ms per slice on one core; "
-            "h5py holds the interpreter lock) runs between the transforms instead of beside them, and the "
-            "slice-by-slice path also gives each FFT call too little work to keep two threads busy. What is left "
-            "to gain is reading the next block while the current one is transformed (diagnose's read-ahead "
-            "workers do this end to end).",
+            + ". Once the cores are full, a path's speed is its CPU cost per slice: "
+            f"{1e3 / statistics.median(bare_cpu):.2f} ms for the bare FFT, "
+            f"{1e3 / statistics.median(cpu_rate['i2m2_no_io']):.2f} ms for the project's transform alone and "
+            f"{1e3 / statistics.median(cpu_rate['i2m2_volume']):.2f} ms for its volume path with the read "
+            "(all threads, CPU time per slice). The direct read "
+            f"({profile.get('direct read of one slice (read_block)', float('nan')):.2f} ms per slice on one core, "
+            f"against {profile.get('h5py read of one slice', float('nan')):.2f} ms through h5py) runs without "
+            "the interpreter lock, so the next block is read beside the transform of the current one. The "
+            "slice-by-slice path transforms one slice per call, each FFT call too small to keep two threads "
+            "busy; its parallelism in training and diagnosis comes from loader workers reading ahead.",
             f"Same numbers: the largest difference of the complex image (magnitude, phase) between "
             f"i2m2-med and fastmri is {max_rel:.1e} of the image maximum.",
         ],

@@ -45,7 +45,7 @@ import functools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import scipy.fft as sfft
@@ -437,6 +437,62 @@ def _multicoil(vol: np.ndarray, crop: tuple[int, int], workers: int) -> tuple[np
     else:
         list(_pool(workers).map(lambda i: one(i, 1), range(n)))
     return mag, phase
+
+
+# ---- whole volumes, reading ahead ----------------------------------------------------------
+
+#: Slices per block of :func:`iter_volume_modalities`.
+VOLUME_BLOCK = 8
+
+
+def iter_volume_modalities(
+    study: Any,
+    crop: tuple[int, int] = DEFAULT_CROP,
+    *,
+    block: int = VOLUME_BLOCK,
+    workers: int | None = None,
+) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """Every slice of a k-space study as magnitude and phase, block by block, the fast way
+    through a whole volume: yields ``(first_slice, {"magnitude": (n, h, w), "phase": (n, h,
+    w)})`` float32 for consecutive blocks of at most ``block`` slices.
+
+    While one block is transformed (its slices spread over ``workers`` threads, see
+    :func:`kspace_to_modalities`) the next one is read by another thread into a second buffer,
+    so reading overlaps with the transform. fastMRI h5 studies are read with the reader's
+    ``read_block`` (direct reads that do not hold the interpreter lock, see
+    :class:`i2m2_med.io.fastmri_h5.FastMRISliceReader`); other k-space studies slice by slice.
+    Memory: two k-space blocks and the block being yielded. Errors are those of the reader
+    (:class:`~i2m2_med.errors.StudyReadError`) and of the transform (:class:`TransformError`).
+    """
+    if getattr(study, "domain", None) != "kspace":
+        raise TransformError(str(getattr(study, "source", None)), "not a k-space study: no k-space to transform")
+    block = max(1, int(block))
+    n = int(study.n_slices)
+    reader = study.slice_reader
+    read_block = getattr(reader, "read_block", None)
+    buffers: dict[int, np.ndarray] = {}
+
+    def read(b: int) -> np.ndarray:
+        start, stop = b * block, min(n, (b + 1) * block)
+        if read_block is None:
+            return np.stack([np.asarray(study.read_slice(i)["kspace"], np.complex64) for i in range(start, stop)])
+        shape = (stop - start, *reader.slice_shape)
+        slot = b % 2
+        if slot not in buffers or buffers[slot].shape != shape:
+            buffers[slot] = np.empty(shape, np.complex64)
+        read_block(start, stop, out=buffers[slot])
+        return buffers[slot]
+
+    n_blocks = -(-n // block)
+    with ThreadPoolExecutor(1, thread_name_prefix="i2m2-read") as ahead:
+        pending = ahead.submit(read, 0)
+        for b in range(n_blocks):
+            kspace = pending.result()
+            if b + 1 < n_blocks:
+                pending = ahead.submit(read, b + 1)
+            yield b * block, kspace_to_modalities(
+                kspace, crop, coils=None, workers=workers, where=str(getattr(study, "source", None))
+            )
 
 
 # ---- the same core in torch, for tensors on an accelerator ----------------------------------

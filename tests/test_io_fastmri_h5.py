@@ -277,3 +277,108 @@ def test_corrupt_chunk_detected_at_slice_read(tmp_path):
     with pytest.raises(StudyReadError) as info:
         study.read_slice(1)
     assert "slice 1" in info.value.one_line() and str(path) in info.value.one_line()
+
+
+# ---- direct reads (os.preadv at the slice offsets) against h5py -------------------------------
+
+
+def _layout_file(path: Path, k: np.ndarray, layout: str) -> None:
+    """``k`` as the ``kspace`` dataset in one of several storage layouts."""
+    kw: dict = {}
+    file_kw: dict = {}
+    data = k
+    if layout == "chunked":
+        kw["chunks"] = (1, *k.shape[1:])
+    elif layout == "gzip":
+        kw.update(chunks=(1, *k.shape[1:]), compression="gzip")
+    elif layout == "two_slice_chunks":
+        kw["chunks"] = (2, *k.shape[1:])
+    elif layout == "big_endian":
+        data = k.astype(">c8")
+    elif layout == "userblock":
+        file_kw["userblock_size"] = 1024
+    elif layout == "userblock_chunked":
+        file_kw["userblock_size"] = 1024
+        kw["chunks"] = (1, *k.shape[1:])
+    with h5py.File(path, "w", **file_kw) as f:
+        f.create_dataset("kspace", data=data, **kw)
+
+
+@pytest.mark.parametrize(
+    "layout, direct",
+    [("contiguous", True), ("chunked", True), ("userblock", True), ("userblock_chunked", True),
+     ("gzip", False), ("two_slice_chunks", False), ("big_endian", False)],
+)
+def test_direct_reads_match_h5py_in_every_layout(tmp_path, layout, direct):
+    path = tmp_path / f"{layout}.h5"
+    k = _kspace((5, 64, 40), seed=3)
+    _layout_file(path, k, layout)
+    study = read_fastmri_h5(path)
+    reader = study.slice_reader
+    assert reader.direct is direct
+    assert reader.slice_shape == (64, 40)
+    for i in range(5):
+        np.testing.assert_array_equal(study.read_slice(i)["kspace"], k[i])
+    np.testing.assert_array_equal(reader.read_block(1, 4), k[1:4])
+    out = np.full((2, 64, 40), 7 + 7j, np.complex64)
+    assert reader.read_block(3, 5, out=out) is out
+    np.testing.assert_array_equal(out, k[3:5])
+    with pytest.raises(IndexError):
+        reader.read_block(4, 6)
+    with pytest.raises(ValueError, match="C-contiguous complex64"):
+        reader.read_block(0, 2, out=np.empty((2, 64, 40), np.complex128))
+    reader.close()
+
+
+def test_direct_reads_multicoil_and_after_pickle(tmp_path):
+    path = tmp_path / "mc.h5"
+    k = _write(path, (3, 4, 32, 24), seed=5)
+    study = read_fastmri_h5(path)
+    assert study.slice_reader.direct
+    np.testing.assert_array_equal(study.slice_reader.read_block(0, 3), k)
+    clone = pickle.loads(pickle.dumps(study))
+    assert clone.slice_reader._fd is None
+    np.testing.assert_array_equal(clone.read_slice(2)["kspace"], k[2])
+    clone.slice_reader.close()
+    study.slice_reader.close()
+
+
+def test_direct_reads_name_the_slice_with_nan(tmp_path):
+    path = tmp_path / "nanblock.h5"
+    k = _kspace((6, 64, 40))
+    k[4, 3, 2] = np.nan
+    k[4, 5, 2] = np.inf
+    write_fastmri_h5(path, k, build_header(HeaderParams(encoded_y=40, n_slices=6)))
+    reader = read_fastmri_h5(path).slice_reader
+    assert reader.direct
+    np.testing.assert_array_equal(reader.read_block(0, 4), k[:4])
+    with pytest.raises(StudyReadError) as info:
+        reader.read_block(2, 6)
+    assert "slice 4: k-space contains 2 NaN/Inf values" in info.value.one_line()
+    reader.close()
+
+
+def test_huge_finite_values_are_not_reported_as_nan(tmp_path):
+    """The one-pass check sums each slice: an overflowing sum of finite values is no error."""
+    path = tmp_path / "huge.h5"
+    k = np.full((2, 64, 40), 3e38 + 3e38j, np.complex64)
+    _layout_file(path, k, "contiguous")
+    reader = read_fastmri_h5(path).slice_reader
+    np.testing.assert_array_equal(reader.read_block(0, 2), k)
+    reader.close()
+
+
+def test_direct_read_of_a_truncated_file_is_one_clear_error(tmp_path):
+    path = tmp_path / "cut.h5"
+    k = _kspace((4, 64, 40))
+    _layout_file(path, k, "contiguous")
+    reader = read_fastmri_h5(path).slice_reader
+    assert reader.direct  # layout taken while the file is whole
+    size = path.stat().st_size
+    with open(path, "r+b") as fh:
+        fh.truncate(size - 64 * 40 * 8 - 10)
+    with pytest.raises(StudyReadError) as info:
+        reader.read_block(2, 4)
+    msg = info.value.one_line()
+    assert str(path) in msg and "slices 2..3" in msg and "truncated" in msg
+    reader.close()

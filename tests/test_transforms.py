@@ -411,3 +411,60 @@ def test_core_does_not_import_monai() -> None:
     assert "KSpaceToModalitiesd" in dir(core)
     with pytest.raises(AttributeError):
         core.NoSuchTransformd
+
+
+# ---- whole volumes, block by block ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape, block", [((11, 96, 72), 4), ((3, 2, 96, 72), 8), ((5, 96, 72), 1)])
+def test_iter_volume_modalities_equals_slice_by_slice(tmp_path, shape, block):
+    from i2m2_med.io.fastmri_h5 import read_fastmri_h5, write_fastmri_h5
+    from i2m2_med.io.ismrmrd import HeaderParams, build_header
+    from i2m2_med.transforms import iter_volume_modalities
+
+    k = _kspace(shape, seed=len(shape) + block)
+    path = tmp_path / "vol.h5"
+    coils = shape[1] if len(shape) == 4 else 1
+    write_fastmri_h5(path, k, build_header(HeaderParams(encoded_y=shape[-1], n_slices=shape[0], n_coils=coils)))
+    study = read_fastmri_h5(path)
+    assert study.slice_reader.direct
+    starts, mags, phases = [], [], []
+    for start, out in iter_volume_modalities(study, (64, 64), block=block):
+        starts.append(start)
+        assert out["magnitude"].shape[1:] == (64, 64) and out["magnitude"].dtype == np.float32
+        mags.append(out["magnitude"])
+        phases.append(out["phase"])
+    assert starts == list(range(0, shape[0], block))
+    mag, phase = np.concatenate(mags), np.concatenate(phases)
+    assert mag.shape == (shape[0], 64, 64)
+    for i in range(shape[0]):
+        ref = kspace_to_modalities(k[i], (64, 64), coils=len(shape) == 4)
+        np.testing.assert_allclose(mag[i], ref["magnitude"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(phase[i], ref["phase"], rtol=1e-5, atol=1e-5)
+    study.slice_reader.close()
+
+
+def test_iter_volume_modalities_without_block_reads_and_bad_studies(tmp_path):
+    from pathlib import Path
+
+    from i2m2_med.errors import StudyReadError
+    from i2m2_med.io.study import Study
+    from i2m2_med.transforms import iter_volume_modalities
+
+    k = _kspace((5, 64, 48), seed=9)
+
+    def reader(i: int) -> dict:
+        if i == 3:
+            raise StudyReadError("mem.h5", "slice 3: k-space contains 1 NaN/Inf values")
+        return {"kspace": k[i]}
+
+    study = Study("mem", Path("mem.h5"), "fastmri_h5", "kspace", 5, ("magnitude", "phase"), reader)
+    blocks = iter_volume_modalities(study, (32, 32), block=2)
+    first = next(blocks)
+    assert first[0] == 0
+    np.testing.assert_allclose(first[1]["magnitude"][1], kspace_to_modalities(k[1], (32, 32))["magnitude"], rtol=1e-6)
+    with pytest.raises(StudyReadError, match="slice 3"):
+        list(blocks)
+    image = Study("img", Path("img.nii.gz"), "nifti", "image", 2, ("magnitude",), lambda i: {})
+    with pytest.raises(TransformError, match="not a k-space study"):
+        next(iter_volume_modalities(image))
