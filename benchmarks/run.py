@@ -34,6 +34,7 @@ SECTIONS: dict[str, str] = {
     "models": "benchmarks.bench_models",
     "training": "benchmarks.bench_training",
     "ablation": "benchmarks.bench_ablation",
+    "ablation_full": "benchmarks.bench_ablation_full",
     "diagnose": "benchmarks.bench_diagnose",
 }
 

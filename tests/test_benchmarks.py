@@ -229,3 +229,19 @@ def test_ablation_section_quick(tmp_path: Path) -> None:
     assert ratio["target"] == 1.0 and abs(ratio["values"][0] - 5.0 / minutes) < 1e-9
     assert result["params"]["settings"]["variants"] == ["mag"] and result["params"]["timing"]["total_s"] > 0
     assert (tmp_path / "report" / "report.html").is_file()
+
+
+def test_ablation_full_section_quick(tmp_path: Path) -> None:
+    """The full-ablation section runs a default (not --quick) `ablate` on a tiny cohort and reports
+    its wall time against the 30-minute target."""
+    from benchmarks import bench_ablation_full
+    from benchmarks.common import Context
+
+    result = bench_ablation_full.run(Context(quick=True, repeats=1, workdir=tmp_path))
+    (fig,) = result["figures"]
+    (ratio,) = result["ratios"]
+    assert fig["key"] == "ablate_full_min" and fig["unit"] == "min" and fig["values"][0] > 0
+    assert ratio["target"] == 1.0 and abs(ratio["values"][0] - 30.0 / fig["values"][0]) < 1e-9
+    assert "full default" not in result["description"] and "seven variants over 3 seeds" in result["description"]
+    report = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert report["settings"]["quick"] is False and report["settings"]["mask_types"] == ["random", "equispaced"]

@@ -56,7 +56,10 @@ class AblationSettings:
         regime_volumes, regime_seeds, regime_epochs, regime_label_noise: the size of each
         regime's cohort and of its grid (variants :data:`REGIME_VARIANTS`);
         regime_cohort_seed: the generator seed of the three cohorts; regime_slices: a fixed
-        number of slices per volume (None: the generator's 30-46, as in fastMRI);
+        number of slices per volume (None: the generator's 30-46, as in fastMRI). The defaults
+        (60 volumes of 20 slices) give about ten test studies per regime -- what the clustered
+        bootstrap of the margins needs -- for the compute of 30 full-length volumes (lesion
+        extents scale with the slice count);
         regime_reuse_data: when the ablated data is itself a synthetic cohort of one regime and the
         grid has i2m2, intra and inter, that regime's entry uses the main grid (its cohort, seeds
         and epochs) instead of generating another cohort.
@@ -81,12 +84,12 @@ class AblationSettings:
     noise_levels: tuple[float, ...] = (0.05, 0.1, 0.2)
     condition_seed: int = 1234
     regime_study: bool | None = None
-    regime_volumes: int = 30
+    regime_volumes: int = 60
     regime_seeds: int = 2
     regime_epochs: int | None = 6
     regime_label_noise: float = 0.0
     regime_cohort_seed: int = 11
-    regime_slices: int | None = None
+    regime_slices: int | None = 20
     regime_reuse_data: bool = True
     eval_batch_size: int = 64
     quick: bool = False
@@ -141,9 +144,11 @@ class AblationSettings:
 
 
 def default_settings(quick: bool = False, **overrides: Any) -> AblationSettings:
-    """The full ablation (3 seeds, 6 epochs, 1000 bootstrap replicates, 30-volume regime cohorts
-    with 2 seeds), or with ``quick`` the short one (1 seed, 3 epochs, 200 replicates, random
-    undersampling masks only and one noise level, 16-volume regime cohorts with 1 seed);
+    """The full ablation (3 seeds, 6 epochs, 1000 bootstrap replicates, regime cohorts of 60
+    volumes of 20 slices with 2 seeds), or with ``quick`` the short one (1 seed, 3 epochs, 200 replicates, random
+    undersampling masks only and one noise level, regime cohorts of 28 volumes of 16 slices with
+    1 seed: fewer slices than the full preset's cohorts but enough volumes for four test studies,
+    the least a study-level verdict needs);
     ``overrides`` replace any field (None values are ignored)."""
     base = AblationSettings()
     if quick:
@@ -155,7 +160,8 @@ def default_settings(quick: bool = False, **overrides: Any) -> AblationSettings:
             robustness_seeds=1,
             mask_types=("random",),
             noise_levels=(0.1,),
-            regime_volumes=16,
+            regime_volumes=28,
+            regime_slices=16,
             regime_seeds=1,
             regime_epochs=3,
             quick=True,
