@@ -39,7 +39,7 @@ def measure(ctx: Context, full_ablation: bool, doc: str) -> dict[str, Any]:
     from i2m2_med.synth import generate_cohort
     from pipelines.ablation import run as ablate
 
-    name = "ablate" if full_ablation else "ablate --quick"
+    command = "ablate" if full_ablation else "ablate --quick"
     target_minutes = FULL_TARGET_MINUTES if full_ablation else TARGET_MINUTES
     size = QUICK if ctx.quick else FULL
     cohort = ctx.workdir / "cohort"
@@ -53,7 +53,7 @@ def measure(ctx: Context, full_ablation: bool, doc: str) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"quick": not full_ablation, "progress": False, "argv": argv}
     if ctx.quick:
         kwargs.update(variants=["mag"], seeds=1, epochs=1, n_boot=20, regime_study=False)
-    ctx.log(f"{name} ...")
+    ctx.log(f"{command} ...")
     started = time.perf_counter()
     rc = ablate(cohort, out, **kwargs)
     wall = time.perf_counter() - started
@@ -78,16 +78,17 @@ def measure(ctx: Context, full_ablation: bool, doc: str) -> dict[str, Any]:
                 f" inter {r['inter']:.3f}; claim (i2m2 >= max(intra, inter) - {target.get('tolerance', 0.01)}):"
                 f" {'met' if r.get('met') else ('not met' if r.get('met') is False else 'no verdict: ' + str(r.get('reason')))}."
             )
-    margins = ((regime.get("regimes") or {}).get("mixed") or {}).get("margins") or {}
-    for other, m in margins.items():
-        sl = (m or {}).get("slice") or {}
-        if sl.get("diff") is not None and sl.get("ci"):
-            notes.append(f"Mixed regime, slice level: i2m2 − {other} = {sl['diff']:+.3f} (95% CI {sl['ci'][0]:+.3f} to"
-                         f" {sl['ci'][1]:+.3f}, p = {sl.get('p', float('nan')):.2f}; {sl.get('method', '')}).")
+    for regime_name, entry in (regime.get("regimes") or {}).items():
+        for other, m in ((entry or {}).get("margins") or {}).items():
+            sl = (m or {}).get("slice") or {}
+            if sl.get("diff") is not None and sl.get("ci"):
+                notes.append(f"Regime {regime_name}, slice level: i2m2 − {other} = {sl['diff']:+.3f} (95% CI {sl['ci'][0]:+.3f}"
+                             f" to {sl['ci'][1]:+.3f}, p = {sl.get('p', float('nan')):.2f}; {sl.get('method', '')};"
+                             f" {entry.get('test_studies')} test studies).")
     key = "full" if full_ablation else "quick"
-    figures = [{"key": f"ablate_{key}_min", "label": f"{name}, wall time (in process, after imports)",
+    figures = [{"key": f"ablate_{key}_min", "label": f"{command}, wall time (in process, after imports)",
                 "unit": "min", "values": [wall / 60.0]}]
-    ratios = [{"key": f"{key}_time", "label": f"{target_minutes:g} min / {name} wall time",
+    ratios = [{"key": f"{key}_time", "label": f"{target_minutes:g} min / {command} wall time",
                "values": [target_minutes * 60.0 / wall], "target": 1.0}]
     return {
         "description": " ".join(" ".join(doc.split("\n\n")[1:]).split()),

@@ -225,7 +225,7 @@ def test_ablation_section_quick(tmp_path: Path) -> None:
     (fig,) = result["figures"]
     (ratio,) = result["ratios"]
     minutes = fig["values"][0]
-    assert fig["unit"] == "min" and minutes > 0
+    assert fig["unit"] == "min" and minutes > 0 and fig["label"].startswith("ablate --quick, wall time")
     assert ratio["target"] == 1.0 and abs(ratio["values"][0] - 5.0 / minutes) < 1e-9
     assert result["params"]["settings"]["variants"] == ["mag"] and result["params"]["timing"]["total_s"] > 0
     assert (tmp_path / "report" / "report.html").is_file()
@@ -241,6 +241,7 @@ def test_ablation_full_section_quick(tmp_path: Path) -> None:
     (fig,) = result["figures"]
     (ratio,) = result["ratios"]
     assert fig["key"] == "ablate_full_min" and fig["unit"] == "min" and fig["values"][0] > 0
+    assert fig["label"].startswith("ablate, wall time") and ratio["label"] == "30 min / ablate wall time"
     assert ratio["target"] == 1.0 and abs(ratio["values"][0] - 30.0 / fig["values"][0]) < 1e-9
     assert "full default" not in result["description"] and "seven variants over 3 seeds" in result["description"]
     report = json.loads((tmp_path / "report" / "results.json").read_text())
