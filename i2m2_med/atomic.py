@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -64,8 +65,6 @@ def json_safe(obj: Any) -> Any:
     """A plain-JSON copy of ``obj``: NaN / inf -> None (strict JSON has neither), numpy and torch
     scalars and arrays -> Python numbers and lists, tuples -> lists, paths -> str, mapping keys
     -> str. Other values are returned as they are (``json.dumps`` decides about them)."""
-    import math
-
     if isinstance(obj, dict) or (hasattr(obj, "items") and hasattr(obj, "keys")):
         return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

@@ -204,28 +204,22 @@ class FastMRISliceReader:
             out = np.empty(shape, np.complex64)
         elif out.shape != shape or out.dtype != np.complex64 or not out.flags.c_contiguous:
             raise ValueError(f"out must be C-contiguous complex64 {shape}, got {out.dtype} {out.shape}")
-        if self._layout is not None and self._fd is not None:
+        span = f"slice {start}" if stop - start == 1 else f"slices {start}..{stop - 1}"
+        if self.direct:
             try:
                 self._layout.read(self._fd, start, stop, out)
             except OSError as exc:
-                raise StudyReadError(self.path, f"slices {start}..{stop - 1}: cannot read kspace ({exc})") from None
+                raise StudyReadError(self.path, f"{span}: cannot read kspace ({exc})") from None
         else:
             try:
                 ds.read_direct(out, np.s_[start:stop])
             except (OSError, ValueError, RuntimeError, TypeError) as exc:
-                raise StudyReadError(
-                    self.path, f"slices {start}..{stop - 1}: cannot read kspace ({_h5_reason(exc)})"
-                ) from None
+                raise StudyReadError(self.path, f"{span}: cannot read kspace ({_h5_reason(exc)})") from None
         _check_finite(self.path, out, start)
         return out
 
     def __call__(self, index: int) -> dict[str, np.ndarray]:
-        self._handle()
-        if self._layout is not None and self._fd is not None:
-            return {"kspace": self.read_block(index, index + 1)[0]}
-        kspace = np.asarray(self._read("kspace", index), dtype=np.complex64)
-        _check_finite(self.path, kspace[None], index)
-        return {"kspace": kspace}
+        return {"kspace": self.read_block(index, index + 1)[0]}
 
     def reconstruction(self, index: int) -> np.ndarray | None:
         """The stored reconstruction of slice ``index``: (320, 320) float32, or None if absent."""
