@@ -7,6 +7,8 @@ A :class:`Cohort` is what a training run sees of a data folder::
     DIR/tabular.csv          clinical table joined by study id (optional)
     DIR/splits.csv           subject-level train / val / test split (optional)
     DIR/manifest.json        what the synthetic generator wrote (optional; oracle ceiling)
+    DIR/episodes.csv         the synthetic generator's episodes (optional; where each head's
+                             anatomy is in view, for the in-view AUROC)
 
 Only studies with known labels take part: a volume the annotations do not list has unknown
 labels (not negative ones) and is reported in ``Cohort.problems``.
@@ -58,6 +60,7 @@ FILE_LIST_NAME = "knee_file_list.csv"
 CLINICAL_CSV = "tabular.csv"
 SPLITS_CSV = "splits.csv"
 MANIFEST_JSON = "manifest.json"
+EPISODES_CSV = "episodes.csv"
 
 # ---- the cohort -----------------------------------------------------------------------------
 
@@ -78,6 +81,8 @@ class Cohort:
         label_source: the annotation file the labels came from (or ``"study"``).
         problems: (path or id, reason) for studies left out or files that failed.
         manifest: the synthetic cohort's ``manifest.json`` when present (else None).
+        in_view: study id -> (S, 4) bool, the slices where each head's anatomy is in view (inside
+            an episode of ``episodes.csv``, finding or mimic), when the cohort has that table.
     """
 
     root: Path
@@ -91,6 +96,7 @@ class Cohort:
     label_source: str
     problems: list[tuple[str, str]] = field(default_factory=list)
     manifest: dict[str, Any] | None = None
+    in_view: dict[str, np.ndarray] | None = None
 
     @property
     def n_tabular(self) -> int:
@@ -303,6 +309,13 @@ def load_cohort(
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             problems.append((str(manifest_path), f"unreadable manifest ignored ({' '.join(str(exc).split())})"))
+    in_view = None
+    episodes_path = root / EPISODES_CSV
+    if episodes_path.is_file():
+        try:
+            in_view = read_in_view(episodes_path, {s.study_id: s.n_slices for s in studies})
+        except AnnotationError as exc:
+            problems.append((str(episodes_path), f"{exc.reason}: in-view metrics left out"))
     return Cohort(
         root=root,
         studies=studies,
@@ -315,7 +328,38 @@ def load_cohort(
         label_source=label_source,
         problems=problems,
         manifest=manifest,
+        in_view=in_view,
     )
+
+
+def read_in_view(path: Path, n_slices: Mapping[str, int]) -> dict[str, np.ndarray]:
+    """From a synthetic cohort's ``episodes.csv``: study id -> (S, 4) bool, True on the slices of
+    every episode of a head. Studies not in ``n_slices`` are skipped; raises
+    :class:`AnnotationError` for a table without the needed columns or with a bad row."""
+    import csv
+
+    out = {sid: np.zeros((n, len(HEADS)), dtype=bool) for sid, n in n_slices.items()}
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            need = {"study_id", "head", "first_slice", "last_slice"}
+            if not need <= set(reader.fieldnames or ()):
+                raise AnnotationError(path, f"needs the columns {', '.join(sorted(need))}")
+            for line, row in enumerate(reader, start=2):
+                sid = row["study_id"]
+                if sid not in out:
+                    continue
+                try:
+                    h = HEADS.index(row["head"])
+                    a, b = int(row["first_slice"]), int(row["last_slice"])
+                except ValueError:
+                    raise AnnotationError(path, f"line {line}: bad head or slice numbers") from None
+                if not 0 <= a <= b < out[sid].shape[0]:
+                    raise AnnotationError(path, f"line {line}: slices {a}..{b} outside study {sid}")
+                out[sid][a:b + 1, h] = True
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise AnnotationError(path, f"unreadable ({' '.join(str(exc).split())})") from None
+    return out
 
 
 def data_fingerprint(cohort: Cohort) -> str:

@@ -520,12 +520,15 @@ def bootstrap_mean_auroc_ci(
     alpha: float = 0.05,
     seed: int | np.random.Generator = 0,
     groups: Any = None,
+    mask: Any = None,
 ) -> BootstrapCI:
     """Percentile interval of the mean AUROC over H heads, ``y`` and ``s`` both (N, H).
 
     All heads share each replicate (rows, or whole clusters with ``groups`` (N,)), so the
     interval reflects their correlation. Resampling is not stratified (strata differ by head);
     replicates where some head lacks a class are discarded and counted in ``n_valid``.
+    ``mask`` (N, H) bool, optional: head h is scored on the rows where ``mask[:, h]`` holds
+    (e.g. the slices where that head's anatomy is in view); rows are still drawn jointly.
 
     Raises UndefinedMetricError when some head has a single class in the data.
     """
@@ -533,11 +536,15 @@ def bootstrap_mean_auroc_ci(
     s_arr = np.asarray(s, dtype=np.float64)
     if y_arr.ndim != 2 or s_arr.shape != y_arr.shape:
         raise UsageError("bootstrap_mean_auroc_ci", f"y and s must both be (N, H); got {y_arr.shape} and {s_arr.shape}")
+    m_arr = np.ones(y_arr.shape, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+    if m_arr.shape != y_arr.shape:
+        raise UsageError("bootstrap_mean_auroc_ci", f"mask must be (N, H) like y; got {m_arr.shape}")
     alpha = _check_alpha(alpha)
     n_boot = _check_n_boot(n_boot)
     ys = [_binary(y_arr[:, h], f"y[:, {h}]") for h in range(y_arr.shape[1])]
     ss = [_scores(s_arr[:, h], y_arr.shape[0], f"s[:, {h}]") for h in range(y_arr.shape[1])]
-    estimate = float(np.mean([auroc(yh, sh) for yh, sh in zip(ys, ss)]))
+    ms = [m_arr[:, h] for h in range(y_arr.shape[1])]
+    estimate = float(np.mean([auroc(yh[mh], sh[mh]) for yh, sh, mh in zip(ys, ss, ms)]))
     rng = _rng(seed)
     sampler = _Resampler(y_arr.shape[0], None, groups, stratified=False)
     chunks = []
@@ -545,8 +552,9 @@ def bootstrap_mean_auroc_ci(
         w = sampler.weights(rng, n_rep)
         total = np.zeros(n_rep)
         valid = np.ones(n_rep, dtype=bool)
-        for yh, sh in zip(ys, ss):
-            auc, ok = _weighted_auc(yh, sh, w[:, yh], w[:, ~yh])
+        for yh, sh, mh in zip(ys, ss, ms):
+            wm = w * mh
+            auc, ok = _weighted_auc(yh, sh, wm[:, yh], wm[:, ~yh])
             total += auc
             valid &= ok
         chunks.append(total[valid] / len(ys))
@@ -1100,6 +1108,63 @@ def level_metrics(
                 )
                 summary["ci"] = [ci.low, ci.high]
                 summary["ci_method"] = f"percentile bootstrap, {ci.n_valid}/{ci.n_boot} replicates, {ci.method}"
+            except UndefinedMetricError as err:
+                summary["ci_reason"] = err.reason
+        out[key] = summary
+    return out
+
+
+def in_view_metrics(
+    y: Any,
+    p: Any,
+    in_view: Any,
+    groups: Any = None,
+    *,
+    heads: Sequence[str] = HEADS,
+    split: str = "test",
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Slice-level AUROC of each head on the slices where its anatomy is in view (``in_view``
+    (N, H) bool): a finding against the mimics and quiet slices of the same anatomy, which the
+    slice position alone cannot separate. Same layout as :func:`level_metrics` (``per_head``
+    with ``n``, ``n_pos``, ``auroc``, ``ci``; ``mean_pathologies`` and ``mean_all``), CIs by
+    resampling whole studies when ``groups`` (N,) is given."""
+    y_arr, p_arr = _two_d(y, p, heads)
+    view = np.asarray(in_view, dtype=bool)
+    if view.shape != y_arr.shape:
+        raise UsageError("in_view", f"must be (N, H) like the labels, got {view.shape}")
+    g = None if groups is None else np.asarray(groups)
+    per_head: dict[str, dict[str, Any]] = {}
+    for h, name in enumerate(heads):
+        m = view[:, h]
+        yh = _binary(y_arr[m, h], f"y[:, {name}]")
+        ph = _probabilities(p_arr[m, h], int(m.sum()), f"p[:, {name}]")
+        row: dict[str, Any] = {"n": int(m.sum()), "n_pos": int(yh.sum()), "auroc": None, "ci": None, "reason": None}
+        value = auroc_result(yh, ph, split=split, unit="slices in view")
+        if value.defined:
+            row["auroc"] = value.value
+            try:
+                ci = bootstrap_auroc_ci(yh, ph, n_boot=n_boot, alpha=alpha, seed=seed + h, groups=None if g is None else g[m])
+                row["ci"] = [ci.low, ci.high]
+            except UndefinedMetricError as err:
+                row["ci_reason"] = err.reason
+        else:
+            row["reason"] = value.reason
+        per_head[name] = row
+    out: dict[str, Any] = {"n": int(y_arr.shape[0]), "unit": "slices in view", "alpha": alpha, "per_head": per_head}
+    for key, names in (("mean_pathologies", [h for h in PATHOLOGY_HEADS if h in heads]), ("mean_all", list(heads))):
+        summary = _mean_over(per_head, names)
+        summary["ci"] = None
+        if summary["auroc"] is not None:
+            cols = [list(heads).index(h) for h in summary["heads"]]
+            try:
+                ci = bootstrap_mean_auroc_ci(
+                    y_arr[:, cols].astype(np.float64), p_arr[:, cols], n_boot=n_boot, alpha=alpha, seed=seed + 101,
+                    groups=g, mask=view[:, cols],
+                )
+                summary["ci"] = [ci.low, ci.high]
             except UndefinedMetricError as err:
                 summary["ci_reason"] = err.reason
         out[key] = summary

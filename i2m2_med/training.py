@@ -477,7 +477,9 @@ def predict_dataset(
 def _summary_of(table: dict[str, Any]) -> dict[str, Any]:
     """{level: {head: auroc, mean_pathologies, mean_all}} of a metrics_table."""
     out: dict[str, Any] = {}
-    for level in ("slice", "study"):
+    for level in ("slice", "study", "in_view"):
+        if level == "in_view" and level not in table:
+            continue
         lv = table.get(level)
         if lv is None:
             out[level] = None
@@ -497,24 +499,36 @@ def prediction_metrics(
     rule: str = "top3_mean",
     n_boot: int = 1000,
     seed: int = 0,
+    in_view: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Slice- and study-level metrics (:func:`i2m2_med.evaluation.metrics_table`) of the
     combined prediction and of every expert, from :func:`predict_dataset` output.
 
+    ``in_view`` (study id -> (S, 4) bool, :attr:`i2m2_med.dataset.Cohort.in_view`) adds the
+    level ``"in_view"``: each head scored only on the slices where its anatomy is in view
+    (:func:`i2m2_med.evaluation.in_view_metrics`), i.e. findings against their mimics.
+
     Returns ``{"combined": table, "experts": {name: table}, "summary": {name: {...}}}``; an
     expert that did not count for some slices is scored on the others (``n`` says how many).
     """
-    from i2m2_med.evaluation import metrics_table
+    from i2m2_med.evaluation import in_view_metrics, metrics_table
 
     rule_name, k = aggregation_rule(rule)
     y = np.asarray(pred["labels"], dtype=np.float64)
     ids = np.asarray(pred["study_id"]).astype(str)
+    view = None
+    if in_view is not None and all(sid in in_view for sid in ids):
+        view = np.stack([in_view[sid][int(k_)] for sid, k_ in zip(ids, pred["slice"])]) if len(ids) else None
     out: dict[str, Any] = {"combined": None, "experts": {}, "summary": {}}
     for name, p in pred["p"].items():
         ok = np.isfinite(p).all(axis=1) & np.isfinite(y).all(axis=1)
         table = metrics_table(
             y[ok], np.clip(p[ok], 0.0, 1.0), ids[ok], rule=rule_name, k=k, split=split, n_boot=n_boot, seed=seed
         )
+        if view is not None:
+            table["in_view"] = in_view_metrics(
+                y[ok], np.clip(p[ok], 0.0, 1.0), view[ok], ids[ok], split=split, n_boot=n_boot, seed=seed
+            )
         if name == "combined":
             out["combined"] = table
         else:
@@ -531,7 +545,8 @@ def oracle_from_manifest(manifest: Mapping[str, Any] | None) -> dict[str, Any] |
     without label noise); ``mean_pathologies``: its mean over ACL/MTEAR/CART (the heads where it
     is defined). Also copied when present: ``episode_bayes_auroc`` (the best AUROC of one
     finding-vs-mimic episode from magnitude, phase and both: the regime's design) and
-    ``slice_position_auroc`` (what the slice position alone predicts).
+    ``slice_position_auroc`` (what the slice position alone predicts) and
+    ``slice_evidence_auroc`` (the Bayes score of the cues every slice shows: what the images allow).
     """
     if not manifest:
         return None
@@ -552,7 +567,7 @@ def oracle_from_manifest(manifest: Mapping[str, Any] | None) -> dict[str, Any] |
         out["mean_pathologies"] = float(np.mean(defined)) if defined else None
         if manifest.get("oracle_ceiling_note"):
             out["note"] = manifest["oracle_ceiling_note"]
-    for key in ("episode_bayes_auroc", "slice_position_auroc", "regime", "label_noise"):
+    for key in ("episode_bayes_auroc", "slice_position_auroc", "slice_evidence_auroc", "regime", "label_noise"):
         if key in manifest:
             out[key] = manifest[key]
     return out or None
@@ -813,7 +828,9 @@ def train(
             continue
         pred = predict_dataset(model, ds, batch_size=eval_batch, num_workers=0, device=device)
         predictions[split] = pred
-        splits_out[split] = prediction_metrics(pred, split, cfg.training.aggregation, n_boot=n_boot, seed=seed)
+        splits_out[split] = prediction_metrics(
+            pred, split, cfg.training.aggregation, n_boot=n_boot, seed=seed, in_view=dm.cohort.in_view
+        )
     model = model.cpu()
 
     train_slices = sum(s["train_samples"] for s in stages)
@@ -838,6 +855,7 @@ def train(
         "test_mean_pathologies": {
             "slice": (test_summary.get("slice") or {}).get("mean_pathologies"),
             "study": (test_summary.get("study") or {}).get("mean_pathologies"),
+            "in_view": (test_summary.get("in_view") or {}).get("mean_pathologies"),
         },
         "training": {
             "warm_start": bool(cfg.training.warm_start),

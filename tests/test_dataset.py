@@ -134,6 +134,36 @@ def test_cohort_labels_tabular_manifest(tiny_cohort: Path, cohort) -> None:
     assert summary["train"]["slices"] == cohort.n_slices("train")
 
 
+def test_in_view_from_the_episode_table(tiny_cohort: Path, cohort, tmp_path: Path) -> None:
+    """Cohort.in_view marks every slice of every episode of a head; each true finding lies in
+    view; a broken episode table is reported as a problem, not a crash."""
+    import shutil
+
+    import pandas as pd
+
+    from i2m2_med.dataset import load_cohort, read_in_view
+
+    assert cohort.in_view is not None and set(cohort.in_view) == {s.study_id for s in cohort.studies}
+    ep = pd.read_csv(tiny_cohort / "episodes.csv")
+    for study in cohort.studies:
+        view = cohort.in_view[study.study_id]
+        assert view.shape == (study.n_slices, 4) and view.dtype == bool
+        expected = np.zeros_like(view)
+        for e in ep[ep["study_id"] == study.study_id].itertuples():
+            expected[e.first_slice:e.last_slice + 1, HEADS.index(e.head)] = True
+        np.testing.assert_array_equal(view, expected)
+        assert not ((cohort.labels[study.study_id] > 0.5) & ~view).any()
+    copy = tmp_path / "cohort"
+    shutil.copytree(tiny_cohort, copy)
+    first = cohort.studies[0]
+    (copy / "episodes.csv").write_text(f"study_id,head,first_slice,last_slice\n{first.study_id},mtear,3,{first.n_slices}\n")
+    with pytest.raises(AnnotationError, match=f"line 2: slices 3..{first.n_slices} outside study"):
+        read_in_view(copy / "episodes.csv", {first.study_id: first.n_slices})
+    broken = load_cohort(copy)
+    assert broken.in_view is None
+    assert any(p.endswith("episodes.csv") and "in-view metrics left out" in r for p, r in broken.problems)
+
+
 def test_unlabelled_studies_are_left_out_and_no_labels_is_an_error(tiny_cohort: Path, tmp_path: Path) -> None:
     copy = _linked_copy(tiny_cohort, tmp_path / "c")
     listing = copy / "annotations" / "knee_file_list.csv"

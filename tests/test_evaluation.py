@@ -191,6 +191,46 @@ def test_weighted_replicate_equals_auroc_of_materialised_resample():
         assert auc[b] == pytest.approx(roc_auc_score(y[idx], s[idx]), abs=1e-12)
 
 
+def test_in_view_metrics_score_each_head_on_its_own_slices():
+    rng = np.random.default_rng(3)
+    n = 240
+    y = np.zeros((n, 4))
+    view = rng.random((n, 4)) < 0.5
+    y[view] = rng.random(int(view.sum())) < 0.3
+    p = np.clip(0.3 * y + 0.7 * rng.random((n, 4)), 0, 1)
+    p[~view] = 0.0  # out of view: confidently negative, as a position-aware model would be
+    groups = np.repeat(np.arange(24), 10)
+    out = ev.in_view_metrics(y, p, view, groups, n_boot=200)
+    for h, head in enumerate(HEADS):
+        row = out["per_head"][head]
+        m = view[:, h]
+        assert row["n"] == int(m.sum()) and row["n_pos"] == int(y[m, h].sum())
+        assert row["auroc"] == pytest.approx(roc_auc_score(y[m, h], p[m, h]))
+        assert row["ci"][0] <= row["auroc"] <= row["ci"][1]
+        # the whole-slice AUROC is higher: out-of-view slices are easy negatives
+        assert roc_auc_score(y[:, h], p[:, h]) > row["auroc"]
+    mean = np.mean([out["per_head"][h]["auroc"] for h in ("acl", "mtear", "cart")])
+    assert out["mean_pathologies"]["auroc"] == pytest.approx(mean)
+    assert out["mean_pathologies"]["ci"][0] < mean < out["mean_pathologies"]["ci"][1]
+    with pytest.raises(UsageError, match="in_view"):
+        ev.in_view_metrics(y, p, view[:, :3])
+
+
+def test_masked_mean_bootstrap_equals_unmasked_on_the_subset():
+    """With one shared mask, the masked mean-AUROC bootstrap is the plain one on the kept rows
+    (same replicate draws when every row is kept)."""
+    rng = np.random.default_rng(4)
+    y = (rng.random((80, 2)) < 0.4).astype(float)
+    s = y + rng.normal(size=(80, 2))
+    full = ev.bootstrap_mean_auroc_ci(y, s, n_boot=300, seed=1)
+    masked = ev.bootstrap_mean_auroc_ci(y, s, n_boot=300, seed=1, mask=np.ones((80, 2), bool))
+    assert (full.low, full.high, full.estimate) == (masked.low, masked.high, masked.estimate)
+    keep = np.zeros((80, 2), bool)
+    keep[:50] = True
+    est = ev.bootstrap_mean_auroc_ci(y, s, n_boot=300, seed=1, mask=keep).estimate
+    assert est == pytest.approx(np.mean([roc_auc_score(y[:50, h], s[:50, h]) for h in range(2)]))
+
+
 def test_bootstrap_ci_contains_estimate_and_narrows_with_n():
     rng = np.random.default_rng(11)
     widths = {}

@@ -220,6 +220,30 @@ def test_tabular_splits_and_manifest(cohort):
     assert manifest["episode_bayes_auroc"] == {"magnitude": 0.5, "phase": 0.5, "joint": 1.0}
 
 
+def test_episode_table_matches_the_labels(cohort):
+    """episodes.csv: every true positive slice lies in a finding episode of its head and every
+    finding episode's slices are positive; in the inter regime a finding shows both cues together
+    and a mimic shows them apart, so the evidence ceiling is perfect."""
+    out, manifest = cohort
+    ep = pd.read_csv(out / "episodes.csv")
+    assert list(ep.columns) == ["study_id", "class", "head", "label", "finding", "mode", "evidence",
+                                "first_slice", "last_slice"]
+    assert len(ep) == sum(manifest["counts"]["episodes"].values())
+    assert set(ep["mode"]) == {"inter"}
+    assert (ep.loc[ep["finding"] == 1, "evidence"] == "together").all()
+    assert (ep.loc[ep["finding"] == 0, "evidence"] == "apart").all()
+    truth = pd.read_csv(out / "slice_labels.csv")
+    for sid, rows in truth.groupby("study_id"):
+        for h in HEADS:
+            covered = np.zeros(len(rows), bool)
+            for e in ep[(ep["study_id"] == sid) & (ep["head"] == h) & (ep["finding"] == 1)].itertuples():
+                covered[e.first_slice:e.last_slice + 1] = True
+            np.testing.assert_array_equal(covered, rows[f"{h}_true"].to_numpy(bool))
+    for h in HEADS:
+        if manifest["slice_evidence_auroc"][h] is not None:
+            assert manifest["slice_evidence_auroc"][h] == 1.0
+
+
 def test_label_noise_flips_labels_and_sets_the_ceiling(tmp_path):
     m = generate_cohort(tmp_path / "noisy", 2, seed=3, label_noise=0.2, n_slices=12)
     truth = pd.read_csv(tmp_path / "noisy" / "slice_labels.csv")

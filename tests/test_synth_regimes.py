@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from i2m2_med.heads import HEADS
 from i2m2_med.synth.probe import probe_auroc, render_probe_sets
 from i2m2_med.synth.regimes import episode_auroc, regime_params
 
@@ -66,6 +67,41 @@ def test_episode_design_numbers():
     assert intra["joint"] == pytest.approx(0.8713, abs=1e-3)
     mixed = episode_auroc(regime_params("mixed"))
     assert mixed["magnitude"] == pytest.approx(0.6375) and mixed["joint"] > 0.95
+
+
+def test_evidence_states_and_log_ratios():
+    from i2m2_med.synth.regimes import Expression, evidence_log_ratio, evidence_state
+
+    assert evidence_state(Expression("intra", 0, None, None)) == "none"
+    assert evidence_state(Expression("intra", 1, 1, None)) == "mag"
+    assert evidence_state(Expression("intra", 1, None, 1)) == "phase"
+    assert evidence_state(Expression("inter", 0, 0, 0)) == "together"
+    assert evidence_state(Expression("inter", 0, 0, 1)) == "apart"
+    intra = regime_params("intra")
+    # p(mag only | finding) = 0.75 * 0.25, p(mag only | mimic) = 0.2 * 0.8
+    assert evidence_log_ratio(intra, "mag") == pytest.approx(np.log(0.75 * 0.25 / (0.2 * 0.8)))
+    assert evidence_log_ratio(intra, "together") == pytest.approx(np.log(0.75**2 / 0.2**2))
+    assert evidence_log_ratio(intra, "apart") == 0.0  # neither can show it in intra
+    inter = regime_params("inter")
+    assert evidence_log_ratio(inter, "together") == np.inf and evidence_log_ratio(inter, "apart") == -np.inf
+    mixed = regime_params("mixed")
+    assert evidence_log_ratio(mixed, "together") > evidence_log_ratio(mixed, "mag") > evidence_log_ratio(mixed, "none")
+
+
+def test_evidence_scores_cover_episode_slices():
+    from i2m2_med.synth.cohort import evidence_scores
+
+    eps = [
+        {"head": "mtear", "evidence": "together", "first_slice": 2, "last_slice": 3},
+        {"head": "mtear", "evidence": "none", "first_slice": 3, "last_slice": 5},
+        {"head": "acl", "evidence": "apart", "first_slice": 0, "last_slice": 0},
+    ]
+    s = evidence_scores(eps, 8, regime_params("intra"))
+    m = HEADS.index("mtear")
+    none, both = np.log(0.25**2 / 0.8**2), np.log(0.75**2 / 0.2**2)
+    np.testing.assert_allclose(s[:, m], [-np.inf, -np.inf, both, both, none, none, -np.inf, -np.inf])
+    assert s[0, HEADS.index("acl")] == 0.0 and np.isneginf(s[1:, HEADS.index("acl")]).all()
+    assert np.isneginf(s[:, HEADS.index("cart")]).all()
 
 
 def test_inter_marginals_match_by_construction():

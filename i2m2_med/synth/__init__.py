@@ -98,6 +98,15 @@ are, so a position-aware single-modality model gets the anatomy prior even in ``
 (manifest ``slice_position_auroc``, e.g. ~0.7-0.9 per head) -- the inter claim is that a single
 modality adds nothing beyond that prior, while the joint pattern does.
 
+``episodes.csv`` lists every episode (study, class, head, finding or mimic, the regime rule it
+followed, the cues it shows, its slices). From it come two more yardsticks: the training
+metrics' *in-view* AUROC (each head scored only on the slices where its anatomy is in view, so
+that a finding must beat its mimics and the slice position helps nothing) and manifest
+``slice_evidence_auroc``, the AUROC of the Bayes score of the cues every slice shows
+(:func:`i2m2_med.synth.cohort.evidence_scores`): what the images allow, below the label-noise
+oracle ceiling whenever the regime leaves some episodes ambiguous (e.g. an intra finding that
+shows no cue).
+
 Label noise: ``label_noise=P`` flips each (slice, head) label with probability P in the
 annotations (``slice_labels.csv`` keeps both); manifest ``oracle_ceiling_auroc`` is the AUROC
 a perfect predictor of the true findings reaches against the noisy labels, (a + b) / 2 with a,

@@ -23,11 +23,11 @@ from i2m2_med.errors import UsageError
 from i2m2_med.heads import HEADS
 from i2m2_med.synth import label_noise as noise
 from i2m2_med.synth import priors, writers
-from i2m2_med.synth.regimes import REGIMES, episode_auroc, regime_params
+from i2m2_med.synth.regimes import REGIMES, episode_auroc, evidence_log_ratio, evidence_state, regime_params
 from i2m2_med.synth.subject import TABULAR_COLUMNS, tabular_row
 from i2m2_med.synth.volume import N_COILS, SLICE_RANGE, SubjectPlan, generate_subject
 
-GENERATOR_VERSION = "1.0.0"
+GENERATOR_VERSION = "1.1.0"
 SPLIT_FRACTIONS = {"train": 0.70, "val": 0.15, "test": 0.15}
 PAIRED_ACQUISITION_P = 0.5  # a subject has both PD and PD-FS studies with this probability
 
@@ -156,10 +156,26 @@ def _generate_and_write(plan: SubjectPlan, opts: CohortOptions) -> list[dict[str
             "labels_noisy": noisy,
             "annotations": ann,
             "tabular": tabular_row(acq.subject, acq.protocol),
-            "episodes": [(ep.cls, ep.finding, ep.expression.mode, len(ep.slices)) for ep in acq.episodes],
+            "episodes": [episode_row(ep) for ep in acq.episodes],
         })
         del acq
     return results
+
+
+EPISODE_HEADER: tuple[str, ...] = (
+    "study_id", "class", "head", "label", "finding", "mode", "evidence", "first_slice", "last_slice",
+)
+"""Columns of ``episodes.csv``: one row per episode (a run of slices of one lesion class that is a
+finding or a mimic); ``evidence`` is what its images show (:data:`regimes.EVIDENCE_STATES`)."""
+
+
+def episode_row(ep) -> dict[str, Any]:
+    """What the tables and the manifest keep of one :class:`lesions.Episode`."""
+    return {
+        "class": ep.cls, "head": ep.head, "label": ep.label, "finding": bool(ep.finding),
+        "mode": ep.expression.mode, "evidence": evidence_state(ep.expression),
+        "first_slice": int(min(ep.slices)), "last_slice": int(max(ep.slices)),
+    }
 
 
 def generate_cohort(
@@ -238,6 +254,11 @@ def _write_tables(out: Path, opts: CohortOptions, plans, splits, studies) -> dic
         out / "slice_labels.csv", writers.SLICE_LABEL_HEADER,
         (row for r in studies for row in writers.slice_label_rows(r["study_id"], r["labels_true"], r["labels_noisy"])),
     )
+    writers.write_table(
+        out / "episodes.csv", EPISODE_HEADER,
+        ([r["study_id"], *[int(e[c]) if isinstance(e[c], bool) else e[c] for c in EPISODE_HEADER[1:]]]
+         for r in studies for e in r["episodes"]),
+    )
     manifest = build_manifest(opts, plans, splits, studies)
     writers.write_manifest(out, manifest)
     return manifest
@@ -254,6 +275,31 @@ def _slice_position_auroc(studies, key: str) -> dict[str, float | None]:
         y = lab[:, h]
         rate = np.array([y[bins == b].mean() if (bins == b).any() else 0.0 for b in range(10)])
         auc = noise.auroc(rate[bins], y)
+        out[head] = None if auc is None else round(auc, 4)
+    return out
+
+
+def evidence_scores(episodes: list[dict[str, Any]], n_slices: int, params) -> np.ndarray:
+    """(S, 4) Bayes score of each slice and head from its images: the largest log likelihood
+    ratio (finding vs mimic, :func:`regimes.evidence_log_ratio`) of the head's episodes covering
+    the slice; -inf where no episode of the head lies (the class's sites are not in view)."""
+    out = np.full((n_slices, len(HEADS)), -np.inf)
+    for e in episodes:
+        h = HEADS.index(e["head"])
+        sl = slice(e["first_slice"], e["last_slice"] + 1)
+        out[sl, h] = np.maximum(out[sl, h], evidence_log_ratio(params, e["evidence"]))
+    return out
+
+
+def _slice_evidence_auroc(studies, params, key: str) -> dict[str, float | None]:
+    """AUROC of :func:`evidence_scores` against the labels ``key``: the ceiling of a reader who
+    sees every cue and knows where each class's sites are but nothing else (no slice-count or
+    clinical prior): what the images allow a model to reach."""
+    score = np.concatenate([evidence_scores(r["episodes"], r["n_slices"], params) for r in studies])
+    lab = np.concatenate([r[key] for r in studies])
+    out: dict[str, float | None] = {}
+    for h, head in enumerate(HEADS):
+        auc = noise.auroc(score[:, h], lab[:, h])
         out[head] = None if auc is None else round(auc, 4)
     return out
 
@@ -295,7 +341,7 @@ def build_manifest(opts: CohortOptions, plans, splits, studies) -> dict[str, Any
             "positive_slices_annotated": {h: int(noisy[:, i].sum()) for i, h in enumerate(HEADS)},
             "positive_volumes_true": {h: int(vol_true[:, i].sum()) for i, h in enumerate(HEADS)},
             "annotation_rows": int(sum(len(r["annotations"]) for r in studies)),
-            "episodes": {"findings": sum(1 for e in episodes if e[1]), "mimics": sum(1 for e in episodes if not e[1])},
+            "episodes": {"findings": sum(1 for e in episodes if e["finding"]), "mimics": sum(1 for e in episodes if not e["finding"])},
             "splits": split_counts,
         },
         "prevalence": {
@@ -311,6 +357,9 @@ def build_manifest(opts: CohortOptions, plans, splits, studies) -> dict[str, Any
         "episode_bayes_note": "best AUROC of one finding-vs-mimic episode from magnitude, phase, both (regime design)",
         "slice_position_auroc": _slice_position_auroc(studies, "labels_noisy"),
         "slice_position_note": "AUROC of a score that knows only the relative slice position (anatomy prior), per head",
+        "slice_evidence_auroc": _slice_evidence_auroc(studies, params, "labels_noisy"),
+        "slice_evidence_note": "AUROC of the Bayes score of every slice from the cues its images show and where the "
+        "sites are in view (no prior), per head: what the images allow",
         "files": {
             "h5": f"{writers.H5_DIR}/<study_id>.h5",
             "annotations": "annotations/knee.csv",
@@ -318,6 +367,7 @@ def build_manifest(opts: CohortOptions, plans, splits, studies) -> dict[str, Any
             "tabular": "tabular.csv",
             "splits": "splits.csv",
             "slice_labels": "slice_labels.csv",
+            "episodes": "episodes.csv",
             **({"dicom": "dicom/<study_id>/{magnitude,phase}/IM_nnnn.dcm"} if opts.dicom else {}),
             **({"nifti": "nifti/<study_id>.nii.gz, nifti/<study_id>_phase.nii.gz"} if opts.nifti else {}),
         },

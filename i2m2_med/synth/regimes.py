@@ -108,6 +108,35 @@ def episode_evidence(params: RegimeParams) -> tuple[dict[str, float], dict[str, 
     return pos, neg
 
 
+EVIDENCE_STATES: tuple[str, ...] = ("none", "mag", "phase", "together", "apart")
+
+
+def evidence_state(expr: Expression) -> str:
+    """What an episode shows (one of :data:`EVIDENCE_STATES`, as in :func:`episode_evidence`)."""
+    m, p = expr.mag_site, expr.phase_site
+    if m is None and p is None:
+        return "none"
+    if p is None:
+        return "mag"
+    if m is None:
+        return "phase"
+    return "together" if m == p else "apart"
+
+
+def evidence_log_ratio(params: RegimeParams, state: str) -> float:
+    """log p(state | finding) / p(state | mimic) under the regime: the Bayes score of an episode
+    from its images (+-inf where only one side can show the state; 0 where neither can)."""
+    pos, neg = episode_evidence(params)
+    a, b = pos[state], neg[state]
+    if a > 0 and b > 0:
+        return float(np.log(a / b))
+    if a > 0:
+        return float("inf")
+    if b > 0:
+        return float("-inf")
+    return 0.0
+
+
 def _bayes_auroc(pos: dict, neg: dict) -> float:
     """AUROC of the likelihood-ratio score over discrete states (ties one half)."""
     def lr(k):

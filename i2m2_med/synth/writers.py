@@ -8,6 +8,7 @@ Layout of OUT_DIR (all files written atomically)::
     tabular.csv                    study_id + clinical columns (i2m2_med.synth.subject.TABULAR_COLUMNS)
     splits.csv                     study_id, subject_id, split (train / val / test, by subject)
     slice_labels.csv               study_id, slice, <head>_true and <head> (as annotated) per head
+    episodes.csv                   per episode: class, head, finding or mimic, cues shown, slices
     manifest.json                  seed, regime, label noise, counts, prevalences, ceilings, version
     dicom/<study_id>/{magnitude,phase}/*.dcm   with dicom=True
     nifti/<study_id>.nii.gz, <study_id>_phase.nii.gz                     with nifti=True
