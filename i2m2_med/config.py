@@ -7,7 +7,9 @@ Two configurations ship with the project (``pipelines/configs/``):
   10x10, linear heads), 320x320 input, AdamW with the reference's per-expert learning rates and
   weight decays, batch 16, early stopping (patience 5) on the mean validation AUROC.
 * ``cpu`` -- the same structure, compact (lower resolution and width), trains on 2 CPU cores in
-  minutes; the embedded default.
+  minutes; the embedded default. Two departures from the reference, chosen on validation: the
+  homodyne high-pass phase as the phase input (:class:`PhaseInputConfig`) and training-time
+  flips and shifts (:class:`AugmentConfig`).
 
 :func:`load_config` takes ``"cpu"``, ``"paper"`` or a path to a YAML file. Every key is checked:
 an unknown key or an ill-typed value raises :class:`~i2m2_med.errors.ConfigError` with one line
@@ -108,10 +110,25 @@ class JointConfig(_Strict):
     tabular_hidden: int = Field(32, ge=1)
 
 
+class PhaseInputConfig(_Strict):
+    """What the phase expert and the joint model see of the phase (:mod:`i2m2_med.models.phase_filter`):
+
+    * ``none``: the phase as given (radians, wrapped), as in the reference;
+    * ``highpass``: the homodyne high-pass phase of susceptibility-weighted imaging, the angle of
+      ``exp(i phase) * conj(G_sigma * exp(i phase))``: the smooth background (coil and B0 phase,
+      wraps) removed, local phase kept; ``sigma_px`` is the Gaussian's width in pixels of the
+      model's input. Computed from the phase alone, so no magnitude reaches the phase expert.
+    """
+
+    filter: Literal["none", "highpass"] = "none"
+    sigma_px: float = Field(5.0, gt=0.0, le=64.0)
+
+
 class ModelConfig(_Strict):
     image_expert: ImageExpertConfig = Field(default_factory=ImageExpertConfig)
     tabular_expert: TabularExpertConfig = Field(default_factory=TabularExpertConfig)
     joint: JointConfig = Field(default_factory=JointConfig)
+    phase_input: PhaseInputConfig = Field(default_factory=PhaseInputConfig)
     prior: bool = False
     """Add a learned class prior log p(y) per head (a ``"prior"`` term of the product)."""
 
@@ -165,6 +182,9 @@ class TrainingConfig(_Strict):
     fine-tune it end to end (the paper's AV-MNIST recipe); otherwise train the product end to end
     from scratch (the knee reference)."""
     warm_start_epochs: int = Field(5, ge=1)
+    finetune_lr_scale: float = Field(1.0, gt=0.0, le=1.0)
+    """After a warm start, the product is fine-tuned at every expert's learning rate times this
+    factor (1: the same rates as the experts' own training)."""
     aggregation: Literal["max", "mean", "top3_mean"] = "top3_mean"
     num_workers: int = Field(0, ge=0)
     cache_size: int = Field(512, ge=0)

@@ -11,7 +11,8 @@ Warm start (``warm_start=True``, the paper's AV-MNIST recipe): first every exper
 is trained alone -- the loss is the mean of each expert's own NLL; the experts share no
 parameters, so this is exactly training each one separately, in one pass -- for
 ``training.warm_start_epochs`` epochs; then the product is fine-tuned end to end from those
-weights with a fresh optimiser and early stopping.
+weights with a fresh optimiser (learning rates times ``training.finetune_lr_scale``) and early
+stopping.
 
 Validation after every epoch: slice-level AUROC of p(y=1) per head for the combined prediction
 and for each expert; early stopping and the choice of the best epoch use ``val_auroc_mean``, the
@@ -247,6 +248,8 @@ class I2M2Module(pl.LightningModule):
         objective: ``"product"`` (end-to-end NLL of the product) or ``"experts"`` (each expert's
             own NLL: the first stage of the warm start).
         max_epochs: horizon of the cosine schedule (default ``config.training.max_epochs``).
+        lr_scale: multiplies every parameter group's learning rate (the fine-tuning stage of the
+            warm start uses ``config.training.finetune_lr_scale``).
 
     Logged: ``train_loss`` (step and epoch), ``val_auroc_mean``, ``val_auroc_<head>``,
     ``val_auroc_mean_<expert>``, ``best_val_auroc_mean``, ``best_epoch``. ``history`` holds one
@@ -260,6 +263,7 @@ class I2M2Module(pl.LightningModule):
         class_weights: Tensor | None = None,
         objective: str = "product",
         max_epochs: int | None = None,
+        lr_scale: float = 1.0,
     ):
         super().__init__()
         if objective not in OBJECTIVES:
@@ -268,6 +272,7 @@ class I2M2Module(pl.LightningModule):
         self.config = config
         self.objective = objective
         self.max_epochs = int(max_epochs or config.training.max_epochs)
+        self.lr_scale = float(lr_scale)
         self.register_buffer("class_weights", class_weights.float() if class_weights is not None else None, persistent=False)
         self.term_names: list[str] = list(model.expert_names)
         self.history: list[dict[str, Any]] = []
@@ -402,7 +407,10 @@ class I2M2Module(pl.LightningModule):
     # -- optimiser --
     def configure_optimizers(self) -> Any:
         optim = self.config.optim
-        opt = torch.optim.AdamW(per_expert_param_groups(self.model, self.config), betas=tuple(optim.betas))
+        groups = per_expert_param_groups(self.model, self.config)
+        for group in groups:
+            group["lr"] *= self.lr_scale
+        opt = torch.optim.AdamW(groups, betas=tuple(optim.betas))
         if optim.scheduler == "cosine":
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(self.max_epochs, 1))
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
@@ -803,7 +811,8 @@ def train(
             trainer.fit(module, datamodule=dm)
             stages.append(_stage_record("experts", module, trainer, time.perf_counter() - t0))
             model = module.model
-        module = I2M2Module(model, cfg, dm.class_weights, objective="product")
+        module = I2M2Module(model, cfg, dm.class_weights, objective="product",
+                            lr_scale=cfg.training.finetune_lr_scale if cfg.training.warm_start else 1.0)
         trainer = _trainer(out, cfg, cfg.training.max_epochs, devices, num_nodes, strategy, progress, True,
                            n_train_batches, "product", tensorboard, accelerator, limit_train_batches)
         t0 = time.perf_counter()

@@ -202,7 +202,9 @@ def test_training_section_quick(tmp_path: Path) -> None:
     result = bench_training.run(Context(quick=True, repeats=1, workdir=tmp_path))
     runs = result["params"]["results"]
     assert set(runs) == {"i2m2", "mag"}
-    assert runs["i2m2"]["augment"] is None and runs["mag"]["augment"] == bench_training.AUGMENT
+    assert runs["i2m2"]["config_changes"] == {} and runs["mag"]["config_changes"] == bench_training.NO_AUGMENT
+    # every run records its in-view AUROC next to the slice-level one (the quick cohort has episodes.csv)
+    assert all("test_in_view_mean_auroc" in r for r in runs.values())
     for r in runs.values():
         assert r["epochs"] == [1] and r["wall_seconds"] > 0
         assert r["train_samples_per_s"] is not None and r["train_samples_per_s"] > 0

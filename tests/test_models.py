@@ -302,3 +302,53 @@ def test_same_seed_same_model(tiny):
     a, b = _model("i2m2", tiny, seed=7), _model("i2m2", tiny, seed=7)
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert ka == kb and torch.equal(va, vb)
+
+
+# ---- the phase input filter --------------------------------------------------------------------
+
+
+def test_highpass_phase_removes_smooth_phase_and_wraps_keeps_local_bumps():
+    import math
+
+    from i2m2_med.models.phase_filter import PhaseHighPass
+
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    background = 0.15 * xx + 0.002 * (yy - 30) ** 2 + 2.0  # about 10 rad across: several wraps
+    bump = ((xx - 30) ** 2 + (yy - 20) ** 2 < 9).float()
+    wrap = lambda p: torch.remainder(p + math.pi, 2 * math.pi) - math.pi  # noqa: E731
+    f = PhaseHighPass(4.0)
+    out = f(wrap(background + bump)[None, None])[0, 0]
+    inner = torch.zeros(64, 64, dtype=torch.bool)
+    inner[12:52, 12:52] = True
+    inner[10:31, 19:42] = False  # away from the bump and the border
+    assert out[inner].abs().max() < 0.05  # smooth phase and its wraps are gone
+    assert 0.6 < out[20, 30] < 1.0  # a 1-rad bump of radius 3 px keeps most of its amplitude
+    # the same bump with the opposite sign gives about the opposite output; a constant gives zero
+    neg = f(wrap(background - bump)[None, None])[0, 0]
+    assert neg[20, 30] == pytest.approx(-out[20, 30].item(), abs=0.1)
+    assert f(torch.full((1, 1, 16, 16), 2.5)).abs().max() < 1e-5
+    assert sum(p.numel() for p in f.parameters()) == 0 and "kernel" not in f.state_dict()
+
+
+def test_phase_filter_config_reaches_the_phase_expert_and_the_joint_model(tiny):
+    from i2m2_med.errors import ConfigError
+    from i2m2_med.models.phase_filter import PhaseHighPass
+
+    cfg = tiny.with_updates(**{"model.phase_input.filter": "highpass", "model.phase_input.sigma_px": 3.0})
+    model = _model("i2m2", cfg)
+    assert isinstance(model.experts["phase"].input_filter, PhaseHighPass)
+    assert isinstance(model.experts["joint"].phase_filter, PhaseHighPass)
+    assert isinstance(model.experts["magnitude"].input_filter, nn.Identity)
+    assert model.experts["phase"].input_filter.sigma == 3.0
+    # same parameters as the unfiltered model: checkpoints stay interchangeable in shape
+    assert model.state_dict().keys() == _model("i2m2", tiny).state_dict().keys()
+    out = model(_batch())
+    assert torch.isfinite(out.combined).all()
+    # the phase expert's output changes with the phase, and only through the filter
+    batch = _batch()
+    shifted = dict(batch, phase=torch.remainder(batch["phase"] + 1.0 + torch.pi, 2 * torch.pi) - torch.pi)
+    model.eval()
+    a, b = model(batch).terms["phase"], model(shifted).terms["phase"]
+    torch.testing.assert_close(a, b, atol=2e-4, rtol=0)  # a global phase offset is removed
+    with pytest.raises(ConfigError):
+        tiny.with_updates(**{"model.phase_input.filter": "lowpass"})

@@ -108,6 +108,7 @@ def test_oracle_is_read_from_the_manifest(tiny_cohort: Path) -> None:
     assert oracle is not None and set(oracle["ceiling_auroc"]) == set(HEADS)
     assert oracle["mean_pathologies"] == pytest.approx(1.0)  # no label noise: a perfect predictor
     assert oracle["episode_bayes_auroc"] == manifest["episode_bayes_auroc"]
+    assert oracle["slice_evidence_auroc"] == manifest["slice_evidence_auroc"]
     assert oracle_from_manifest(None) is None
 
 
@@ -127,11 +128,17 @@ def test_every_variant_trains_and_writes_its_metrics(variant: str, tiny_cohort: 
         assert set(block["summary"]) == {"combined", *experts}
         assert set(block["experts"]) == set(experts)
         for name, levels in block["summary"].items():
-            for level in ("slice", "study"):
+            for level in ("slice", "study", "in_view"):
                 row = levels[level]
                 for key in (*HEADS, "mean_pathologies", "mean_all"):
                     _check_unit(row[key])
         combined = block["combined"]["slice"]
+        # in view: each head on the slices of its episodes (the tiny cohort has episodes.csv)
+        view = load_cohort(tiny_cohort).in_view
+        in_view = block["combined"]["in_view"]["per_head"]
+        ids = [st.study_id for st in load_cohort(tiny_cohort).studies_in(split)]
+        for h, head in enumerate(HEADS):
+            assert in_view[head]["n"] == sum(int(view[i][:, h].sum()) for i in ids)
         assert combined["n"] == load_cohort(tiny_cohort).n_slices(split)
         assert combined["mean_all"]["auroc"] is not None  # some head has both classes
     t = on_disk["training"]
@@ -175,6 +182,21 @@ def test_warm_start_trains_the_experts_then_the_product(tiny_cohort: Path, tmp_p
     assert metrics["training"]["warm_start"] is True and metrics["training"]["epochs_run"] == 2
     meta = read_checkpoint_meta(tmp_path / "run" / "model.safetensors")
     assert meta.config.training.warm_start is True and meta.extra["warm_start"] is True
+
+
+def test_finetune_learning_rate_scale_reaches_the_optimiser() -> None:
+    from i2m2_med.models import build_model
+    from i2m2_med.training import I2M2Module
+
+    cfg = SMALL.with_updates(**{"training.finetune_lr_scale": 0.1})
+    model = build_model("i2m2", cfg, 14)
+    full = I2M2Module(model, cfg).configure_optimizers()["optimizer"]
+    scaled = I2M2Module(model, cfg, lr_scale=cfg.training.finetune_lr_scale).configure_optimizers()["optimizer"]
+    for a, b in zip(full.param_groups, scaled.param_groups):
+        assert b["lr"] == pytest.approx(0.1 * a["lr"]) and b["weight_decay"] == a["weight_decay"]
+    assert {g["name"]: g["lr"] for g in full.param_groups}["joint"] == cfg.optim.joint.lr
+    with pytest.raises(ConfigError):
+        SMALL.with_updates(**{"training.finetune_lr_scale": 0.0})
 
 
 def test_bad_arguments_are_one_line_errors(tiny_cohort: Path, tmp_path: Path) -> None:

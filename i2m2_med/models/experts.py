@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from i2m2_med.config import ImageExpertConfig, JointConfig, TabularExpertConfig
 from i2m2_med.heads import HEADS
+from i2m2_med.models.phase_filter import phase_input_module
 from i2m2_med.models.preact_resnet import PreActResNet, preact_resnet_flops
 
 N_CLASSES = 2
@@ -36,20 +37,24 @@ def _backbone(in_channels: int, cfg: ImageExpertConfig) -> PreActResNet:
 
 
 class ImageExpert(nn.Module):
-    """PreActResNet backbone + dropout + linear heads.
+    """[input filter] + PreActResNet backbone + dropout + linear heads.
 
-    ``forward(x [B, in_channels, H, W] float32) -> logits [B, heads, 2]``.
+    ``forward(x [B, in_channels, H, W] float32) -> logits [B, heads, 2]``. ``input_filter`` (a
+    module without parameters, e.g. the phase expert's :class:`~i2m2_med.models.phase_filter.PhaseHighPass`)
+    is applied to ``x`` first; identity by default.
     """
 
-    def __init__(self, in_channels: int, cfg: ImageExpertConfig, heads: int = len(HEADS)):
+    def __init__(self, in_channels: int, cfg: ImageExpertConfig, heads: int = len(HEADS),
+                 input_filter: nn.Module | None = None):
         super().__init__()
         self.n_heads = heads
+        self.input_filter = input_filter if input_filter is not None else nn.Identity()
         self.backbone = _backbone(in_channels, cfg)
         self.dropout = nn.Dropout(cfg.dropout)
         self.head = _heads_layer(self.backbone.feature_dim, heads)
 
     def forward(self, x: Tensor) -> Tensor:
-        features = self.dropout(self.backbone(x))
+        features = self.dropout(self.backbone(self.input_filter(x)))
         return self.head(features).view(x.shape[0], self.n_heads, N_CLASSES)
 
 
@@ -87,7 +92,8 @@ class JointModel(nn.Module):
     * concat: ``[pooled image features, ReLU(Linear(t))]`` -> dropout -> linear heads.
 
     ``forward(magnitude [B,1,H,W], phase [B,1,H,W], tabular [B,F] | None) -> logits [B, heads, 2]``;
-    ``tabular`` is required exactly when :attr:`uses_tabular`.
+    ``tabular`` is required exactly when :attr:`uses_tabular`. ``phase_filter`` (parameter-free,
+    e.g. :class:`~i2m2_med.models.phase_filter.PhaseHighPass`) is applied to the phase channel.
     """
 
     def __init__(
@@ -96,9 +102,11 @@ class JointModel(nn.Module):
         joint_cfg: JointConfig,
         n_tabular: int,
         heads: int = len(HEADS),
+        phase_filter: nn.Module | None = None,
     ):
         super().__init__()
         self.n_heads = heads
+        self.phase_filter = phase_filter if phase_filter is not None else nn.Identity()
         self.fusion = joint_cfg.tabular_fusion if n_tabular > 0 else "none"
         self.uses_tabular = self.fusion != "none"
         self.backbone = _backbone(2, image_cfg)
@@ -120,7 +128,7 @@ class JointModel(nn.Module):
         self.head = _heads_layer(features, heads)
 
     def forward(self, magnitude: Tensor, phase: Tensor, tabular: Tensor | None = None) -> Tensor:
-        x = torch.cat([magnitude, phase], dim=1)  # [B, 2, H, W]: magnitude, phase
+        x = torch.cat([magnitude, self.phase_filter(phase)], dim=1)  # [B, 2, H, W]: magnitude, phase
         if not self.uses_tabular:
             features = self.backbone(x)
         else:

@@ -42,6 +42,7 @@ from i2m2_med.config import Config
 from i2m2_med.errors import UsageError
 from i2m2_med.heads import HEADS
 from i2m2_med.models.experts import ImageExpert, JointModel, TabularExpert
+from i2m2_med.models.phase_filter import phase_input_module
 from i2m2_med.models.product import I2M2Output, Prior, combine
 
 MODALITIES: tuple[str, ...] = ("magnitude", "phase", "tabular")
@@ -104,14 +105,20 @@ class I2M2Model(nn.Module):
         self.n_tabular = int(n_tabular)
         mcfg = config.model
         modules: dict[str, nn.Module] = {}
+        def phase_filter() -> nn.Module:
+            return phase_input_module(mcfg.phase_input.filter, mcfg.phase_input.sigma_px)
+
         for name in experts:
-            if name in ("magnitude", "phase"):
+            if name == "magnitude":
                 modules[name] = ImageExpert(1, mcfg.image_expert)
+            elif name == "phase":
+                modules[name] = ImageExpert(1, mcfg.image_expert, input_filter=phase_filter())
             elif name == "tabular":
                 modules[name] = TabularExpert(n_tabular, mcfg.tabular_expert)
             else:
                 fuse = _JOINT_FUSES_TABULAR[variant]
-                modules[name] = JointModel(mcfg.image_expert, mcfg.joint, n_tabular if fuse else 0)
+                modules[name] = JointModel(mcfg.image_expert, mcfg.joint, n_tabular if fuse else 0,
+                                           phase_filter=phase_filter())
         self.experts = nn.ModuleDict(modules)
         self.prior = Prior(len(HEADS)) if mcfg.prior else None
 
