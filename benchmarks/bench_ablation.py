@@ -90,6 +90,7 @@ def measure(ctx: Context, full_ablation: bool, doc: str) -> dict[str, Any]:
     ratios = [{"key": f"{key}_time", "label": f"{target_minutes:g} min / {command} wall time",
                "values": [target_minutes * 60.0 / wall], "target": 1.0}]
     return {
+        "repeats": 1,
         "description": " ".join(" ".join(doc.split("\n\n")[1:]).split()),
         "params": {"volumes": size["volumes"], "slices_per_volume": size["slices"] or "30-46 (generator default)",
                    "timing": timing, "settings": {k: results.get("settings", {}).get(k) for k in

@@ -196,6 +196,7 @@ def run(ctx: Context) -> dict[str, Any]:
     if main:
         notes.append("Which I2M2 recipe the demo ships is decided by validation AUROC, never by the test split.")
     return {
+        "repeats": 1,
         "description": " ".join(" ".join(__doc__.split("\n\n")[1:4]).split()) if __doc__ else "",
         "params": {"config": "cpu", "seed": 0, "runs": [r[0] for r in runs], "threads": 2,
                    "results": results},

@@ -132,7 +132,8 @@ def render_markdown(results: dict[str, Any]) -> str:
             f"Measured {sec.get('measured_at', '?')}{' (quick run: tiny inputs, not representative)' if sec.get('quick') else ''}"
             f" on {m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('memory_gib', '?')} GiB, {m.get('os', '?')},"
             f" Python {m.get('python', '?')}; load average (1/5/15 min) {m.get('load_average_1_5_15min')} at the start,"
-            f" {sec.get('machine_after', {}).get('load_average_1_5_15min')} at the end; {sec.get('repeats', '?')} repetitions."
+            f" {sec.get('machine_after', {}).get('load_average_1_5_15min')} at the end; "
+            + ("timed once (see the section's text)." if sec.get("repeats") == 1 else f"{sec.get('repeats', '?')} repetitions.")
         )
         if sw:
             lines.append("Software: " + ", ".join(f"{k} {v}" for k, v in sw.items()) + ".")

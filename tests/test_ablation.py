@@ -474,6 +474,12 @@ def test_regime_study_end_to_end(tiny_cohort: Path, small_config: Path, tmp_path
             for level in ("slice", "study"):
                 cell = m[level]
                 assert (cell.get("diff") is not None and cell["ci"][0] <= cell["diff"] <= cell["ci"][1]) or cell["reason"]
+        # findings against mimics: each variant's in-view AUROC, or why there is none
+        for v in ("i2m2", "intra", "inter"):
+            cell = block["in_view"][v]
+            assert (cell["value"] is not None and 0.0 <= cell["value"] <= 1.0) or cell["reason"], (regime, v)
+            if cell["value"] is not None and cell["ci"] is not None:
+                assert cell["ci"][0] <= cell["value"] <= cell["ci"][1]
     targets = study["targets"]["slice"]["per_regime"]
     for regime, t in targets.items():
         if t["met"] is not None:
@@ -481,6 +487,7 @@ def test_regime_study_end_to_end(tiny_cohort: Path, small_config: Path, tmp_path
     assert res["targets"]["regime_claim"]["tolerance"] == 0.01
     page = write_report(res, tmp_path / "report").read_text(encoding="utf-8")
     assert "oracle ceiling" in page and "generated for the regime study" in page
+    assert "in-view AUROC" in page
     # a second run reuses the generated cohorts and every cached run
     again = run_ablation(tiny_cohort, tmp_path / "report2", settings, cache_dir=tmp_path / "cache")
     assert again["timing"]["runs_trained"] == 0

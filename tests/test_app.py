@@ -128,6 +128,35 @@ def test_moving_the_slider_does_not_rerun_the_model(env):
     assert final.get("planes", 0) == after.get("planes", 0)
 
 
+def test_phase_is_shown_as_the_model_sees_it_or_raw(env):
+    """The bundled model reads the high-pass phase: the app shows that by default and the raw phase
+    on request; the high-pass image is the library's filter at display resolution."""
+    from i2m2_med.models.phase_filter import highpass_phase_image
+
+    at = start()
+    assert not at.exception
+    lm = current_model()
+    assert compute.phase_filter_of(lm) == (5.0, 64)
+    radio = at.radio(key="phase_view")
+    assert radio.value.startswith("High-pass")
+
+    def phase_chart_title() -> str:
+        spec = [json.loads(c.proto.spec) for c in charts(at)]
+        titles = [d.get("layout", {}).get("title", {}).get("text", "") for d in spec]
+        return next(t for t in titles if "hase" in t and "expert" not in t.lower())
+
+    assert phase_chart_title().startswith("High-pass phase")
+    radio.set_value("Raw")
+    at.run()
+    assert not at.exception
+    assert phase_chart_title().startswith("Phase (radians)")
+    # the filter removes a smooth ramp with wraps and keeps nothing of a constant
+    ramp = (np.linspace(0, 12, 320, dtype=np.float32)[None, :] * np.ones((320, 1), np.float32))
+    wrapped = np.angle(np.exp(1j * ramp)).astype(np.float32)
+    out = highpass_phase_image(wrapped, 5.0, 64)
+    assert out.shape == (320, 320) and np.abs(out[40:-40, 40:-40]).max() < 0.02
+
+
 def test_identifiers_are_hashed_unless_the_user_opts_in(env):
     ref = demo_refs(env)[0]
     raw = sources.open_study(ref).study_id

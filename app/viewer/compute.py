@@ -61,6 +61,23 @@ class LoadedModel:
         return tuple(self.model.expert_names)
 
 
+def phase_filter_of(lm: LoadedModel) -> tuple[float, int] | None:
+    """``(sigma in pixels of the model input, model input size)`` when the model's phase expert and
+    joint model see the high-pass phase, else None."""
+    cfg = lm.meta.config
+    if cfg.model.phase_input.filter != "highpass":
+        return None
+    return float(cfg.model.phase_input.sigma_px), int(cfg.image_size)
+
+
+@st.cache_data(show_spinner=False, max_entries=160)
+def highpass_phase(ref_key: str, index: int, sigma_px: float, model_size: int, _phase: np.ndarray) -> np.ndarray:
+    """The displayed slice's phase as the model's phase input filter leaves it (cached per slice)."""
+    from i2m2_med.models.phase_filter import highpass_phase_image
+
+    return highpass_phase_image(_phase, sigma_px, model_size)
+
+
 def model_location(path: Path | None) -> tuple[str, str]:
     """``(checkpoint file, size-mtime stamp)`` of the configured model (None: the bundled one).
     Raises :class:`~i2m2_med.errors.CheckpointError` when there is none."""

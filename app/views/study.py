@@ -194,9 +194,19 @@ else:
     cols = st.columns(3)
     if planes.magnitude is not None:
         gray["magnitude"] = _window("mag", planes.magnitude)
+    phase_title = "Phase (radians)"
     if planes.phase is not None:
-        gray["phase"] = _window("phase", planes.phase, fixed=(-np.pi, np.pi))
-    for col, name, title in ((cols[0], "magnitude", "Magnitude"), (cols[1], "phase", "Phase (radians)")):
+        phase_image = planes.phase
+        hp = compute.phase_filter_of(lm)
+        if hp is not None:
+            shown = st.radio("Phase shown", ["High-pass (what the model sees)", "Raw"], horizontal=True, key="phase_view",
+                             help="The model's phase expert and joint model see the homodyne high-pass phase: the smooth "
+                                  "coil and field phase and its wraps removed, local phase kept (as in SWI).")
+            if shown.startswith("High-pass"):
+                phase_image = compute.highpass_phase(ref.key, index, hp[0], hp[1], planes.phase)
+                phase_title = "High-pass phase (radians)"
+        gray["phase"] = _window("phase", phase_image, fixed=(-np.pi, np.pi))
+    for col, name, title in ((cols[0], "magnitude", "Magnitude"), (cols[1], "phase", phase_title)):
         with col:
             if name in gray:
                 fig = figures.image_figure(_orient(gray[name]), _orient_boxes(boxes) if show_boxes else (),

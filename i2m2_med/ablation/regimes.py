@@ -12,7 +12,10 @@ trained over the seeds (cached like the main grid), and their test predictions a
 * the cohort's oracle ceiling on the same test slices: the AUROC of a perfect predictor of the
   true findings against the annotated labels (from ``slice_labels.csv``; 1.0 without label
   noise), and the generator's episode-level Bayes AUROCs of the regime's design;
-* the target ``I2M2 >= max(intra, inter) - tolerance`` on the seed means.
+* the target ``I2M2 >= max(intra, inter) - tolerance`` on the seed means;
+* per variant, the in-view AUROC of the seed ensemble (each head on the slices where its
+  anatomy is in view, from the cohort's ``episodes.csv``): findings against their mimics, where
+  the slice position, which every variant learns, helps nothing.
 """
 
 from __future__ import annotations
@@ -102,6 +105,41 @@ def oracle_ceiling(cohort_dir: str | os.PathLike, study_ids: Any, split: str = "
         "slices": int(len(table)),
         "what": "AUROC of the true findings against the annotated labels on the test slices",
     }
+
+
+def in_view_block(ensembles: Mapping[str, Any], in_view: Mapping[str, np.ndarray] | None, n_boot: int, alpha: float,
+                  seed: int) -> dict[str, Any]:
+    """Per variant, the in-view mean AUROC over ACL/MTEAR/CART of its seed ensemble's test
+    predictions (:func:`i2m2_med.evaluation.in_view_metrics`: each head on the slices where its
+    anatomy is in view, so a finding must beat its mimics and the slice position gives nothing),
+    with a CI that resamples studies. ``{"value": None, "reason"}`` without the cohort's episode
+    table."""
+    from i2m2_med.errors import I2M2Error
+    from i2m2_med.evaluation import in_view_metrics
+
+    if in_view is None:
+        return {"value": None, "reason": "the cohort has no episodes.csv (where each head's anatomy is in view)"}
+    out: dict[str, Any] = {}
+    for variant, pred in ensembles.items():
+        if not pred.ok or pred.n == 0:
+            out[variant] = {"value": None, "reason": pred.reason or "no test predictions"}
+            continue
+        known = np.isfinite(pred.labels).all(axis=1)
+        ids = pred.study_id.astype(str)[known]
+        try:
+            view = np.stack([in_view[sid][int(k)] for sid, k in zip(ids, pred.slice[known])])
+            table = in_view_metrics(pred.labels[known], pred.p[known], view, ids, split="test", n_boot=n_boot,
+                                    alpha=alpha, seed=seed)
+        except (KeyError, IndexError):
+            out[variant] = {"value": None, "reason": "test slices missing from the episode table"}
+            continue
+        except I2M2Error as exc:
+            out[variant] = {"value": None, "reason": str(exc)}
+            continue
+        mean = table["mean_pathologies"]
+        out[variant] = {"value": mean["auroc"], "ci": mean["ci"], "reason": mean.get("reason"),
+                        "per_head": {h: table["per_head"][h]["auroc"] for h in HEADS}}
+    return out
 
 
 MIN_STUDY_LEVEL_STUDIES = 2 * MIN_UNITS_PER_CLASS

@@ -449,6 +449,7 @@ def regime_block(
             )
     block["margins"] = margins
     block["ensemble_of"] = {v: len([s for s in grid.ok_seeds(v) if s in seeds]) for v in REGIME_VARIANTS}
+    block["in_view"] = reg.in_view_block(ens, cohort.in_view, settings.n_boot, settings.alpha, settings.stat_seed + 11)
     return block
 
 

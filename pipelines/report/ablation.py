@@ -701,6 +701,28 @@ def regime_section(results: Mapping[str, Any], figs: Figures) -> str:
                           "I2M2 &minus; intra<br>(ensemble, 95% CI)", "I2M2 &minus; inter<br>(ensemble, 95% CI)",
                           f"I2M2 &ge; max(intra, inter) &minus; {esc(((study.get('targets') or {}).get(level) or {}).get('tolerance'))}"], rows))
         out.append(notes.html())
+    view_rows = []
+    notes = Notes()
+    for regime, block in regimes.items():
+        iv = block.get("in_view") if isinstance(block, Mapping) else None
+        if not isinstance(iv, Mapping):
+            continue
+        if undefined(iv):
+            view_rows.append([esc(regime), *([notes.na(iv.get("reason"))] * len(study.get("variants", [])))])
+            continue
+        row = [esc(regime)]
+        for v in study.get("variants", []):
+            cell = iv.get(v) or {}
+            row.append(f"{num(cell['value'])} {ci_text(cell.get('ci'))}" if cell.get("value") is not None
+                       else notes.na(cell.get("reason") or "no result"))
+        view_rows.append(row)
+    if view_rows:
+        out.append("<h3>Findings against their mimics: in-view AUROC (seed ensemble, 95% CI)</h3>")
+        out.append('<p class="explain">Each head scored only on the test slices where its anatomy is in view (inside an '
+                   "episode of the cohort&rsquo;s <code>episodes.csv</code>, finding or mimic). Every variant learns where "
+                   "findings can lie; this AUROC asks whether it also tells a finding from the mimics around it (0.5: it does not).</p>")
+        out.append(table(["regime", *[esc(v) for v in study.get("variants", [])]], view_rows))
+        out.append(notes.html())
     bayes_rows = []
     for regime, block in regimes.items():
         eb = block.get("episode_bayes_auroc") if isinstance(block, Mapping) else None
