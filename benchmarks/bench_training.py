@@ -81,6 +81,10 @@ def _cohort(ctx: Context) -> tuple[Path, float | None, str]:
     return target, time.perf_counter() - started, f"the demo cohort ({DEMO_VOLUMES} volumes), synthesised for this run"
 
 
+def _num(v: float | None) -> str:
+    return "–" if v is None else f"{v:.3f}"
+
+
 def _mean_pathologies(metrics: dict[str, Any], term: str = "combined", level: str = "slice") -> tuple[float | None, list[float] | None]:
     row = metrics.get("test", {}).get("summary", {}).get(term, {}).get(level) or {}
     return row.get("mean_pathologies"), row.get("mean_pathologies_ci")
@@ -175,8 +179,8 @@ def run(ctx: Context) -> dict[str, Any]:
     if evidence:
         notes.append(
             "What the images allow (manifest slice_evidence_auroc, the Bayes score of the cues each slice shows, "
-            f"whole cohort): {', '.join(f'{h} {v:.3f}' for h, v in evidence.items())}; what the slice position alone "
-            f"gives (slice_position_auroc): {', '.join(f'{h} {v:.3f}' for h, v in position.items())}. The in-view AUROC "
+            f"whole cohort): {', '.join(f'{h} {_num(v)}' for h, v in evidence.items())}; what the slice position alone "
+            f"gives (slice_position_auroc): {', '.join(f'{h} {_num(v)}' for h, v in position.items())}. The in-view AUROC "
             "scores each head only on the slices where its anatomy is in view, so a model must tell a finding from "
             "its mimics there: 0.5 is a model that has learned only where findings can lie."
         )

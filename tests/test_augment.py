@@ -72,10 +72,11 @@ def test_inactive_is_identity_and_bad_settings_refused() -> None:
         BatchAugment(max_shift=-1)
 
 
-def test_configs_default_off_and_validated() -> None:
-    for name in ("cpu", "paper"):  # the shipped configs train without augmentation (as the reference)
-        cfg = load_config(name)
-        assert cfg.training.augment.flip_p == 0.0 and cfg.training.augment.max_shift == 0
+def test_shipped_configs_and_validation() -> None:
+    paper = load_config("paper")  # the reference trains without augmentation
+    assert paper.training.augment.flip_p == 0.0 and paper.training.augment.max_shift == 0
+    cpu = load_config("cpu")  # the compact default flips and shifts (chosen on validation)
+    assert cpu.training.augment.flip_p == 0.5 and cpu.training.augment.max_shift == 4
     cfg = load_config("cpu").model_copy(deep=True)
     on = type(cfg.training.augment)(flip_p=1.0, max_shift=0)
     assert on.flip_p == 1.0
@@ -104,7 +105,8 @@ def test_training_step_sees_the_augmented_batch() -> None:
     module.training_step(batch, 0)
     assert torch.equal(seen["magnitude"], batch["magnitude"].flip(-1))
     seen.clear()
-    plain = I2M2Module(build_model("mag", base, 3), base)
+    off = base.with_updates(**{"training.augment.flip_p": 0.0, "training.augment.max_shift": 0})
+    plain = I2M2Module(build_model("mag", off, 3), off)
     plain.model.register_forward_pre_hook(capture)
     plain.training_step(batch, 0)
     assert torch.equal(seen["magnitude"], batch["magnitude"])
