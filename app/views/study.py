@@ -191,7 +191,6 @@ if planes is None:
     st.info("Images are not available: this study was opened from a batch result without its input folder "
             "(give the input folder on the Batch results page to see them).")
 else:
-    cols = st.columns(3)
     if planes.magnitude is not None:
         gray["magnitude"] = _window("mag", planes.magnitude)
     phase_title = "Phase (radians)"
@@ -206,6 +205,7 @@ else:
                 phase_image = compute.highpass_phase(ref.key, index, hp[0], hp[1], planes.phase)
                 phase_title = "High-pass phase (radians)"
         gray["phase"] = _window("phase", phase_image, fixed=(-np.pi, np.pi))
+    cols = st.columns(3)
     for col, name, title in ((cols[0], "magnitude", "Magnitude"), (cols[1], "phase", phase_title)):
         with col:
             if name in gray:
