@@ -362,6 +362,14 @@ def read_in_view(path: Path, n_slices: Mapping[str, int]) -> dict[str, np.ndarra
     return out
 
 
+def in_view_rows(in_view: Mapping[str, np.ndarray], study_ids: Sequence[str], slices: Sequence[int]) -> np.ndarray:
+    """(N, 4) bool: the in-view rows of N slices given by study id and slice number (KeyError for
+    a study the table does not cover, IndexError for a slice outside it)."""
+    if len(study_ids) == 0:
+        return np.zeros((0, len(HEADS)), dtype=bool)
+    return np.stack([in_view[str(sid)][int(k)] for sid, k in zip(study_ids, slices)])
+
+
 def data_fingerprint(cohort: Cohort) -> str:
     """SHA-256 (hex) of the training data: every study's file name, file size (bytes), split and
     slice labels, in study-id order. Equal cohorts give equal fingerprints on any machine."""

@@ -1097,6 +1097,25 @@ def level_metrics(
         per_head[name] = row
 
     out: dict[str, Any] = {"n": n, "unit": unit, "alpha": alpha, "per_head": per_head}
+    out.update(_mean_summaries(per_head, heads, y_arr, p_arr, groups, None, n_boot, alpha, seed))
+    return out
+
+
+def _mean_summaries(
+    per_head: Mapping[str, dict[str, Any]],
+    heads: Sequence[str],
+    y_arr: np.ndarray,
+    p_arr: np.ndarray,
+    groups: Any,
+    mask: np.ndarray | None,
+    n_boot: int,
+    alpha: float,
+    seed: int,
+) -> dict[str, Any]:
+    """``mean_pathologies`` (ACL, MTEAR, CART) and ``mean_all`` (every head): the mean AUROC over
+    the heads where it is defined, with a CI from resampling those heads jointly (each head on
+    the rows of its ``mask`` column, when given)."""
+    out: dict[str, Any] = {}
     for key, names in (("mean_pathologies", [h for h in PATHOLOGY_HEADS if h in heads]), ("mean_all", list(heads))):
         summary = _mean_over(per_head, names)
         summary["ci"] = None
@@ -1104,7 +1123,8 @@ def level_metrics(
             cols = [list(heads).index(h) for h in summary["heads"]]
             try:
                 ci = bootstrap_mean_auroc_ci(
-                    y_arr[:, cols].astype(np.float64), p_arr[:, cols], n_boot=n_boot, alpha=alpha, seed=seed + 101, groups=groups
+                    y_arr[:, cols].astype(np.float64), p_arr[:, cols], n_boot=n_boot, alpha=alpha, seed=seed + 101,
+                    groups=groups, mask=None if mask is None else mask[:, cols],
                 )
                 summary["ci"] = [ci.low, ci.high]
                 summary["ci_method"] = f"percentile bootstrap, {ci.n_valid}/{ci.n_boot} replicates, {ci.method}"
@@ -1154,20 +1174,7 @@ def in_view_metrics(
             row["reason"] = value.reason
         per_head[name] = row
     out: dict[str, Any] = {"n": int(y_arr.shape[0]), "unit": "slices in view", "alpha": alpha, "per_head": per_head}
-    for key, names in (("mean_pathologies", [h for h in PATHOLOGY_HEADS if h in heads]), ("mean_all", list(heads))):
-        summary = _mean_over(per_head, names)
-        summary["ci"] = None
-        if summary["auroc"] is not None:
-            cols = [list(heads).index(h) for h in summary["heads"]]
-            try:
-                ci = bootstrap_mean_auroc_ci(
-                    y_arr[:, cols].astype(np.float64), p_arr[:, cols], n_boot=n_boot, alpha=alpha, seed=seed + 101,
-                    groups=g, mask=view[:, cols],
-                )
-                summary["ci"] = [ci.low, ci.high]
-            except UndefinedMetricError as err:
-                summary["ci_reason"] = err.reason
-        out[key] = summary
+    out.update(_mean_summaries(per_head, heads, y_arr, p_arr, g, view, n_boot, alpha, seed))
     return out
 
 

@@ -57,6 +57,7 @@ from i2m2_med.dataset import (
     class_weights,
     collate_samples,
     data_fingerprint,
+    in_view_rows,
     load_cohort,
     positive_fraction,
     sampler_weights,
@@ -525,8 +526,8 @@ def prediction_metrics(
     y = np.asarray(pred["labels"], dtype=np.float64)
     ids = np.asarray(pred["study_id"]).astype(str)
     view = None
-    if in_view is not None and all(sid in in_view for sid in ids):
-        view = np.stack([in_view[sid][int(k_)] for sid, k_ in zip(ids, pred["slice"])]) if len(ids) else None
+    if in_view is not None and len(ids) and all(sid in in_view for sid in ids):
+        view = in_view_rows(in_view, ids, pred["slice"])
     out: dict[str, Any] = {"combined": None, "experts": {}, "summary": {}}
     for name, p in pred["p"].items():
         ok = np.isfinite(p).all(axis=1) & np.isfinite(y).all(axis=1)

@@ -114,6 +114,7 @@ def in_view_block(ensembles: Mapping[str, Any], in_view: Mapping[str, np.ndarray
     anatomy is in view, so a finding must beat its mimics and the slice position gives nothing),
     with a CI that resamples studies. ``{"value": None, "reason"}`` without the cohort's episode
     table."""
+    from i2m2_med.dataset import in_view_rows
     from i2m2_med.errors import I2M2Error
     from i2m2_med.evaluation import in_view_metrics
 
@@ -127,7 +128,7 @@ def in_view_block(ensembles: Mapping[str, Any], in_view: Mapping[str, np.ndarray
         known = np.isfinite(pred.labels).all(axis=1)
         ids = pred.study_id.astype(str)[known]
         try:
-            view = np.stack([in_view[sid][int(k)] for sid, k in zip(ids, pred.slice[known])])
+            view = in_view_rows(in_view, ids, pred.slice[known])
             table = in_view_metrics(pred.labels[known], pred.p[known], view, ids, split="test", n_boot=n_boot,
                                     alpha=alpha, seed=seed)
         except (KeyError, IndexError):

@@ -44,7 +44,7 @@ class PhaseHighPass(nn.Module):
         if not sigma > 0:
             raise ValueError(f"sigma must be > 0, got {sigma}")
         self.sigma = float(sigma)
-        self.register_buffer("kernel", gaussian_kernel1d(self.sigma), persistent=False)
+        self.kernel = gaussian_kernel1d(self.sigma)  # taps only; the blur uses blur_matrix()
         self._matrices: dict[tuple[int, torch.device, torch.dtype], Tensor] = {}
 
     def blur_matrix(self, n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -52,7 +52,7 @@ class PhaseHighPass(nn.Module):
         key = (int(n), device, dtype)
         m = self._matrices.get(key)
         if m is None:
-            k = self.kernel.detach().to("cpu", torch.float64)
+            k = self.kernel.to(torch.float64)
             r = (k.numel() - 1) // 2
             rows = torch.arange(n)[:, None]
             src = (rows + torch.arange(-r, r + 1)[None, :]).clamp(0, n - 1)  # replicate border
