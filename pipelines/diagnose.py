@@ -25,7 +25,8 @@ with the slices of the run.
 De-identification: no patient name reaches an output. The readers do not keep it; the SR's
 patient name is empty; for DICOM studies the name is read once, only to replace its parts with
 ``anon`` in paths and messages (PACS exports often name folders after the patient). Unless
-``--keep-ids``, study ids are the first 16 hex digits of sha256(reader's study id)
+``--keep-ids``, study ids are the first 16 hex digits of sha256(reader's study id) -- of
+HMAC-SHA256 with the secret key in ``I2M2_ID_SALT`` when it is set (:mod:`i2m2_med.privacy`) --
 (de-duplicated with ``-2``, ``-3``... in discovery order), patient ids likewise, and the raw
 patient id is replaced by its hash wherever it occurs in a path or message. Paths are relative to
 INPUT_DIR.
@@ -50,6 +51,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from i2m2_med.errors import I2M2Error, UsageError
 from i2m2_med.heads import HEADS
+from i2m2_med.privacy import hash_id
 
 LEADING_COLUMNS: tuple[str, ...] = (
     "study_id", "source", "format", "status", "error", "n_slices",
@@ -61,11 +63,6 @@ SR_DIR = "sr"
 _CSV_INTERVAL_S = 1.0
 _H5 = (".h5", ".hdf5")
 _NIFTI = (".nii", ".nii.gz")
-
-
-def hash_id(text: str) -> str:
-    """The de-identified form of an id: the first 16 hex digits of its SHA-256."""
-    return hashlib.sha256(str(text).encode("utf-8")).hexdigest()[:16]
 
 
 @dataclass

@@ -9,8 +9,9 @@ is given, the reader's notes; then the files that could not be read, with their 
 The middle slice of every study is read as a check (a corrupt chunk or NaN/Inf there makes the
 study a problem); the other slices are not loaded.
 
-Privacy: patient names are never read; patient ids are shown only as the first 12 hex digits
-of their sha256.
+Privacy: patient names are never read; patient ids are shown only hashed, by the rule of
+``diagnose`` (:func:`i2m2_med.privacy.hash_id`: 16 hex digits of their sha256, keyed by
+``I2M2_ID_SALT`` when it is set).
 
 ``--json`` prints the same content as one JSON object::
 
@@ -23,7 +24,6 @@ found; 2 some files failed (the others are reported).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import sys
@@ -37,6 +37,7 @@ from i2m2_med.errors import AnnotationError, I2M2Error
 from i2m2_med.heads import HEADS
 from i2m2_med.io.discover import discover
 from i2m2_med.io.study import Study
+from i2m2_med.privacy import hash_id
 
 #: Tags the tabular modality draws on; the ones a study lacks are listed as missing.
 TABULAR_TAGS: tuple[str, ...] = (
@@ -46,11 +47,6 @@ _ACQUISITION_TAGS: tuple[str, ...] = (
     "acquisition", "protocol", "fat_sat", "field_strength_t", "tr_ms", "te_ms", "ti_ms", "flip_angle_deg",
     "vendor", "model",
 )
-
-
-def hash_id(value: str) -> str:
-    """The first 12 hex digits of sha256(value): how patient ids are shown."""
-    return hashlib.sha256(value.encode("utf-8")).hexdigest()[:12]
 
 
 def _tabular_module() -> Any | None:

@@ -272,6 +272,31 @@ def test_keep_ids(capsys, tmp_path, checkpoint):
             assert name.encode() not in path.read_bytes()
 
 
+def test_keyed_ids_with_i2m2_id_salt(capsys, tmp_path, checkpoint, monkeypatch):
+    """With a secret key in I2M2_ID_SALT, ids are HMAC-SHA256 (no dictionary of ids reverses
+    them), stable for the same key; the key itself appears in no output."""
+    import hmac
+
+    src = tmp_path / "in"
+    write_h5(src / "knee_salted.h5", n_slices=2, width=368, patient_id=PATIENT_IDS[2])
+    key = "site-secret-7f3a"
+    monkeypatch.setenv("I2M2_ID_SALT", key)
+    runs = []
+    for name in ("out1", "out2"):
+        rc, err = _diagnose(capsys, src, "--out", tmp_path / name, "--model", checkpoint, "--no-progress")
+        assert rc == 0, err
+        runs.append(_rows(tmp_path / name)[0])
+    keyed = hmac.new(key.encode(), b"knee_salted", hashlib.sha256).hexdigest()[:16]
+    assert runs[0]["study_id"] == runs[1]["study_id"] == keyed != _sha("knee_salted")
+    assert runs[0]["patient_id"] == hmac.new(key.encode(), PATIENT_IDS[2].encode(), hashlib.sha256).hexdigest()[:16]
+    for path in _all_files(tmp_path / "out1"):
+        data = path.read_bytes()
+        assert key.encode() not in data and PATIENT_IDS[2].encode() not in data
+    monkeypatch.delenv("I2M2_ID_SALT")
+    rc, err = _diagnose(capsys, src, "--out", tmp_path / "plain", "--model", checkpoint, "--no-progress")
+    assert rc == 0 and _rows(tmp_path / "plain")[0]["study_id"] == _sha("knee_salted")
+
+
 def _small_folder(root: Path) -> Path:
     write_h5(root / "a.h5", n_slices=2, width=368, patient_id="PX-1", seed=11)
     write_h5(root / "b.h5", n_slices=3, width=372, patient_id="PX-2", seed=12)

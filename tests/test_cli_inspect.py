@@ -25,8 +25,8 @@ from pipelines.cli import main
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _sha12(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+def _sha16(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _h5(path: Path, width: int = 372, slices: int = 4, patient: str | None = "pat-0042") -> None:
@@ -76,13 +76,13 @@ def test_json_summary_of_a_folder(folder, capsys):
     assert h5["checked_slice"] == 2
     assert h5["acquisition"]["acquisition"] == "CORPDFS_FBK" and h5["acquisition"]["fat_sat"] is True
     assert h5["missing"] == {"modalities": [], "tags": ["age_years", "sex", "weight_kg", "bmi"]}
-    assert h5["patient"] == _sha12("pat-0042")
+    assert h5["patient"] == _sha16("pat-0042")
     assert "W=372 wider than the 320 crop: centre-cropped" in h5["notes"]
     assert h5["labels"] is None
     assert dcm["format"] == "dicom" and dcm["image_shape"] == [64, 64]
     assert dcm["modalities"] == ["magnitude"] and dcm["missing"]["modalities"] == ["phase"]
     assert dcm["tags"]["age_years"] == 61.0 and dcm["tags"]["bmi"] == pytest.approx(80 / 1.7**2)
-    assert dcm["patient"] == _sha12("HOSP-778899")
+    assert dcm["patient"] == _sha16("HOSP-778899")
     tab = dcm["tabular"]
     if tab["available"]:
         assert len(tab["names"]) == len(tab["values"]) > 0 and all(np.isfinite(tab["values"]))
@@ -96,7 +96,7 @@ def test_no_patient_names_or_raw_ids_in_any_output(folder, capsys):
         out = capsys.readouterr().out
         for secret in ("Rossi", "Maria", "HOSP-778899", "pat-0042"):
             assert secret not in out
-        assert _sha12("HOSP-778899") in out and _sha12("pat-0042") in out
+        assert _sha16("HOSP-778899") in out and _sha16("pat-0042") in out
 
 
 def test_table_shows_the_json_content(folder, capsys):

@@ -3,11 +3,11 @@ identifiers (hashed unless the user opts in) and the study picker of the sidebar
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 import streamlit as st
+from i2m2_med import privacy
 
 from viewer import compute, sources
 from viewer.paths import PathRefused, resolve_under
@@ -65,9 +65,9 @@ def show_settings_problems(cfg: Settings) -> None:
 
 
 def hash_id(text: str) -> str:
-    """The de-identified form of an id: the first 16 hex digits of its SHA-256 (the rule of
-    ``i2m2-med diagnose``, so ids match its outputs)."""
-    return hashlib.sha256(str(text).encode("utf-8")).hexdigest()[:16]
+    """The de-identified form of an id, by the rule of ``i2m2-med diagnose`` (keyed by
+    ``I2M2_ID_SALT`` when set), so ids match its outputs."""
+    return privacy.hash_id(text)
 
 
 def show_identifiers() -> bool:
