@@ -11,7 +11,8 @@ config's default); "warm start" trains each expert alone first (the paper's AV-M
 ``i2m2-med demo`` does for the bundled model. The cpu config departs from the reference in two
 ways, each measured here by a run without it: the phase expert and the joint model see the
 homodyne high-pass phase (``model.phase_input``), and training flips and shifts each slice
-(``training.augment``).
+(``training.augment``). Two options the cpu config leaves off are measured too: the joint model's
+SWI channel (``model.joint.swi_channel``) and a 128 px input through a patchify stem.
 
 Full run: the demo cohort (``pipelines.demo``: 100 volumes, mixed regime, seed 0) is reused from
 ``demo_out/cohort`` when it is there and matches, else synthesised into the scratch folder (its
@@ -40,12 +41,22 @@ TARGET_GAP = 0.05
 PATHOLOGIES = ("acl", "mtear", "cart")
 RAW_PHASE = {"model.phase_input.filter": "none"}
 NO_AUGMENT = {"training.augment.flip_p": 0.0, "training.augment.max_shift": 0}
+SWI = {"model.joint.swi_channel": True}
+#: twice the resolution at the same stage-0 grid: a 4 x 4 patchify stem on 128 px (the high-pass
+#: sigma and the shifts scaled with the image)
+PATCHIFY_128 = {
+    "image_size": 128, "model.image_expert.stem_kernel": 4, "model.image_expert.stem_stride": 4,
+    "model.image_expert.stem_width": 16, "model.image_expert.widths": [16, 24, 48, 96],
+    "model.phase_input.sigma_px": 10.0, "training.augment.max_shift": 8,
+}
 #: (label, variant, warm start, changes to the cpu config) of every run
 RUNS_FULL: tuple[tuple[str, str, bool, dict], ...] = (
     ("i2m2", "i2m2", False, {}),
     ("i2m2 (warm start, the demo's recipe)", "i2m2", True, {}),
     ("i2m2 (warm start, raw phase)", "i2m2", True, RAW_PHASE),
     ("i2m2 (warm start, no augmentation)", "i2m2", True, NO_AUGMENT),
+    ("i2m2 (warm start, SWI channel in the joint model)", "i2m2", True, SWI),
+    ("i2m2 (warm start, 128 px with a patchify stem)", "i2m2", True, PATCHIFY_128),
     ("mag", "mag", False, {}),
     ("phase", "phase", False, {}),
     ("tab", "tab", False, {}),

@@ -7,6 +7,8 @@ log-probabilities and combines them.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -33,6 +35,7 @@ def _backbone(in_channels: int, cfg: ImageExpertConfig) -> PreActResNet:
         pool_size=cfg.pool_size,
         stem_stride=cfg.stem_stride,
         final_norm=cfg.final_norm,
+        stem_kernel=cfg.stem_kernel,
     )
 
 
@@ -81,8 +84,15 @@ class TabularExpert(nn.Module):
         return self.head(self.mlp(t)).view(t.shape[0], self.n_heads, N_CLASSES)
 
 
+def swi_image(magnitude: Tensor, phase: Tensor, power: int) -> Tensor:
+    """Susceptibility-weighted image ``magnitude * max(0, 1 - |phase| / pi) ** power`` (the
+    symmetric phase mask; ``phase`` in radians, ideally high-pass filtered)."""
+    mask = (1.0 - phase.abs() / math.pi).clamp_min(0.0)
+    return magnitude * mask.pow(power)
+
+
 class JointModel(nn.Module):
-    """The inter-modality model: magnitude and phase stacked as two input channels of one
+    """The inter-modality model: magnitude and phase stacked as input channels of one
     PreActResNet (early fusion, as in the reference), with the tabular vector fused by FiLM or
     concatenation (``JointConfig``), or not at all when ``n_tabular == 0`` or fusion is ``none``.
 
@@ -109,7 +119,8 @@ class JointModel(nn.Module):
         self.phase_filter = phase_filter if phase_filter is not None else nn.Identity()
         self.fusion = joint_cfg.tabular_fusion if n_tabular > 0 else "none"
         self.uses_tabular = self.fusion != "none"
-        self.backbone = _backbone(2, image_cfg)
+        self.swi_power = int(joint_cfg.swi_power) if joint_cfg.swi_channel else 0
+        self.backbone = _backbone(3 if self.swi_power else 2, image_cfg)
         self.dropout = nn.Dropout(image_cfg.dropout)
         features = self.backbone.feature_dim
         self.tabular_embed: nn.Module | None = None
@@ -128,7 +139,11 @@ class JointModel(nn.Module):
         self.head = _heads_layer(features, heads)
 
     def forward(self, magnitude: Tensor, phase: Tensor, tabular: Tensor | None = None) -> Tensor:
-        x = torch.cat([magnitude, self.phase_filter(phase)], dim=1)  # [B, 2, H, W]: magnitude, phase
+        phase = self.phase_filter(phase)
+        channels = [magnitude, phase]
+        if self.swi_power:
+            channels.append(swi_image(magnitude, phase, self.swi_power))
+        x = torch.cat(channels, dim=1)  # [B, 2 or 3, H, W]: magnitude, phase[, SWI]
         if not self.uses_tabular:
             features = self.backbone(x)
         else:
@@ -148,5 +163,6 @@ class JointModel(nn.Module):
 def image_expert_flops(cfg: ImageExpertConfig, image_size: int, in_channels: int = 1, heads: int = len(HEADS)) -> int:
     """Analytic forward FLOPs (2 per multiply-accumulate) of one image expert on one slice."""
     return preact_resnet_flops(
-        in_channels, image_size, cfg.stem_width, cfg.blocks, cfg.widths, cfg.pool_size, cfg.stem_stride, heads * N_CLASSES
+        in_channels, image_size, cfg.stem_width, cfg.blocks, cfg.widths, cfg.pool_size, cfg.stem_stride, heads * N_CLASSES,
+        stem_kernel=cfg.stem_kernel,
     )

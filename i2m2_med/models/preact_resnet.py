@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from i2m2_med.config import stem_output_side, stem_padding
+
 
 class PreActBlock(nn.Module):
     """Pre-activation basic block: GN-ReLU-conv3x3(stride) - GN-ReLU-conv3x3, plus a shortcut.
@@ -53,6 +55,9 @@ class PreActResNet(nn.Module):
         groups: GroupNorm groups (must divide every width).
         pool_size: side of the adaptive average pool output.
         stem_stride: stride of the stem (1 in the reference).
+        stem_kernel: side of the stem's kernel (3 in the reference). A kernel equal to the stride
+            is a patchify stem (non-overlapping patches, as ConvNeXt's): a larger input reaches
+            stage 0 at the same resolution, so small structures keep more pixels for little cost.
         final_norm: GroupNorm + ReLU after the last stage (absent in the reference).
 
     ``forward(x [B, C, H, W] float32) -> features [B, widths[-1] * pool_size**2]``.
@@ -69,9 +74,12 @@ class PreActResNet(nn.Module):
         pool_size: int,
         stem_stride: int = 1,
         final_norm: bool = False,
+        stem_kernel: int = 3,
     ):
         super().__init__()
-        self.stem = nn.Conv2d(in_channels, stem_width, 3, stride=stem_stride, padding=1, bias=False)
+        self.stem = nn.Conv2d(
+            in_channels, stem_width, stem_kernel, stride=stem_stride, padding=stem_padding(stem_kernel, stem_stride), bias=False
+        )
         stages = []
         in_ch = stem_width
         for index, (n_blocks, width) in enumerate(zip(blocks, widths)):
@@ -123,6 +131,7 @@ def preact_resnet_flops(
     pool_size: int,
     stem_stride: int = 1,
     n_outputs: int = 8,
+    stem_kernel: int = 3,
 ) -> int:
     """Analytic FLOPs of one forward pass of a :class:`PreActResNet` + linear heads on one
     ``image_size x image_size`` input, counting 2 FLOPs per multiply-accumulate of the
@@ -133,8 +142,8 @@ def preact_resnet_flops(
     def out_side(side: int, stride: int) -> int:
         return (side + 2 - 3) // stride + 1  # 3x3, padding 1
 
-    side = out_side(image_size, stem_stride)
-    macs = side * side * in_channels * stem_width * 9
+    side = stem_output_side(image_size, stem_kernel, stem_stride)
+    macs = side * side * in_channels * stem_width * stem_kernel * stem_kernel
     in_ch = stem_width
     for index, (n_blocks, width) in enumerate(zip(blocks, widths)):
         for b in range(n_blocks):
