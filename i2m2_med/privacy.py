@@ -24,15 +24,11 @@ def id_salt() -> bytes | None:
     return value.encode("utf-8") if value else None
 
 
-def hash_id(text: str, salt: bytes | None = None) -> str:
-    """The de-identified form of ``text``: 16 hex digits of HMAC-SHA256(salt, text) with a key
-    (``salt``, else ``I2M2_ID_SALT``), of SHA-256(text) without one."""
-    key = salt if salt is not None else id_salt()
+def hash_id(text: str) -> str:
+    """The de-identified form of ``text``: 16 hex digits of HMAC-SHA256(key, text) with the key of
+    ``I2M2_ID_SALT``, of SHA-256(text) without one."""
+    key = id_salt()
     data = str(text).encode("utf-8")
     digest = hmac.new(key, data, hashlib.sha256).hexdigest() if key else hashlib.sha256(data).hexdigest()
     return digest[:HASH_HEX]
 
-
-def id_hashing() -> str:
-    """How ids are hashed now, for run records: ``hmac-sha256`` (keyed) or ``sha256``."""
-    return "hmac-sha256" if id_salt() else "sha256"

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import streamlit as st
-from i2m2_med import privacy
+from i2m2_med.privacy import hash_id  # the rule of ``i2m2-med diagnose`` (keyed by I2M2_ID_SALT), so ids match its outputs
 
 from viewer import compute, sources
 from viewer.paths import PathRefused, resolve_under
@@ -62,12 +62,6 @@ def show_settings_problems(cfg: Settings) -> None:
 
 
 # ---- identifiers -------------------------------------------------------------------------------------
-
-
-def hash_id(text: str) -> str:
-    """The de-identified form of an id, by the rule of ``i2m2-med diagnose`` (keyed by
-    ``I2M2_ID_SALT`` when set), so ids match its outputs."""
-    return privacy.hash_id(text)
 
 
 def show_identifiers() -> bool:

@@ -119,8 +119,8 @@ class JointModel(nn.Module):
         self.phase_filter = phase_filter if phase_filter is not None else nn.Identity()
         self.fusion = joint_cfg.tabular_fusion if n_tabular > 0 else "none"
         self.uses_tabular = self.fusion != "none"
-        self.swi_power = int(joint_cfg.swi_power) if joint_cfg.swi_channel else 0
-        self.backbone = _backbone(3 if self.swi_power else 2, image_cfg)
+        self.swi_power = int(joint_cfg.swi_power) if joint_cfg.swi_channel else None
+        self.backbone = _backbone(2 if self.swi_power is None else 3, image_cfg)
         self.dropout = nn.Dropout(image_cfg.dropout)
         features = self.backbone.feature_dim
         self.tabular_embed: nn.Module | None = None
@@ -141,7 +141,7 @@ class JointModel(nn.Module):
     def forward(self, magnitude: Tensor, phase: Tensor, tabular: Tensor | None = None) -> Tensor:
         phase = self.phase_filter(phase)
         channels = [magnitude, phase]
-        if self.swi_power:
+        if self.swi_power is not None:
             channels.append(swi_image(magnitude, phase, self.swi_power))
         x = torch.cat(channels, dim=1)  # [B, 2 or 3, H, W]: magnitude, phase[, SWI]
         if not self.uses_tabular:
