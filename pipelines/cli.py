@@ -91,7 +91,10 @@ def diagnose_cmd(
     workers: int = typer.Option(
         2, "--workers", min=0, help="Loading threads (read + transform) running ahead of the model, across studies; 0: load in the main thread."
     ),
-    clinical: Optional[Path] = typer.Option(None, "--clinical", help="Clinical CSV joined by study id (age, sex, BMI, ...)."),
+    clinical: Optional[Path] = typer.Option(
+        None, "--clinical", help="Clinical CSV joined by study id (age, sex, BMI, ...); default: INPUT/tabular.csv when present."
+    ),
+    no_clinical: bool = typer.Option(False, "--no-clinical", help="Use no clinical table, not even INPUT/tabular.csv."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Slices per forward pass (default: the model's training batch size)."),
     drop: list[str] = typer.Option(
         [], "--drop", help="Withhold a modality from the model (magnitude, phase, tabular); repeatable."
@@ -112,6 +115,10 @@ def diagnose_cmd(
     """
     from pipelines import diagnose as pipeline
 
+    if clinical is not None and no_clinical:
+        from i2m2_med.errors import UsageError
+
+        raise UsageError("--no-clinical", "contradicts --clinical; give one of them")
     raise typer.Exit(
         pipeline.run(
             input_dir,
@@ -129,6 +136,7 @@ def diagnose_cmd(
             accelerator=accelerator,
             progress=progress,
             debug=_state["debug"],
+            auto_clinical=not no_clinical,
         )
     )
 

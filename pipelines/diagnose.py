@@ -22,6 +22,10 @@ retried. An interrupted run (Ctrl-C) therefore leaves a consistent OUT_DIR that 
 completes. Only the per-study summaries (no slices) are kept in memory, so memory does not grow
 with the slices of the run.
 
+Clinical table: ``--clinical FILE`` joins a CSV by study id (age, sex, BMI, ...) to the tabular
+modality; without it, ``INPUT_DIR/tabular.csv`` is used when it is there (the layout of a cohort
+folder, which ``train`` and the app read the same way; stderr says so), unless ``--no-clinical``.
+
 De-identification: no patient name reaches an output. The readers do not keep it; the SR's
 patient name is empty; for DICOM studies the name is read once, only to replace its parts with
 ``anon`` in paths and messages (PACS exports often name folders after the patient). Unless
@@ -58,6 +62,8 @@ LEADING_COLUMNS: tuple[str, ...] = (
     *(f"p_{h}" for h in HEADS),
 )
 PREDICTIONS_CSV = "predictions.csv"
+CLINICAL_CSV = "tabular.csv"
+"""The clinical table a cohort folder holds (the synthetic generator writes it; ``train`` reads it too)."""
 STUDIES_DIR = "studies"
 SR_DIR = "sr"
 _CSV_INTERVAL_S = 1.0
@@ -440,8 +446,13 @@ def prepare(
     batch_size: int | None,
     drop_modalities: Iterable[str],
     debug: bool = False,
+    auto_clinical: bool = True,
 ) -> tuple[Context, list[Item]]:
-    """Validate the arguments, load the model and find the studies (every rank does this)."""
+    """Validate the arguments, load the model and find the studies (every rank does this).
+
+    Without ``clinical``, ``INPUT_DIR/tabular.csv`` is the clinical table when it is there (as
+    ``train`` and the app do for a cohort folder), unless ``auto_clinical`` is False.
+    """
     from i2m2_med.inference import DROPPABLE, load_model, modality_pipeline, model_info
 
     root = Path(input_dir)
@@ -466,6 +477,9 @@ def prepare(
         pass
     table = None
     digest = None
+    if clinical is None and auto_clinical and root.is_dir() and (root / CLINICAL_CSV).is_file():
+        clinical = root / CLINICAL_CSV
+        print(f"clinical table: {clinical} (found in the input folder; --no-clinical to leave it out)", file=sys.stderr)
     if clinical is not None:
         cpath = Path(clinical)
         if not cpath.is_file():
@@ -529,6 +543,7 @@ def run(
     progress: bool = True,
     debug: bool = False,
     on_study_done: Callable[[dict[str, Any]], None] | None = None,
+    auto_clinical: bool = True,
 ) -> int:
     """Diagnose every study under ``input_dir`` into ``out_dir``; returns the exit code
     (0 all ok, 2 some failed). Usage errors and an unusable checkpoint raise
@@ -543,7 +558,8 @@ def run(
         raise UsageError("--devices", f"must be >= 1, got {devices}")
     if num_nodes < 1:
         raise UsageError("--num-nodes", f"must be >= 1, got {num_nodes}")
-    ctx, items = prepare(input_dir, out_dir, model, keep_ids, workers, clinical, batch_size, drop_modalities, debug)
+    ctx, items = prepare(input_dir, out_dir, model, keep_ids, workers, clinical, batch_size, drop_modalities, debug,
+                         auto_clinical=auto_clinical)
     if (devices or 1) > 1 or num_nodes > 1:
         return _run_distributed(ctx, items, resume, devices or 1, num_nodes, strategy, accelerator, progress)
 

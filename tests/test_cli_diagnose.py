@@ -467,12 +467,21 @@ def test_synthetic_cohort_all_formats_with_clinical_table(capsys, tmp_path, chec
     with open(src / "splits.csv", newline="") as fh:
         subjects = {row["subject_id"] for row in csv.DictReader(fh)}
     assert len(subjects) == 2
-    plain, joined = tmp_path / "plain", tmp_path / "joined"
-    rc, err = _diagnose(capsys, src, "--out", plain, "--model", checkpoint, "--no-progress")
+    plain, joined, default = tmp_path / "plain", tmp_path / "joined", tmp_path / "default"
+    rc, err = _diagnose(capsys, src, "--out", plain, "--model", checkpoint, "--no-progress", "--no-clinical")
     assert rc == 0, err
+    assert "clinical table" not in err
     rc, err = _diagnose(capsys, src, "--out", joined, "--model", checkpoint, "--clinical", src / "tabular.csv",
                         "--no-progress", "--workers", "2")
     assert rc == 0, err
+    # without --clinical the cohort folder's own tabular.csv is the table, as in train and the app
+    rc, err = _diagnose(capsys, src, "--out", default, "--model", checkpoint, "--no-progress")
+    assert rc == 0, err
+    assert f"clinical table: {src / 'tabular.csv'}" in err
+    assert _rows(default) == _rows(joined)
+    rc, err = _diagnose(capsys, src, "--out", tmp_path / "both", "--model", checkpoint, "--no-progress",
+                        "--no-clinical", "--clinical", src / "tabular.csv")
+    assert rc == 1 and err.count("\n") == 1 and "--no-clinical" in err and not (tmp_path / "both").exists()
     rows = {r["source"]: r for r in _rows(joined)}
     assert sorted((r["format"], r["status"], r["n_slices"]) for r in rows.values()) == sorted(
         [(f, "ok", "8") for f in ("fastmri_h5", "dicom", "nifti") for _ in range(2)])
