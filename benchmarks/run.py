@@ -33,6 +33,7 @@ SECTIONS: dict[str, str] = {
     "synth": "benchmarks.bench_synth",
     "models": "benchmarks.bench_models",
     "training": "benchmarks.bench_training",
+    "training_seeds": "benchmarks.bench_training_seeds",
     "ablation": "benchmarks.bench_ablation",
     "ablation_full": "benchmarks.bench_ablation_full",
     "diagnose": "benchmarks.bench_diagnose",

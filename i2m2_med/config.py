@@ -127,12 +127,27 @@ class JointConfig(_Strict):
     a pixel-wise product of the two: where a magnitude change and a phase change sit together, a
     single convolution sees it. Off in the reference (``paper``), which stacks magnitude and
     phase only.
+
+
+    ``image_fusion``: how magnitude and phase meet. ``early`` (the reference): stacked as input
+    channels of one backbone. ``hadamard``: two streams, each with its own stem and stage 0, joined
+    after stage 0 as ``[m, p, m * p]`` (1x1 convolution; see
+    :class:`~i2m2_med.models.preact_resnet.PreActResNet`), so that a magnitude feature and a phase
+    feature on the same pixel multiply -- the co-location the inter-modality evidence lives in.
+    Not combinable with ``swi_channel`` (which is a third early-fusion channel).
     """
 
     tabular_fusion: Literal["film", "concat", "none"] = "film"
     tabular_hidden: int = Field(32, ge=1)
     swi_channel: bool = False
     swi_power: int = Field(4, ge=1, le=8)
+    image_fusion: Literal["early", "hadamard"] = "early"
+
+    @model_validator(mode="after")
+    def _fusion_and_swi(self) -> "JointConfig":
+        if self.image_fusion == "hadamard" and self.swi_channel:
+            raise ValueError("swi_channel is an early-fusion input channel; it cannot be combined with image_fusion: hadamard")
+        return self
 
 
 class PhaseInputConfig(_Strict):

@@ -248,3 +248,28 @@ def test_ablation_full_section_quick(tmp_path: Path) -> None:
     assert "full default" not in result["description"] and "seven variants over 3 seeds" in result["description"]
     report = json.loads((tmp_path / "report" / "results.json").read_text())
     assert report["settings"]["quick"] is False and report["settings"]["mask_types"] == ["random", "equispaced"]
+
+
+def test_training_seeds_section_quick(tmp_path: Path) -> None:
+    """The seeds section trains two recipes over two seeds in two worker processes and summarises
+    each figure over the seeds (one value per seed), choosing on validation."""
+    from benchmarks import bench_training_seeds
+    from benchmarks.common import Context
+
+    result = bench_training_seeds.run(Context(quick=True, repeats=1, workdir=tmp_path))
+    runs = result["params"]["results"]
+    assert list(runs) == [label for label, _ in bench_training_seeds.RECIPES_QUICK]
+    for rows in runs.values():
+        assert [r["seed"] for r in rows] == [0, 1]
+        assert all(r["epochs"] == [1, 1] and r["wall_seconds"] > 0 for r in rows)  # warm start + product
+    hadamard = runs["Hadamard fusion in the joint model"]
+    # a different seed is a different run
+    assert hadamard[0]["val_auroc_mean"] != hadamard[1]["val_auroc_mean"] or \
+        hadamard[0]["test_mean_auroc"] != hadamard[1]["test_mean_auroc"]
+    figures = {f["key"]: f for f in result["figures"]}
+    for label, rows in runs.items():
+        assert figures[f"val_{label}"]["values"] == [r["val_auroc_mean"] for r in rows]
+    chosen = result["params"]["chosen_on_validation"]
+    means = {label: sum(r["val_auroc_mean"] for r in rows) / len(rows) for label, rows in runs.items()}
+    assert means[chosen] == max(means.values())
+    assert any(note.startswith(f"Highest mean validation AUROC over the seeds: {chosen}") for note in result["notes"])

@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from i2m2_med.config import load_config
-from i2m2_med.errors import UsageError
+from i2m2_med.errors import ConfigError, UsageError
 from i2m2_med.models import (
     VARIANTS,
     I2M2Model,
@@ -398,3 +398,50 @@ def test_swi_channel_is_magnitude_times_the_symmetric_phase_mask(tiny):
     assert torch.allclose(seen[0][:, :2], torch.cat([batch["magnitude"], batch["phase"]], 1))
     plain = JointModel(tiny.model.image_expert, tiny.model.joint, N_TAB)
     assert plain.backbone.stem.in_channels == 2  # the reference's two channels by default
+
+
+def test_hadamard_fusion_keeps_the_streams_apart_until_their_product(tiny):
+    """image_fusion: hadamard: magnitude and phase go through separate stems and stage 0; what the
+    1x1 fusion sees is [m, p, m * p] with m a function of the magnitude alone, p of the phase
+    alone; the joint model trains; combining it with the SWI channel is refused."""
+    cfg = tiny.with_updates(**{"model.joint.image_fusion": "hadamard"})
+    torch.manual_seed(0)
+    joint = JointModel(cfg.model.image_expert, cfg.model.joint, N_TAB).eval()
+    assert joint.backbone.stem.in_channels == 1 and joint.backbone.stem_b.in_channels == 1
+    width = cfg.model.image_expert.widths[0]
+    seen: list[Tensor] = []
+    hook = joint.backbone.fuse.register_forward_hook(lambda m, args, out: seen.append(args[0].detach()))
+    batch = _batch()
+    other_phase = _batch(seed=1)["phase"]
+    other_mag = _batch(seed=2)["magnitude"]
+    logits = joint(batch["magnitude"], batch["phase"], batch["tabular"])
+    joint(batch["magnitude"], other_phase, batch["tabular"])
+    joint(other_mag, batch["phase"], batch["tabular"])
+    hook.remove()
+    assert logits.shape == (B, 4, 2)
+    base, new_phase, new_mag = seen
+    m, p, mp = base[:, :width], base[:, width:2 * width], base[:, 2 * width:]
+    assert bool((m >= 0).all() and (p >= 0).all())  # pre-activated detector maps
+    assert torch.allclose(mp, m * p)
+    assert torch.equal(new_phase[:, :width], m) and not torch.allclose(new_phase[:, width:2 * width], p)
+    assert torch.equal(new_mag[:, width:2 * width], p) and not torch.allclose(new_mag[:, :width], m)
+    # the product term vanishes where either stream is silent
+    assert torch.allclose(new_phase[:, 2 * width:], m * new_phase[:, width:2 * width])
+
+    model = build_model("inter", cfg, N_TAB)
+    opt = torch.optim.AdamW(per_expert_param_groups(model, cfg))
+    before = nll(model.predict(batch).combined, batch["labels"]).item()
+    model.train()
+    for _ in range(25):
+        loss = nll(model(batch).combined, batch["labels"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert nll(model.predict(batch).combined, batch["labels"]).item() < 0.7 * before
+
+    with pytest.raises(ConfigError, match="swi_channel"):
+        tiny.with_updates(**{"model.joint.image_fusion": "hadamard", "model.joint.swi_channel": True})
+    with pytest.raises(ConfigError, match="image_fusion"):
+        tiny.with_updates(**{"model.joint.image_fusion": "late"})
+    plain = JointModel(tiny.model.image_expert, tiny.model.joint, N_TAB)
+    assert not plain.backbone.hadamard and not hasattr(plain.backbone, "stem_b")  # early fusion by default

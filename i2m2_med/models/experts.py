@@ -25,7 +25,7 @@ def _heads_layer(in_features: int, n_heads: int) -> nn.Linear:
     return nn.Linear(in_features, n_heads * N_CLASSES)
 
 
-def _backbone(in_channels: int, cfg: ImageExpertConfig) -> PreActResNet:
+def _backbone(in_channels: int, cfg: ImageExpertConfig, hadamard: bool = False) -> PreActResNet:
     return PreActResNet(
         in_channels=in_channels,
         stem_width=cfg.stem_width,
@@ -36,6 +36,7 @@ def _backbone(in_channels: int, cfg: ImageExpertConfig) -> PreActResNet:
         stem_stride=cfg.stem_stride,
         final_norm=cfg.final_norm,
         stem_kernel=cfg.stem_kernel,
+        hadamard=hadamard,
     )
 
 
@@ -93,7 +94,8 @@ def swi_image(magnitude: Tensor, phase: Tensor, power: int) -> Tensor:
 
 class JointModel(nn.Module):
     """The inter-modality model: magnitude and phase stacked as input channels of one
-    PreActResNet (early fusion, as in the reference), with the tabular vector fused by FiLM or
+    PreActResNet (early fusion, as in the reference; or two streams joined after stage 0 with
+    their Hadamard product, ``image_fusion: hadamard``), with the tabular vector fused by FiLM or
     concatenation (``JointConfig``), or not at all when ``n_tabular == 0`` or fusion is ``none``.
 
     * FiLM: ``e = ReLU(Linear(t))`` (``tabular_hidden`` units); for every stage ``i`` a linear map
@@ -120,7 +122,8 @@ class JointModel(nn.Module):
         self.fusion = joint_cfg.tabular_fusion if n_tabular > 0 else "none"
         self.uses_tabular = self.fusion != "none"
         self.swi_power = int(joint_cfg.swi_power) if joint_cfg.swi_channel else None
-        self.backbone = _backbone(2 if self.swi_power is None else 3, image_cfg)
+        self.image_fusion = joint_cfg.image_fusion
+        self.backbone = _backbone(2 if self.swi_power is None else 3, image_cfg, hadamard=self.image_fusion == "hadamard")
         self.dropout = nn.Dropout(image_cfg.dropout)
         features = self.backbone.feature_dim
         self.tabular_embed: nn.Module | None = None
