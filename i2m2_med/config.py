@@ -134,7 +134,9 @@ class JointConfig(_Strict):
     after stage 0 as ``[m, p, m * p]`` (1x1 convolution; see
     :class:`~i2m2_med.models.preact_resnet.PreActResNet`), so that a magnitude feature and a phase
     feature on the same pixel multiply -- the co-location the inter-modality evidence lives in.
-    Not combinable with ``swi_channel`` (which is a third early-fusion channel).
+    Not combinable with ``swi_channel`` (which is a third early-fusion channel). On the demo cohort,
+    over training seeds 0-2, it did not beat early fusion on validation (training-seeds section of
+    BENCHMARKS.md), so both shipped configs use ``early``.
     """
 
     tabular_fusion: Literal["film", "concat", "none"] = "film"

@@ -106,7 +106,7 @@ class PreActResNet(nn.Module):
         for index in range(1, len(blocks)):
             stages.append(stage(index, blocks[index], widths[index - 1], widths[index]))
         self.stages = nn.ModuleList(stages)
-        in_ch = widths[-1] if len(widths) else stem_width
+        in_ch = widths[-1]
         if hadamard:
             # the phase stream's stem and stage 0; self.stem / self.stages[0] are the magnitude's
             self.stem_b = stem(1)
