@@ -128,7 +128,6 @@ class JointConfig(_Strict):
     single convolution sees it. Off in the reference (``paper``), which stacks magnitude and
     phase only.
 
-
     ``image_fusion``: how magnitude and phase meet. ``early`` (the reference): stacked as input
     channels of one backbone. ``hadamard``: two streams, each with its own stem and stage 0, joined
     after stage 0 as ``[m, p, m * p]`` (1x1 convolution; see

@@ -31,4 +31,3 @@ def hash_id(text: str) -> str:
     data = str(text).encode("utf-8")
     digest = hmac.new(key, data, hashlib.sha256).hexdigest() if key else hashlib.sha256(data).hexdigest()
     return digest[:HASH_HEX]
-

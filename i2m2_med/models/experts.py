@@ -122,8 +122,8 @@ class JointModel(nn.Module):
         self.fusion = joint_cfg.tabular_fusion if n_tabular > 0 else "none"
         self.uses_tabular = self.fusion != "none"
         self.swi_power = int(joint_cfg.swi_power) if joint_cfg.swi_channel else None
-        self.image_fusion = joint_cfg.image_fusion
-        self.backbone = _backbone(2 if self.swi_power is None else 3, image_cfg, hadamard=self.image_fusion == "hadamard")
+        self.backbone = _backbone(2 if self.swi_power is None else 3, image_cfg,
+                                  hadamard=joint_cfg.image_fusion == "hadamard")
         self.dropout = nn.Dropout(image_cfg.dropout)
         features = self.backbone.feature_dim
         self.tabular_embed: nn.Module | None = None
