@@ -33,6 +33,7 @@ from i2m2_med import __version__
 from i2m2_med.atomic import write_bytes
 from i2m2_med.config import Config, config_from_dict
 from i2m2_med.errors import CheckpointError, ConfigError, UsageError
+from i2m2_med.heads import HEADS
 
 FORMAT = "i2m2-med-checkpoint"
 FORMAT_VERSION = "1"
@@ -305,6 +306,8 @@ def load_checkpoint(
         model = build_model(variant, config, meta["n_tabular"])
     except (UsageError, ValueError) as exc:
         raise CheckpointError(p, f"cannot build variant {variant!r} from the checkpoint's config: {exc}") from None
+    if "prior_offset" in state and hasattr(model, "set_prior_offset"):
+        model.set_prior_offset(torch.zeros(len(HEADS)))  # shape checked and value loaded below
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

@@ -226,6 +226,11 @@ class TrainingConfig(_Strict):
     finetune_lr_scale: float = Field(1.0, gt=0.0, le=1.0)
     """After a warm start, the product is fine-tuned at every expert's learning rate times this
     factor (1: the same rates as the experts' own training)."""
+    calibration: Literal["none", "prior"] = "prior"
+    """``prior``: after training, the prior term of the product is refitted on the validation
+    split, one log-odds offset per head with every expert frozen (:mod:`i2m2_med.calibration`), so
+    that p(y=1) carries the cohort's prevalence rather than the balanced one that class-weighted
+    training learns; slice-level AUROC is unchanged. ``none``: leave the product as trained."""
     aggregation: Literal["max", "mean", "top3_mean"] = "top3_mean"
     num_workers: int = Field(0, ge=0)
     cache_size: int = Field(512, ge=0)

@@ -424,7 +424,7 @@ def _term_names(model: Any) -> list[str]:
     from i2m2_med.inference import TERM_ORDER
 
     names = list(getattr(model, "expert_names", ()) or ())
-    if getattr(model, "prior", None) is not None:
+    if getattr(model, "has_prior", getattr(model, "prior", None) is not None):
         names.append("prior")
     return sorted(names, key=lambda t: (TERM_ORDER.index(t) if t in TERM_ORDER else len(TERM_ORDER), t))
 

@@ -46,6 +46,22 @@ def summary_table(metrics: Mapping[str, Any], title: str | None = None) -> Any:
     return table
 
 
+def calibration_line(cal: Mapping[str, Any]) -> str:
+    """One line on the prior refitted after training: the offsets and the test calibration error
+    (slice level, mean over the heads) before and after."""
+    offsets = cal.get("offsets")
+    if not offsets:
+        return f"prior not refitted: {cal.get('note') or 'training.calibration is none'}"
+    test = (cal.get("ece_slice") or {}).get("test") or {}
+    rows = [r for r in test.values() if r]
+    text = "prior refitted on validation, log-odds offsets " + ", ".join(f"{h} {v:+.2f}" for h, v in offsets.items())
+    if rows:
+        before = sum(r["before"] for r in rows) / len(rows)
+        after = sum(r["after"] for r in rows) / len(rows)
+        text += f"; test calibration error (slice ECE, mean of {len(rows)} heads) {before:.3f} -> {after:.3f}"
+    return text
+
+
 def print_summary(metrics: Mapping[str, Any], out_dir: Path) -> None:
     from rich.console import Console
 
@@ -63,6 +79,7 @@ def print_summary(metrics: Mapping[str, Any], out_dir: Path) -> None:
     if oracle is not None:
         test = (metrics.get("test_mean_pathologies") or {}).get("slice")
         console.print(f"oracle ceiling (mean3): {_fmt(oracle)}; this model on test (slice mean3): {_fmt(test)}")
+    console.print(calibration_line(metrics.get("calibration") or {}), soft_wrap=True)
     console.print(f"checkpoint: {out_dir / 'model.safetensors'}", soft_wrap=True)
     console.print(f"metrics:    {out_dir / 'metrics.json'}", soft_wrap=True)
 

@@ -124,7 +124,9 @@ def test_results_structure_and_finite_numbers(results: dict, report: Path) -> No
     assert "no expert can run" in mag["drop:magnitude"]["reason"]  # the magnitude expert alone cannot run without magnitude
     assert mag["drop:phase"]["slice"]["mean_pathologies"]["delta"] == pytest.approx(0.0, abs=1e-12)  # phase unused by mag
     ev = results["evidence"]
-    assert ev["experts"] == ["magnitude", "phase", "tabular", "joint"]
+    # the four experts, then the prior term refitted on validation after training
+    assert ev["experts"] == ["magnitude", "phase", "tabular", "joint", "prior"]
+    assert ev["agreement_experts"] == ["magnitude", "phase", "tabular", "joint"]  # the prior sees no input
     for head in HEADS:
         fractions = ev["driving"][head]
         assert sum(v for v in fractions.values() if v is not None) == pytest.approx(1.0)

@@ -258,7 +258,9 @@ with left:
     st.plotly_chart(fig, key="waterfall", config={"displaylogo": False})
     st.caption("Each bar is one expert's log p(1) - log p(0) in nats; I2M2 multiplies the experts' "
                "probabilities and renormalises, so the bars add up to the product's log-odds. "
-               "Red pushes towards the finding, blue against it.")
+               "Red pushes towards the finding, blue against it."
+               + (" The class prior is the product's base rate, refitted on the validation split after training "
+                  "so that p matches the prevalence of the cohort: it sees no image." if "prior" in contrib else ""))
 with right:
     call = "finding" if decision else "no finding"
     if d >= 0:

@@ -25,9 +25,10 @@ tensor ``[B]`` (the collated form of the per-sample ``present`` dict), or ``batc
 list of per-sample dicts. The expert then runs on the whole batch, but its term is excluded for
 those samples (``I2M2Output.mask``); a sample left with no expert raises UsageError.
 
-State-dict keys are ``experts.<name>.*`` (and ``prior.logits``) in every variant, so an expert
-trained alone (e.g. variant ``mag``) loads into the same expert of ``i2m2`` (warm start, see
-:meth:`I2M2Model.load_experts_from`).
+State-dict keys are ``experts.<name>.*`` (and ``prior.logits``; ``prior_offset`` once the prior
+has been refitted after training, see :meth:`I2M2Model.set_prior_offset`) in every variant, so an
+expert trained alone (e.g. variant ``mag``) loads into the same expert of ``i2m2`` (warm start,
+see :meth:`I2M2Model.load_experts_from`).
 """
 
 from __future__ import annotations
@@ -121,6 +122,44 @@ class I2M2Model(nn.Module):
                                            phase_filter=phase_filter())
         self.experts = nn.ModuleDict(modules)
         self.prior = Prior(len(HEADS)) if mcfg.prior else None
+        self.prior_offset: Tensor | None = None
+
+    # ---- the prior refitted after training --------------------------------------------------
+
+    def set_prior_offset(self, offset: Tensor | None) -> None:
+        """Set (``[4]`` log-odds per head) or remove (None) the prior offset refitted after
+        training (:func:`i2m2_med.calibration.fit_prior_offset`).
+
+        The offset adds ``log p(y)`` with ``p(y=1) = sigmoid(offset)`` to the ``"prior"`` term of
+        the product (the term exists from then on even when ``model.prior`` is off), so the
+        combined log-odds move by ``offset`` per head and every expert's own output is unchanged.
+        It is a persistent buffer: it travels in the state dict, the checkpoint's hashes and the
+        model's fingerprint like any weight.
+        """
+        if "prior_offset" in self._buffers:
+            del self._buffers["prior_offset"]
+        if offset is None:
+            self.prior_offset = None
+            return
+        value = torch.as_tensor(offset, dtype=torch.float32).detach().reshape(-1).clone()
+        if value.numel() != len(HEADS) or not bool(torch.isfinite(value).all()):
+            raise UsageError("prior_offset", f"expected {len(HEADS)} finite log-odds, got {value.tolist()}")
+        if "prior_offset" in self.__dict__:
+            del self.__dict__["prior_offset"]
+        device = next(self.parameters()).device
+        self.register_buffer("prior_offset", value.to(device), persistent=True)
+
+    @property
+    def has_prior(self) -> bool:
+        """True when the product has a ``"prior"`` term (a learned prior, a refitted offset, or both)."""
+        return self.prior is not None or self.prior_offset is not None
+
+    def _prior_term(self, batch_size: int) -> Tensor:
+        logits = self.prior.logits if self.prior is not None else None
+        if self.prior_offset is not None:
+            shift = torch.stack([torch.zeros_like(self.prior_offset), self.prior_offset], dim=-1)
+            logits = shift if logits is None else logits + shift.to(logits)
+        return F.log_softmax(logits, dim=-1).unsqueeze(0).expand(batch_size, -1, -1)
 
     # ---- structure -------------------------------------------------------------------------
 
@@ -149,6 +188,7 @@ class I2M2Model(nn.Module):
             "variant": self.variant,
             "experts": {e: list(self.required_modalities(e)) for e in self.expert_names},
             "prior": self.prior is not None,
+            "prior_offset": None if self.prior_offset is None else [float(v) for v in self.prior_offset],
             "n_tabular": self.n_tabular,
             "parameters": {e: sum(p.numel() for p in m.parameters()) for e, m in self.experts.items()},
         }
@@ -244,8 +284,8 @@ class I2M2Model(nn.Module):
                     f"variant {self.variant!r}",
                     f"no expert can run for {int((~covered).sum())} sample(s) of the batch (their modalities are marked absent)",
                 )
-        if self.prior is not None:
-            terms["prior"] = self.prior(batch_size)
+        if self.has_prior:
+            terms["prior"] = self._prior_term(batch_size)
         return I2M2Output(terms=terms, combined=combine(terms, mask or None), dropped=dropped, mask=mask, logits=logits)
 
     @torch.no_grad()

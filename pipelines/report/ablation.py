@@ -500,7 +500,9 @@ def evidence_section(results: Mapping[str, Any], figs: Figures) -> str:
     ref = results.get("reference", "i2m2")
     out = [f'<p class="explain">The product&rsquo;s log-odds are the sum of the experts&rsquo; log-odds, so each expert&rsquo;s term is its '
            f"additive contribution. An expert <i>drives</i> a decision of {esc(ref)} (p &ge; {esc(ev.get('threshold', 0.5))}) when its "
-           "contribution in the decision&rsquo;s direction is the largest. Fractions over the clean test slices, averaged over seeds. "
+           "contribution in the decision&rsquo;s direction is the largest; <i>prior</i> is the product&rsquo;s class prior (refitted on validation "
+           "after training, see <code>training.calibration</code>), which sees no input: where it drives, the base rate decides. "
+           "Fractions over the clean test slices, averaged over seeds. "
            "The agreement matrix gives how often two experts, each deciding alone (p &ge; 0.5), agree.</p>"]
     if undefined(ev) or "driving" not in ev:
         out.append(f'<div class="problems">No evidence summary: {esc(ev.get("reason"))}</div>')

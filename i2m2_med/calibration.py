@@ -1,0 +1,147 @@
+"""The prior of the product, refitted after training so that its probabilities mean what they say.
+
+Why: training weights each head's NLL by inverse class frequency (``training.class_weighting``),
+so that a rare finding is not drowned by the normal slices. The price is that the product learns
+the probabilities of a *balanced* cohort: with a weighted loss the optimum is
+``p_w(y | x) ∝ p(y | x) / pi_y`` (``pi_y`` the training frequency of class ``y``), and a head whose
+findings lie on 5% of the slices reports p = 0.5 where the chance is nearer 0.05. A radiologist
+reading p(y=1) in the app or in ``predictions.csv`` should be able to take it at its word.
+
+What: the I2M2 combination has a place for exactly this, the prior term ``log p(y)`` of the
+product. After training, with every expert frozen, one offset ``b_h`` per head is fitted by
+maximum likelihood on the validation split's slices: the combined log-odds ``L`` become
+``L + b_h`` (intercept-only recalibration, "calibration in the large"). The offset is the prior
+term's log-odds: :meth:`I2M2Model.set_prior_offset` adds it to the ``"prior"`` term, so the
+combined output, the evidence decomposition, diagnose, the app and the reports read the same
+numbers, and the checkpoint carries it as a weight.
+
+What it does not change: a constant per head leaves every slice-level ranking, hence the
+slice-level and in-view AUROC, exactly as they were (the study-level score, the mean of the three
+highest slice probabilities, can move slightly). It does not correct the slope (over- or
+under-confidence); the expected calibration error before and after, on validation (where the offset
+was fitted) and on test (where it was not), is in ``metrics.json`` under ``calibration``.
+
+A head whose validation slices hold one class only has no maximum-likelihood offset; it keeps 0
+and the report says why.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from i2m2_med.heads import HEADS
+
+#: Largest |offset| in log-odds (a prevalence ratio of about 1 : 3e6): beyond it the fit is refused.
+MAX_OFFSET = 15.0
+#: Newton iterations of the one-dimensional fit (it converges in a handful).
+MAX_ITER = 100
+
+
+def _log_sigmoid(x: np.ndarray) -> np.ndarray:
+    return -np.logaddexp(0.0, -x)
+
+
+def offset_nll(log_odds: Any, labels: Any, offset: float) -> float:
+    """Mean binary NLL (nats) of ``labels`` (N,) in {0, 1} under ``sigmoid(log_odds + offset)``."""
+    z = np.asarray(log_odds, dtype=np.float64) + float(offset)
+    y = np.asarray(labels, dtype=np.float64)
+    return float(-(y * _log_sigmoid(z) + (1.0 - y) * _log_sigmoid(-z)).mean())
+
+
+def fit_offset(log_odds: Any, labels: Any) -> tuple[float, str | None]:
+    """The maximum-likelihood offset ``b`` of one head: ``argmin_b NLL(y | sigmoid(L + b))``.
+
+    Args:
+        log_odds: (N,) combined log-odds of the slices.
+        labels: (N,) in {0, 1}; non-finite entries (unlabelled slices) are left out with their
+            log-odds.
+
+    Returns ``(b, None)``, or ``(0.0, reason)`` when the head cannot be fitted (no labelled slice,
+    one class only, or an offset beyond :data:`MAX_OFFSET`). The NLL is convex in ``b``; damped
+    Newton steps from 0 (gradient ``sum(sigmoid(L + b) - y)``, curvature
+    ``sum(sigmoid(L + b) (1 - sigmoid(L + b)))``).
+    """
+    z = np.asarray(log_odds, dtype=np.float64).reshape(-1)
+    y = np.asarray(labels, dtype=np.float64).reshape(-1)
+    keep = np.isfinite(y) & np.isfinite(z)
+    z, y = z[keep], (y[keep] > 0.5).astype(np.float64)
+    if y.size == 0:
+        return 0.0, "no labelled slice"
+    n_pos = int(y.sum())
+    if n_pos == 0 or n_pos == y.size:
+        return 0.0, f"one class only ({n_pos} of {y.size} slices positive)"
+    b = 0.0
+    for _ in range(MAX_ITER):
+        x = z + b
+        grad = float((np.exp(_log_sigmoid(x)) - y).sum())
+        hess = float(np.exp(_log_sigmoid(x) + _log_sigmoid(-x)).sum())  # p (1 - p) without cancellation
+        step = grad / hess if hess > 0.0 else float(np.sign(grad)) * np.inf  # saturated: the largest step
+        step = float(np.clip(step, -2.0, 2.0))
+        b -= step
+        if abs(step) < 1e-10 or abs(b) > 2 * MAX_OFFSET:
+            break
+    if not np.isfinite(b) or abs(b) > MAX_OFFSET:
+        return 0.0, f"offset {b:.1f} beyond +-{MAX_OFFSET:g} log-odds"
+    return float(b), None
+
+
+def fit_prior_offset(log_odds: Any, labels: Any) -> tuple[np.ndarray, dict[str, Any]]:
+    """Per-head offsets ``(4,)`` float32 for combined log-odds ``(N, 4)`` and labels ``(N, 4)``
+    (see :func:`fit_offset`), and a JSON-ready report: per head the offset, the reason when it
+    was not fitted, the slices and positives used, and the validation NLL before and after."""
+    z = np.asarray(log_odds, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.float64)
+    if z.ndim != 2 or z.shape != y.shape or z.shape[1] != len(HEADS):
+        raise ValueError(f"log-odds and labels must both be (N, {len(HEADS)}), got {z.shape} and {y.shape}")
+    offsets = np.zeros(len(HEADS), dtype=np.float64)
+    heads: dict[str, Any] = {}
+    for h, head in enumerate(HEADS):
+        b, reason = fit_offset(z[:, h], y[:, h])
+        offsets[h] = b
+        keep = np.isfinite(y[:, h]) & np.isfinite(z[:, h])
+        yh = (y[keep, h] > 0.5).astype(np.float64)
+        heads[head] = {
+            "offset": b,
+            "fitted": reason is None,
+            "reason": reason,
+            "slices": int(keep.sum()),
+            "positives": int(yh.sum()),
+            "nll_before": offset_nll(z[keep, h], yh, 0.0) if keep.any() else None,
+            "nll_after": offset_nll(z[keep, h], yh, b) if keep.any() else None,
+        }
+    return offsets.astype(np.float32), {"per_head": heads}
+
+
+def calibration_errors(log_odds: Any, labels: Any, offsets: Any, n_bins: int = 10) -> dict[str, Any]:
+    """Slice-level expected calibration error per head, before and after the offset: ``log_odds``
+    ``(N, 4)`` are a model's combined log-odds *with* ``offsets`` ``(4,)`` in its prior term (the
+    output before the fit is ``log_odds - offsets``, exactly); ``labels`` ``(N, 4)``. Returns
+    ``{head: {"before", "after", "mean_p_before", "mean_p_after", "prevalence"}}`` (None where a
+    head has no labelled slice)."""
+    from i2m2_med.evaluation import expected_calibration_error
+
+    z = np.asarray(log_odds, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.float64)
+    b = np.asarray(offsets, dtype=np.float64).reshape(-1)
+    out: dict[str, Any] = {}
+    for h, head in enumerate(HEADS):
+        keep = np.isfinite(y[:, h]) & np.isfinite(z[:, h])
+        if not keep.any():
+            out[head] = None
+            continue
+        yh = (y[keep, h] > 0.5).astype(np.int64)
+        after = np.exp(_log_sigmoid(z[keep, h]))
+        before = np.exp(_log_sigmoid(z[keep, h] - b[h]))
+        out[head] = {
+            "before": expected_calibration_error(yh, before, n_bins=n_bins),
+            "after": expected_calibration_error(yh, after, n_bins=n_bins),
+            "mean_p_before": float(before.mean()),
+            "mean_p_after": float(after.mean()),
+            "prevalence": float(yh.mean()),
+        }
+    return out
+
+
+__all__ = ["MAX_OFFSET", "calibration_errors", "fit_offset", "fit_prior_offset", "offset_nll"]
