@@ -18,8 +18,11 @@ numbers, and the checkpoint carries it as a weight.
 What it does not change: a constant per head leaves every slice-level ranking, hence the
 slice-level and in-view AUROC, exactly as they were (the study-level score, the mean of the three
 highest slice probabilities, can move slightly). It does not correct the slope (over- or
-under-confidence); the expected calibration error before and after, on validation (where the offset
-was fitted) and on test (where it was not), is in ``metrics.json`` under ``calibration``.
+under-confidence), and it calibrates slices, not studies: the study-level score is a ranking
+score (the mean of the top three slice probabilities), not the probability that the study holds
+a finding, and a calibrated slice probability makes it lower. The expected calibration error
+before and after, on validation (where the offset was fitted) and on test (where it was not), is
+in ``metrics.json`` under ``calibration``.
 
 A head whose validation slices hold one class only has no maximum-likelihood offset; it keeps 0
 and the report says why.
