@@ -154,7 +154,7 @@ class StudyPrediction:
     Per slice (S slices, 4 heads in :data:`HEADS` order, terms in :data:`TERM_ORDER`):
 
     * ``terms``: term -> log-probabilities ``(S, 4, 2)`` float32 (each expert that ran, and the
-      prior when the model has one);
+      prior when the model has one: learned, refitted on validation after training, or both);
     * ``combined``: the normalised product ``(S, 4, 2)`` float32 log-probabilities;
     * ``p``: combined p(y=1) ``(S, 4)`` float32 (``exp(combined[..., 1])``).
 

@@ -23,11 +23,11 @@ After fitting, rank 0 refits the product's prior on the validation slices
 (``training.calibration: prior``, :mod:`i2m2_med.calibration`: class-weighted training leaves the
 product with the probabilities of a balanced cohort; one log-odds offset per head restores the
 cohort's prevalence without changing any slice-level ranking), then evaluates the best weights
-on the validation and test splits (slice- and
-study-level AUROC with bootstrap CIs, per head, per expert and combined; see
-:func:`i2m2_med.evaluation.metrics_table`) and writes ``RUN_DIR/model.safetensors`` (through
-:mod:`i2m2_med.checkpoint`), ``RUN_DIR/metrics.json``, ``RUN_DIR/predictions.csv`` and
-``RUN_DIR/config.yaml``; Lightning's CSV logs go to ``RUN_DIR/logs/``.
+on the validation and test splits (slice- and study-level AUROC with bootstrap CIs, per head,
+per expert and combined; see :func:`i2m2_med.evaluation.metrics_table`) and writes
+``RUN_DIR/model.safetensors`` (through :mod:`i2m2_med.checkpoint`), ``RUN_DIR/metrics.json``,
+``RUN_DIR/predictions.csv`` and ``RUN_DIR/config.yaml``; Lightning's CSV logs go to
+``RUN_DIR/logs/``.
 
 Scale-out: ``devices``, ``num_nodes`` and ``strategy`` go to the Lightning Trainer. ``ddp``
 (one process per device, launched by re-running the command) is the recommended multi-device
@@ -438,8 +438,9 @@ def predict_dataset(
 
     Returns ``study_id`` (N,) object, ``slice`` (N,) int64, ``labels`` (N, 4) float32,
     ``p`` {"combined" and each expert name -> (N, 4) float64 p(y=1); NaN where that expert did
-    not count for a slice}, ``log_odds`` (N, 4) float64 (the combined log p(1) - log p(0)), ``dropped`` (experts dropped for a whole batch, with counts),
-    ``seconds`` and ``slices_per_s`` (reading, transforming and the forward pass).
+    not count for a slice}, ``log_odds`` (N, 4) float64 (combined log p(1) - log p(0)),
+    ``dropped`` (experts dropped for a whole batch, with counts), ``seconds`` and
+    ``slices_per_s`` (reading, transforming and the forward pass).
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training

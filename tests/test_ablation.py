@@ -98,6 +98,7 @@ def test_results_structure_and_finite_numbers(results: dict, report: Path) -> No
     assert results["settings"]["quick"] is True and results["settings"]["seeds"] == 1
     assert "ablate --data" in results["command"] and "--quick" in results["command"]
     assert results["model_card"]["intended_use"] == "research use only"
+    assert "prior refitted on the validation slices" in results["model_card"]["model"]["training"]
     assert results["model_card"]["software"]["torch"] == torch.__version__.split("+")[0] or results["model_card"]["software"]["torch"]
     for v in ("i2m2", "mag"):
         entry = results["variants"][v]

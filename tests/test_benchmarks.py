@@ -273,3 +273,49 @@ def test_training_seeds_section_quick(tmp_path: Path) -> None:
     means = {label: sum(r["val_auroc_mean"] for r in rows) / len(rows) for label, rows in runs.items()}
     assert means[chosen] == max(means.values())
     assert any(note.startswith(f"Highest mean validation AUROC over the seeds: {chosen}") for note in result["notes"])
+
+
+def test_training_episodes_note_counts_the_training_split(tiny_cohort: Path, tmp_path: Path) -> None:
+    """The training section's note on what the training split holds: finding episodes per head and
+    regime rule, counted from episodes.csv for the training studies only."""
+    import csv
+
+    from benchmarks.bench_training import training_episodes_note
+
+    with open(tiny_cohort / "splits.csv", newline="") as f:
+        train_ids = {r["study_id"] for r in csv.DictReader(f) if r["split"] == "train"}
+    with open(tiny_cohort / "episodes.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["study_id"] in train_ids]
+    note = training_episodes_note(tiny_cohort)
+    for head in ("acl", "mtear", "cart"):
+        found = [r for r in rows if r["head"] == head and r["finding"] == "1"]
+        inter = [r for r in found if r["mode"] == "inter"]
+        slices = sum(int(r["last_slice"]) - int(r["first_slice"]) + 1 for r in inter)
+        mimics = sum(1 for r in rows if r["head"] == head and r["finding"] == "0")
+        assert f"{head}: {len(found)} finding episodes (inter {len(inter)} ({slices} slices)" in note
+        assert f"against {mimics} mimic episodes" in note.split(f"{head}:")[1].split(";")[0]
+    assert training_episodes_note(tmp_path) is None  # no episodes.csv: no note
+
+
+def test_ablation_regime_notes_carry_the_claim_margins_and_in_view() -> None:
+    """The ablation sections' notes read the regime study of the report's results.json: the
+    claim per regime, the paired margins and each variant's in-view AUROC with its CI."""
+    from benchmarks.bench_ablation import regime_notes
+
+    results = {"regime_study": {
+        "targets": {"slice": {"tolerance": 0.01, "per_regime": {
+            "inter": {"i2m2": 0.86, "intra": 0.79, "inter": 0.76, "met": True},
+            "intra": {"i2m2": None, "intra": 0.5, "inter": 0.6, "met": None, "reason": "i2m2: failed"}}}},
+        "regimes": {"inter": {
+            "test_studies": 5,
+            "margins": {"inter": {"slice": {"diff": 0.1, "ci": [0.01, 0.2], "p": 0.03, "method": "paired bootstrap"}}},
+            "in_view": {"i2m2": {"value": 0.712, "ci": [0.6, 0.8]}, "intra": {"value": 0.55, "ci": None},
+                        "inter": {"value": None, "reason": "no test predictions"}}}},
+    }}
+    notes = regime_notes(results)
+    assert "Regime inter, slice level, mean AUROC ACL/MTEAR/CART: i2m2 0.860, intra 0.790, inter 0.760" in notes[0]
+    assert notes[0].endswith("met.") and notes[1] == "Regime intra, slice level: no result (i2m2: failed)."
+    assert "i2m2 − inter = +0.100 (95% CI +0.010 to +0.200, p = 0.03" in notes[2]
+    assert notes[3].startswith("Regime inter, in view") and notes[3].endswith(
+        "i2m2 0.712 (95% CI 0.600–0.800), intra 0.550, inter – (no test predictions).")
+    assert regime_notes({}) == []

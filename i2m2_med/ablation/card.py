@@ -100,7 +100,9 @@ def model_card(data: Mapping[str, Any], settings: AblationSettings, config: Any,
                            "study": (data.get("splits") or {}).get(s, {}).get("study_prevalence")} for s in ("train", "val", "test")},
         "missing_data": "A missing image modality is absent from the batch and its experts leave the product; nothing is imputed.",
         "model": {"config": config.name, "image_size": config.image_size,
-                  "training": "joint end-to-end NLL of the normalised product of experts, class-weighted, AdamW, early stopping on mean validation AUROC",
+                  "training": "joint end-to-end NLL of the normalised product of experts, class-weighted, AdamW, early stopping on mean validation AUROC"
+                              + ("; then the product's prior refitted on the validation slices (one log-odds offset per head, experts frozen)"
+                                 if config.training.calibration == "prior" else ""),
                   "variants": list(settings.variants), "seeds": settings.seed_list,
                   "max_epochs": settings.epochs if settings.epochs is not None else config.training.max_epochs},
         "evaluation": {"metrics": "AUROC (slice and study level) with stratified percentile bootstrap CIs (slices resampled by study); "

@@ -409,7 +409,9 @@ def calibration_section(results: Mapping[str, Any], figs: Figures) -> str:
     out = [f'<p class="explain">Expected calibration error (ECE, {esc(settings.get("n_bins"))} equal-width bins of p(y=1); 0 is perfect) '
            "of the seed ensembles, and the slice-level reliability diagram: observed fraction of positives against the mean predicted "
            "probability per bin (marker size ~ number of slices); the diagonal is perfect calibration. The diagram shows I2M2, intra "
-           "and inter; click a legend entry to add the others.</p>"]
+           "and inter; click a legend entry to add the others. With <code>training.calibration: prior</code> (the default) each "
+           "trained model&rsquo;s prior was refitted on the validation slices, so that class-weighted training does not leave it "
+           "with the probabilities of a balanced cohort; the model card says which was used.</p>"]
     notes = Notes()
     rows = []
     variants = results.get("variants") or {}
