@@ -123,7 +123,19 @@ def test_torch_path_matches_numpy_path() -> None:
         b = _kspace_to_modalities_torch(torch.from_numpy(k), (320, 320), coils=coils, where=None)
         za = a["magnitude"] * np.exp(1j * a["phase"])
         zb = b["magnitude"].numpy() * np.exp(1j * b["phase"].numpy())
-        assert np.abs(za - zb).max() / np.abs(za).max() < 1e-4
+        err = np.abs(za - zb)
+        if coils:
+            # The combined phase is ill-conditioned where the coils cancel: with coherence
+            # |sum_c x_c conj(l_c)| / sum_c |x_c| |l_c| near 0 (random k-space has such pixels)
+            # float32 rounding moves it by up to eps / coherence. Weight the error by it.
+            from i2m2_med.transforms import _centred_crop_image, _lowres_images
+            x = _centred_crop_image(k, (320, 320), 1)
+            low = _lowres_images(k[None], (320, 320))[0]
+            coherence = np.abs((x * np.conj(low)).sum(0)) / (np.abs(x) * np.abs(low)).sum(0)
+            assert coherence.min() < 0.01  # the case the weighting is for is present
+            err = err * coherence
+            np.testing.assert_allclose(a["magnitude"], b["magnitude"].numpy(), rtol=1e-5, atol=1e-6 * a["magnitude"].max())
+        assert err.max() / np.abs(za).max() < 1e-4
 
 
 def test_workers_do_not_change_results() -> None:
