@@ -51,7 +51,7 @@ import numpy as np
 import scipy.fft as sfft
 import torch
 
-from i2m2_med.errors import TransformError
+from i2m2_med.errors import StudyReadError, TransformError
 
 #: Default centre crop (rows, columns) of the image, pixels.
 DEFAULT_CROP: tuple[int, int] = (320, 320)
@@ -456,43 +456,62 @@ def iter_volume_modalities(
     through a whole volume: yields ``(first_slice, {"magnitude": (n, h, w), "phase": (n, h,
     w)})`` float32 for consecutive blocks of at most ``block`` slices.
 
-    While one block is transformed (its slices spread over ``workers`` threads, see
-    :func:`kspace_to_modalities`) the next one is read by another thread into a second buffer,
-    so reading overlaps with the transform. fastMRI h5 studies are read with the reader's
-    ``read_block`` (direct reads that do not hold the interpreter lock, see
-    :class:`i2m2_med.io.fastmri_h5.FastMRISliceReader`); other k-space studies slice by slice.
-    Memory: two k-space blocks and the block being yielded. Errors are those of the reader
-    (:class:`~i2m2_med.errors.StudyReadError`) and of the transform (:class:`TransformError`).
+    The slices of a block are spread over ``workers`` threads (default: all cores of this
+    process); each thread reads its slice into its own buffer and transforms it with one-thread
+    FFTs, so one thread's read runs beside the other threads' transforms and every core is busy
+    with a whole slice (no thread waits for a separate reader). fastMRI h5 studies are read
+    with the reader's ``read_block`` (direct reads that do not hold the interpreter lock, see
+    :class:`i2m2_med.io.fastmri_h5.FastMRISliceReader`), without its separate NaN/Inf pass:
+    NaN/Inf k-space reaches every pixel of the slice's image, so the image is checked instead
+    and the k-space of a slice whose image is not finite is counted for the error. Other
+    k-space studies are read with ``read_slice``. Memory: one k-space slice per thread and the
+    block being yielded. Errors: :class:`~i2m2_med.errors.StudyReadError` for a slice that
+    cannot be read or holds NaN/Inf values (naming the slice, as the reader does), and
+    :class:`TransformError` otherwise.
     """
+    where = str(getattr(study, "source", None))
     if getattr(study, "domain", None) != "kspace":
-        raise TransformError(str(getattr(study, "source", None)), "not a k-space study: no k-space to transform")
+        raise TransformError(where, "not a k-space study: no k-space to transform")
+    crop = _check_crop(crop, where)
     block = max(1, int(block))
+    workers = cpu_count() if workers is None else max(1, int(workers))
     n = int(study.n_slices)
     reader = study.slice_reader
     read_block = getattr(reader, "read_block", None)
-    buffers: dict[int, np.ndarray] = {}
+    shape = tuple(reader.slice_shape) if read_block is not None else None  # opens the file here
 
-    def read(b: int) -> np.ndarray:
-        start, stop = b * block, min(n, (b + 1) * block)
-        if read_block is None:
-            return np.stack([np.asarray(study.read_slice(i)["kspace"], np.complex64) for i in range(start, stop)])
-        shape = (stop - start, *reader.slice_shape)
-        slot = b % 2
-        if slot not in buffers or buffers[slot].shape != shape:
-            buffers[slot] = np.empty(shape, np.complex64)
-        read_block(start, stop, out=buffers[slot])
-        return buffers[slot]
+    def read(i: int) -> np.ndarray:
+        if read_block is not None:
+            buf = _buffer((1, *shape), np.complex64, "kslice")
+            return read_block(i, i + 1, out=buf, check_finite=False)[0]
+        arr, _ = _as_numpy_kspace(study.read_slice(i)["kspace"], f"{where}: slice {i}")
+        return arr
 
-    n_blocks = -(-n // block)
-    with ThreadPoolExecutor(1, thread_name_prefix="i2m2-read") as ahead:
-        pending = ahead.submit(read, 0)
-        for b in range(n_blocks):
-            kspace = pending.result()
-            if b + 1 < n_blocks:
-                pending = ahead.submit(read, b + 1)
-            yield b * block, kspace_to_modalities(
-                kspace, crop, coils=None, workers=workers, where=str(getattr(study, "source", None))
-            )
+    def one(i: int, mag: np.ndarray, phase: np.ndarray) -> None:
+        k = read(i)
+        if k.ndim == 2:
+            _slice_modalities(k, crop, mag, phase, 1)
+        elif k.ndim == 3:
+            m, p = _multicoil(k[None], crop, 1)
+            mag[...], phase[...] = m[0], p[0]
+        else:
+            raise TransformError(where, f"slice {i}: k-space of shape {tuple(k.shape)}; expected (640, W) or (C, 640, W)")
+        if not np.isfinite(mag.sum(dtype=np.float64)):
+            bad = int((~np.isfinite(k)).sum())
+            if bad:
+                raise StudyReadError(where, f"slice {i}: k-space contains {bad} NaN/Inf values")
+            raise TransformError(where, f"slice {i}: the image overflows float32 (k-space values too large)")
+
+    for b0 in range(0, n, block):
+        b1 = min(n, b0 + block)
+        mag = np.empty((b1 - b0, *crop), dtype=np.float32)
+        phase = np.empty((b1 - b0, *crop), dtype=np.float32)
+        if workers == 1 or b1 - b0 == 1:
+            for i in range(b0, b1):
+                one(i, mag[i - b0], phase[i - b0])
+        else:
+            list(_pool(workers).map(lambda i: one(i, mag[i - b0], phase[i - b0]), range(b0, b1)))
+        yield b0, {"magnitude": mag, "phase": phase}
 
 
 # ---- the same core in torch, for tensors on an accelerator ----------------------------------

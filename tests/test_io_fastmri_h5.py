@@ -355,6 +355,8 @@ def test_direct_reads_name_the_slice_with_nan(tmp_path):
     with pytest.raises(StudyReadError) as info:
         reader.read_block(2, 6)
     assert "slice 4: k-space contains 2 NaN/Inf values" in info.value.one_line()
+    unchecked = reader.read_block(2, 6, check_finite=False)  # for callers that check the image
+    assert int((~np.isfinite(unchecked)).sum()) == 2 and np.isnan(unchecked[2, 3, 2])
     reader.close()
 
 

@@ -456,6 +456,41 @@ def test_iter_volume_modalities_equals_slice_by_slice(tmp_path, shape, block):
     study.slice_reader.close()
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_iter_volume_modalities_names_the_bad_slice_of_a_direct_read_file(tmp_path, workers):
+    """The volume path skips the reader's NaN/Inf pass and checks the images instead: the
+    error still names the file and the slice, with the reader's count; a finite slice whose
+    image overflows float32 is a TransformError, not a NaN report."""
+    from i2m2_med.errors import StudyReadError
+    from i2m2_med.io.fastmri_h5 import read_fastmri_h5, write_fastmri_h5
+    from i2m2_med.io.ismrmrd import HeaderParams, build_header
+    from i2m2_med.transforms import iter_volume_modalities
+
+    k = _kspace((7, 96, 72), seed=21)
+    k[5, 40, 7] = np.nan
+    k[5, 2, 70] = -np.inf
+    path = tmp_path / "nan.h5"
+    write_fastmri_h5(path, k, build_header(HeaderParams(encoded_y=72, n_slices=7)))
+    study = read_fastmri_h5(path)
+    assert study.slice_reader.direct
+    blocks = iter_volume_modalities(study, (64, 64), block=4, workers=workers)
+    start, first = next(blocks)
+    assert start == 0 and np.isfinite(first["magnitude"]).all()
+    with pytest.raises(StudyReadError) as info:
+        next(blocks)
+    msg = info.value.one_line()
+    assert str(path) in msg and "slice 5: k-space contains 2 NaN/Inf values" in msg
+    study.slice_reader.close()
+
+    huge = np.full((2, 96, 72), 3e38 + 3e38j, np.complex64)
+    path = tmp_path / "huge.h5"
+    write_fastmri_h5(path, huge, build_header(HeaderParams(encoded_y=72, n_slices=2)))
+    study = read_fastmri_h5(path)
+    with pytest.raises(TransformError, match="slice 0: the image overflows float32"):
+        list(iter_volume_modalities(study, (64, 64), workers=workers))
+    study.slice_reader.close()
+
+
 def test_iter_volume_modalities_without_block_reads_and_bad_studies(tmp_path):
     from pathlib import Path
 
