@@ -113,7 +113,10 @@ def render_markdown(results: dict[str, Any]) -> str:
     ]
     if targets:
         lines += ["## Targets at a glance", "",
-                  "| section | ratio | median | target | met | measured |", "| --- | --- | ---: | ---: | --- | --- |"]
+                  "Sections keep the machine they were last measured on (the CPU column); every ratio "
+                  "compares paths timed side by side on that machine.", "",
+                  "| section | ratio | median | target | met | measured | CPU |",
+                  "| --- | --- | ---: | ---: | --- | --- | --- |"]
         for n in order:
             sec = sections[n]
             for r in sec.get("ratios", []):
@@ -122,7 +125,8 @@ def render_markdown(results: dict[str, Any]) -> str:
                 median = r.get("stats", {}).get("median")
                 met = "–" if median is None else ("yes" if median >= r["target"] else "**no**")
                 quick = " (quick run)" if sec.get("quick") else ""
-                lines.append(f"| {n} | {r['label']} | {_fmt(median)} | ≥ {r['target']:g} | {met} | {sec.get('measured_at', '?')}{quick} |")
+                cpu = sec.get("machine", {}).get("cpu", "?")
+                lines.append(f"| {n} | {r['label']} | {_fmt(median)} | ≥ {r['target']:g} | {met} | {sec.get('measured_at', '?')}{quick} | {cpu} |")
         lines.append("")
     for name in order:
         sec = sections[name]

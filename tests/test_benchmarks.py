@@ -96,7 +96,12 @@ def test_quick_benchmark_writes_json_and_markdown(tmp_path: Path) -> None:
     assert len(rows) == sum(len(s["figures"]) + len(s["ratios"]) for s in secs) + tables + glance
     assert md.index("## Targets at a glance") < md.index("## Modality pipeline")
     assert md.count("| ≥ 0.8 | ") >= 2 and "| ≥ 10 | yes |" in md
-    assert all(line.count("|") in (6, 7) for line in rows)
+    glance_rows = md.split("## Targets at a glance", 1)[1].split("\n## ", 1)[0]
+    glance_rows = [line for line in glance_rows.splitlines() if line.startswith("| ") and "---" not in line]
+    assert glance_rows[0].endswith("| measured | CPU |") and len(glance_rows) == glance
+    cpu = sec["machine"]["cpu"]
+    assert all(line.count("|") == 8 and line.endswith(f"| {cpu} |") for line in glance_rows[1:])
+    assert all(line.count("|") in (6, 7) for line in rows if line not in glance_rows)
 
 
 def test_markdown_renders_failed_section() -> None:
