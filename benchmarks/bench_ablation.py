@@ -39,10 +39,13 @@ def regime_notes(results: Mapping[str, Any]) -> list[str]:
             if any(r.get(v) is None for v in ("i2m2", "intra", "inter")):
                 notes.append(f"Regime {name}, {level} level: no result ({r.get('reason')}).")
                 continue
+            below = max(r["i2m2"], r["intra"], r["inter"]) < 0.5
             notes.append(
                 f"Regime {name}, {level} level, mean AUROC ACL/MTEAR/CART: i2m2 {r['i2m2']:.3f}, intra {r['intra']:.3f},"
                 f" inter {r['inter']:.3f}; claim (i2m2 >= max(intra, inter) - {target.get('tolerance', 0.01)}):"
                 f" {'met' if r.get('met') else ('not met' if r.get('met') is False else 'no verdict: ' + str(r.get('reason')))}."
+                + (" Every variant is below chance (0.5): these models rank negatives above positives, so the"
+                   " claim compares models that have not learned the task." if below else "")
             )
     for regime_name, entry in (regime.get("regimes") or {}).items():
         for other, m in ((entry or {}).get("margins") or {}).items():
@@ -65,9 +68,13 @@ def regime_notes(results: Mapping[str, Any]) -> list[str]:
                 cells.append(f"{variant} – ({cell.get('reason') or 'no result'})")
             else:
                 ci = cell.get("ci")
-                cells.append(f"{variant} {cell['value']:.3f}" + (f" (95% CI {ci[0]:.3f}–{ci[1]:.3f})" if ci else ""))
+                cells.append(f"{variant} {cell['value']:.3f}" + (f" (95% CI {ci[0]:.3f}–{ci[1]:.3f})" if ci else "")
+                             + (" [below chance]" if ci and ci[1] < 0.5 else ""))
+        flagged = any("[below chance]" in c for c in cells)
         notes.append(f"Regime {regime_name}, in view (each head on the slices where its anatomy is in view: findings "
-                     f"against their mimics), seed-ensemble mean AUROC ACL/MTEAR/CART: {', '.join(cells)}.")
+                     f"against their mimics), seed-ensemble mean AUROC ACL/MTEAR/CART: {', '.join(cells)}."
+                     + (" [below chance]: the whole 95% CI lies under 0.5, so the model ranks the mimics above the"
+                        " findings." if flagged else ""))
     return notes
 
 

@@ -491,6 +491,10 @@ def test_regime_study_end_to_end(tiny_cohort: Path, small_config: Path, tmp_path
     page = write_report(res, tmp_path / "report").read_text(encoding="utf-8")
     assert "oracle ceiling" in page and "generated for the regime study" in page
     assert "in-view AUROC" in page
+    # an in-view AUROC whose whole CI lies under 0.5 is marked (the legend says what it means once)
+    below = sum(1 for block in study["regimes"].values() for v in ("i2m2", "intra", "inter")
+                if block["in_view"][v].get("ci") and block["in_view"][v]["ci"][1] < 0.5)
+    assert page.count('<span class="bad">below chance</span>') == below + 1
     # a second run reuses the generated cohorts and every cached run
     again = run_ablation(tiny_cohort, tmp_path / "report2", settings, cache_dir=tmp_path / "cache")
     assert again["timing"]["runs_trained"] == 0

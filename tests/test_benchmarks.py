@@ -323,4 +323,14 @@ def test_ablation_regime_notes_carry_the_claim_margins_and_in_view() -> None:
     assert "i2m2 − inter = +0.100 (95% CI +0.010 to +0.200, p = 0.03" in notes[2]
     assert notes[3].startswith("Regime inter, in view") and notes[3].endswith(
         "i2m2 0.712 (95% CI 0.600–0.800), intra 0.550, inter – (no test predictions).")
+    assert "below chance" not in " ".join(notes)
+    # a model that ranks mimics above findings is flagged, from the CI (not the point value)
+    results["regime_study"]["targets"]["slice"]["per_regime"]["inter"].update(i2m2=0.31, intra=0.45, inter=0.49, met=True)
+    results["regime_study"]["regimes"]["inter"]["in_view"] = {
+        "i2m2": {"value": 0.3, "ci": [0.2, 0.47]}, "intra": {"value": 0.45, "ci": [0.3, 0.6]}, "inter": {"value": 0.4, "ci": None}}
+    notes = regime_notes(results)
+    assert notes[0].endswith("Every variant is below chance (0.5): these models rank negatives above positives, so the"
+                             " claim compares models that have not learned the task.")
+    assert "i2m2 0.300 (95% CI 0.200–0.470) [below chance], intra 0.450 (95% CI 0.300–0.600), inter 0.400." in notes[3]
+    assert notes[3].endswith("so the model ranks the mimics above the findings.")
     assert regime_notes({}) == []

@@ -717,14 +717,17 @@ def regime_section(results: Mapping[str, Any], figs: Figures) -> str:
         row = [esc(regime)]
         for v in study.get("variants", []):
             cell = iv.get(v) or {}
-            row.append(f"{num(cell['value'])} {ci_text(cell.get('ci'))}" if cell.get("value") is not None
-                       else notes.na(cell.get("reason") or "no result"))
+            ci = cell.get("ci")
+            below = bool(ci) and ci[1] is not None and float(ci[1]) < 0.5
+            row.append(f"{num(cell['value'])} {ci_text(ci)}" + ('<br><span class="bad">below chance</span>' if below else "")
+                       if cell.get("value") is not None else notes.na(cell.get("reason") or "no result"))
         view_rows.append(row)
     if view_rows:
         out.append("<h3>Findings against their mimics: in-view AUROC (seed ensemble, 95% CI)</h3>")
         out.append('<p class="explain">Each head scored only on the test slices where its anatomy is in view (inside an '
                    "episode of the cohort&rsquo;s <code>episodes.csv</code>, finding or mimic). Every variant learns where "
-                   "findings can lie; this AUROC asks whether it also tells a finding from the mimics around it (0.5: it does not).</p>")
+                   "findings can lie; this AUROC asks whether it also tells a finding from the mimics around it (0.5: it does not; "
+                   "<span class=\"bad\">below chance</span>, the whole CI under 0.5: it ranks the mimics above the findings).</p>")
         out.append(table(["regime", *[esc(v) for v in study.get("variants", [])]], view_rows))
         out.append(notes.html())
     bayes_rows = []
