@@ -39,7 +39,7 @@ def regime_notes(results: Mapping[str, Any]) -> list[str]:
             if any(r.get(v) is None for v in ("i2m2", "intra", "inter")):
                 notes.append(f"Regime {name}, {level} level: no result ({r.get('reason')}).")
                 continue
-            below = max(r["i2m2"], r["intra"], r["inter"]) < 0.5
+            below = max(r["i2m2"], r["intra"], r["inter"]) < 0.5 and r.get("met") is not None
             notes.append(
                 f"Regime {name}, {level} level, mean AUROC ACL/MTEAR/CART: i2m2 {r['i2m2']:.3f}, intra {r['intra']:.3f},"
                 f" inter {r['inter']:.3f}; claim (i2m2 >= max(intra, inter) - {target.get('tolerance', 0.01)}):"

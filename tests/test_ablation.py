@@ -412,6 +412,17 @@ def test_regime_targets_and_oracle(tmp_path: Path) -> None:
     small = ts["per_regime"]["intra"]
     assert small["met"] is None and "only 2 test studies" in small["reason"] and small["i2m2"] == 0.0
     assert ts["per_regime"]["inter"]["met"] is False and ts["all_met"] is None
+    # enough studies, but a head with one negative study: its study-level AUROC is that study's rank
+    thin = study_block(0.3, 0.27, 0.26, 9) | {"test_study_classes": {
+        "acl": {"positive": 2, "negative": 7}, "mtear": {"positive": 8, "negative": 1}, "cart": {"positive": 3, "negative": 6}}}
+    tt = reg.regime_targets({"intra": thin}, level="study")["per_regime"]["intra"]
+    assert tt["met"] is None and tt["i2m2"] == 0.3
+    assert "MTEAR 8 positive / 1 negative" in tt["reason"] and "ACL" not in tt["reason"] and "CART" not in tt["reason"]
+    balanced = thin | {"test_study_classes": {"acl": {"positive": 2, "negative": 7}, "mtear": {"positive": 7, "negative": 2}}}
+    assert reg.regime_targets({"intra": balanced}, level="study")["per_regime"]["intra"]["met"] is True
+    # the slice level of a regime with thin study classes keeps its verdict
+    assert reg.regime_targets({"intra": block(0.9, 0.8, 0.7) | {"test_study_classes": thin["test_study_classes"]}})[
+        "per_regime"]["intra"]["met"] is True
     # the slice level of the same small regime still gets its verdict
     assert reg.regime_targets({"intra": block(0.9, 0.8, 0.7) | {"test_studies": 2}})["per_regime"]["intra"]["met"] is True
     rows = ["study_id,slice," + ",".join(f"{h}_true,{h}" for h in HEADS)]
@@ -483,6 +494,9 @@ def test_regime_study_end_to_end(tiny_cohort: Path, small_config: Path, tmp_path
             assert (cell["value"] is not None and 0.0 <= cell["value"] <= 1.0) or cell["reason"], (regime, v)
             if cell["value"] is not None and cell["ci"] is not None:
                 assert cell["ci"][0] <= cell["value"] <= cell["ci"][1]
+        classes = block["test_study_classes"]
+        assert set(classes) == {"acl", "mtear", "cart"}
+        assert all(c["positive"] + c["negative"] == block["test_studies"] for c in classes.values())
     targets = study["targets"]["slice"]["per_regime"]
     for regime, t in targets.items():
         if t["met"] is not None:

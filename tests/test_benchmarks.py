@@ -333,4 +333,8 @@ def test_ablation_regime_notes_carry_the_claim_margins_and_in_view() -> None:
                              " claim compares models that have not learned the task.")
     assert "i2m2 0.300 (95% CI 0.200–0.470) [below chance], intra 0.450 (95% CI 0.300–0.600), inter 0.400." in notes[3]
     assert notes[3].endswith("so the model ranks the mimics above the findings.")
+    # no verdict (too few studies of a class): no below-chance sentence on top of the reason
+    results["regime_study"]["targets"]["slice"]["per_regime"]["inter"].update(met=None, reason="too few test studies of a class")
+    notes = regime_notes(results)
+    assert notes[0].endswith("no verdict: too few test studies of a class.")
     assert regime_notes({}) == []

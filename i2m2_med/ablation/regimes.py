@@ -174,6 +174,16 @@ def regime_targets(per_regime: Mapping[str, Mapping[str, Any]], tolerance: float
                           f"{MIN_STUDY_LEVEL_STUDIES} to say anything (use more regime volumes)",
             }
             continue
+        classes = block.get("test_study_classes") or {}
+        thin = [f"{h.upper()} {c['positive']} positive / {c['negative']} negative" for h, c in classes.items()
+                if min(int(c["positive"]), int(c["negative"])) < MIN_UNITS_PER_CLASS]
+        if level == "study" and thin:
+            out["per_regime"][regime] = {
+                "met": None, **means,
+                "reason": f"too few test studies of a class ({'; '.join(thin)}): a head's study-level AUROC then "
+                          f"rests on one study; at least {MIN_UNITS_PER_CLASS} of each are needed (use more regime volumes)",
+            }
+            continue
         best = max(means["intra"], means["inter"])
         out["per_regime"][regime] = {
             **means,

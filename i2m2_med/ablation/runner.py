@@ -448,6 +448,14 @@ def regime_block(
                 n_boot=settings.n_boot, alpha=settings.alpha, seed=settings.stat_seed + 7, names=stats.PATHOLOGY_HEADS,
             )
     block["margins"] = margins
+    block["test_study_classes"] = None
+    for v in ("i2m2", "intra", "inter"):
+        if v in ens and ens[v].ok:
+            y, _, _ = stats.level_arrays(ens[v], "study", agg_rule, k)
+            y = np.asarray(y, dtype=bool)
+            block["test_study_classes"] = {h: {"positive": int(y[:, i].sum()), "negative": int((~y[:, i]).sum())}
+                                           for h, i in zip(stats.PATHOLOGY_HEADS, stats.PATHOLOGY_IDX)}
+            break
     block["ensemble_of"] = {v: len([s for s in grid.ok_seeds(v) if s in seeds]) for v in REGIME_VARIANTS}
     block["in_view"] = reg.in_view_block(ens, cohort.in_view, settings.n_boot, settings.alpha, settings.stat_seed + 11)
     return block
