@@ -414,11 +414,12 @@ def test_regime_targets_and_oracle(tmp_path: Path) -> None:
     assert ts["per_regime"]["inter"]["met"] is False and ts["all_met"] is None
     # enough studies, but a head with one negative study: its study-level AUROC is that study's rank
     thin = study_block(0.3, 0.27, 0.26, 9) | {"test_study_classes": {
-        "acl": {"positive": 2, "negative": 7}, "mtear": {"positive": 8, "negative": 1}, "cart": {"positive": 3, "negative": 6}}}
+        "acl": {"positive": 0, "negative": 9}, "mtear": {"positive": 8, "negative": 1}, "cart": {"positive": 3, "negative": 6}}}
     tt = reg.regime_targets({"intra": thin}, level="study")["per_regime"]["intra"]
     assert tt["met"] is None and tt["i2m2"] == 0.3
     assert "MTEAR 8 positive / 1 negative" in tt["reason"] and "ACL" not in tt["reason"] and "CART" not in tt["reason"]
-    balanced = thin | {"test_study_classes": {"acl": {"positive": 2, "negative": 7}, "mtear": {"positive": 7, "negative": 2}}}
+    # a head without positive studies is out of the mean (no AUROC) and does not hold the verdict back
+    balanced = thin | {"test_study_classes": {"acl": {"positive": 0, "negative": 9}, "mtear": {"positive": 7, "negative": 2}}}
     assert reg.regime_targets({"intra": balanced}, level="study")["per_regime"]["intra"]["met"] is True
     # the slice level of a regime with thin study classes keeps its verdict
     assert reg.regime_targets({"intra": block(0.9, 0.8, 0.7) | {"test_study_classes": thin["test_study_classes"]}})[

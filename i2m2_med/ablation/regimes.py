@@ -174,9 +174,11 @@ def regime_targets(per_regime: Mapping[str, Mapping[str, Any]], tolerance: float
                           f"{MIN_STUDY_LEVEL_STUDIES} to say anything (use more regime volumes)",
             }
             continue
+        # a head with no study of a class has no AUROC and is left out of the mean; one with a
+        # single study of a class is in the mean with an AUROC that is that study's rank
         classes = block.get("test_study_classes") or {}
         thin = [f"{h.upper()} {c['positive']} positive / {c['negative']} negative" for h, c in classes.items()
-                if min(int(c["positive"]), int(c["negative"])) < MIN_UNITS_PER_CLASS]
+                if 0 < min(int(c["positive"]), int(c["negative"])) < MIN_UNITS_PER_CLASS]
         if level == "study" and thin:
             out["per_regime"][regime] = {
                 "met": None, **means,
