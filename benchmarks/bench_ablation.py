@@ -19,6 +19,7 @@ import time
 from typing import Any, Mapping
 
 from benchmarks.common import Context
+from pipelines.report.ablation import below_chance
 
 TITLE = "Clinical ablation report: `i2m2-med ablate --quick` wall time (ablation-issue target)"
 TARGET_MINUTES = 5.0
@@ -62,15 +63,17 @@ def regime_notes(results: Mapping[str, Any]) -> list[str]:
             notes.append(f"Regime {regime_name}, in view: no result ({view['reason']}).")
             continue
         cells = []
+        flagged = False
         for variant in ("i2m2", "intra", "inter"):
             cell = view.get(variant) or {}
             if cell.get("value") is None:
                 cells.append(f"{variant} – ({cell.get('reason') or 'no result'})")
             else:
                 ci = cell.get("ci")
+                below = below_chance(ci)
+                flagged |= below
                 cells.append(f"{variant} {cell['value']:.3f}" + (f" (95% CI {ci[0]:.3f}–{ci[1]:.3f})" if ci else "")
-                             + (" [below chance]" if ci and ci[1] < 0.5 else ""))
-        flagged = any("[below chance]" in c for c in cells)
+                             + (" [below chance]" if below else ""))
         notes.append(f"Regime {regime_name}, in view (each head on the slices where its anatomy is in view: findings "
                      f"against their mimics), seed-ensemble mean AUROC ACL/MTEAR/CART: {', '.join(cells)}."
                      + (" [below chance]: the whole 95% CI lies under 0.5, so the model ranks the mimics above the"

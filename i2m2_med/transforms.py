@@ -290,11 +290,15 @@ def _check_crop(crop: Any, where: str | None) -> tuple[int, int]:
     return h, w
 
 
-def _raise_non_finite(k: np.ndarray, where: str | None) -> None:
+def _raise_non_finite(k: np.ndarray, where: str | None, index: int | None = None,
+                      nan_error: type[Exception] = TransformError) -> None:
+    """Why the image of ``k`` is not finite: ``nan_error`` counting the NaN/Inf values of the
+    k-space, or a :class:`TransformError` for an overflow; ``index`` names the slice."""
+    at = "" if index is None else f"slice {index}: "
     bad = int((~np.isfinite(k)).sum())
     if bad:
-        raise TransformError(where, f"k-space contains {bad} NaN/Inf values")
-    raise TransformError(where, "the image overflows float32 (k-space values too large)")
+        raise nan_error(where, f"{at}k-space contains {bad} NaN/Inf values")
+    raise TransformError(where, f"{at}the image overflows float32 (k-space values too large)")
 
 
 # ---- the functional core --------------------------------------------------------------------
@@ -497,10 +501,7 @@ def iter_volume_modalities(
         else:
             raise TransformError(where, f"slice {i}: k-space of shape {tuple(k.shape)}; expected (640, W) or (C, 640, W)")
         if not np.isfinite(mag.sum(dtype=np.float64)):
-            bad = int((~np.isfinite(k)).sum())
-            if bad:
-                raise StudyReadError(where, f"slice {i}: k-space contains {bad} NaN/Inf values")
-            raise TransformError(where, f"slice {i}: the image overflows float32 (k-space values too large)")
+            _raise_non_finite(k, where, i, nan_error=StudyReadError)  # the reader's error and words
 
     for b0 in range(0, n, block):
         b1 = min(n, b0 + block)

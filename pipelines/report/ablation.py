@@ -116,6 +116,12 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]], left: int = 1, 
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+def below_chance(ci: Any) -> bool:
+    """True when a 95% CI ``(low, high)`` of an AUROC lies wholly under 0.5: the model ranks the
+    negatives (for the in-view AUROC: the mimics) above the positives."""
+    return bool(ci) and ci[1] is not None and float(ci[1]) < 0.5
+
+
 def undefined(block: Any) -> bool:
     return isinstance(block, Mapping) and "value" in block and block.get("value") is None
 
@@ -718,8 +724,7 @@ def regime_section(results: Mapping[str, Any], figs: Figures) -> str:
         for v in study.get("variants", []):
             cell = iv.get(v) or {}
             ci = cell.get("ci")
-            below = bool(ci) and ci[1] is not None and float(ci[1]) < 0.5
-            row.append(f"{num(cell['value'])} {ci_text(ci)}" + ('<br><span class="bad">below chance</span>' if below else "")
+            row.append(f"{num(cell['value'])} {ci_text(ci)}" + ('<br><span class="bad">below chance</span>' if below_chance(ci) else "")
                        if cell.get("value") is not None else notes.na(cell.get("reason") or "no result"))
         view_rows.append(row)
     if view_rows:
