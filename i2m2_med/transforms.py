@@ -42,9 +42,11 @@ Multicoil k-space (C coils) is combined per pixel:
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, Iterator
 
 import numpy as np
@@ -159,9 +161,11 @@ def _slice_modalities(
     phase: np.ndarray,
     workers: int,
     pool: ThreadPoolExecutor | None = None,
+    overwrite_k: bool = False,
 ) -> None:
     """One singlecoil slice (R, W) complex64 -> magnitude and phase (crop) float32, written
-    into ``mag`` and ``phase``.
+    into ``mag`` and ``phase``. The readout FFT runs in place, on ``k`` itself when
+    ``overwrite_k`` (``k`` is scratch: a read buffer), else on a per-thread copy of it.
 
     Even R and W (every fastMRI size): the readout axis is transformed for every column
     (``workers`` threads), then the kept rows -- one or two contiguous row blocks, the window
@@ -184,7 +188,13 @@ def _slice_modalities(
         phase[r0:r1, c0:c1] = z.real
         _atan2_inplace(im, phase[r0:r1, c0:c1])
         return
-    y = sfft.ifft(k, axis=0, norm="ortho", workers=workers)
+    if not overwrite_k:
+        # the caller's k-space is left as it is: a per-thread copy is transformed in place,
+        # cheaper than a new (R, W) array per slice (fresh pages cost more than the copy)
+        scratch = _buffer(k.shape, np.complex64, "kscratch")
+        np.copyto(scratch, k)
+        k = scratch
+    y = sfft.ifft(k, axis=0, norm="ortho", workers=workers, overwrite_x=True)
     sign = _sign_plane(ramp_r, ramp_c)
     col_blocks = _wrapped_blocks(mc, n_cols, cols)
     parts = max(1, workers if pool is not None else 1)
@@ -468,8 +478,10 @@ def iter_volume_modalities(
     :class:`i2m2_med.io.fastmri_h5.FastMRISliceReader`), without its separate NaN/Inf pass:
     NaN/Inf k-space reaches every pixel of the slice's image, so the image is checked instead
     and the k-space of a slice whose image is not finite is counted for the error. Other
-    k-space studies are read with ``read_slice``. Memory: one k-space slice per thread and the
-    block being yielded. Errors: :class:`~i2m2_med.errors.StudyReadError` for a slice that
+    k-space studies are read with ``read_slice``. With more than one worker the next block is
+    queued before a block is waited for, so no core idles at block ends and the next block is
+    computed while the caller uses the one yielded. Memory: one k-space slice per thread and
+    two blocks. Errors: :class:`~i2m2_med.errors.StudyReadError` for a slice that
     cannot be read or holds NaN/Inf values (naming the slice, as the reader does), and
     :class:`TransformError` otherwise.
     """
@@ -494,25 +506,58 @@ def iter_volume_modalities(
     def one(i: int, mag: np.ndarray, phase: np.ndarray) -> None:
         k = read(i)
         if k.ndim == 2:
-            _slice_modalities(k, crop, mag, phase, 1)
+            # the thread's read buffer is scratch: its readout FFT runs in place
+            _slice_modalities(k, crop, mag, phase, 1, overwrite_k=read_block is not None)
         elif k.ndim == 3:
             m, p = _multicoil(k[None], crop, 1)
             mag[...], phase[...] = m[0], p[0]
         else:
             raise TransformError(where, f"slice {i}: k-space of shape {tuple(k.shape)}; expected (640, W) or (C, 640, W)")
         if not np.isfinite(mag.sum(dtype=np.float64)):
-            _raise_non_finite(k, where, i, nan_error=StudyReadError)  # the reader's error and words
+            if read_block is not None:  # the buffer was overwritten: read the slice again
+                k = read_block(i, i + 1)[0]  # NaN/Inf: the reader's StudyReadError, naming the slice
+            _raise_non_finite(k, where, i, nan_error=StudyReadError)
 
-    for b0 in range(0, n, block):
+    if workers == 1:
+        for b0 in range(0, n, block):
+            b1 = min(n, b0 + block)
+            mag = np.empty((b1 - b0, *crop), dtype=np.float32)
+            phase = np.empty((b1 - b0, *crop), dtype=np.float32)
+            for i in range(b0, b1):
+                one(i, mag[i - b0], phase[i - b0])
+            yield b0, {"magnitude": mag, "phase": phase}
+        return
+
+    if n == 0:
+        return
+    pool = _pool(workers)
+
+    def submit(b0: int) -> tuple[int, np.ndarray, np.ndarray, list[Future]]:
         b1 = min(n, b0 + block)
         mag = np.empty((b1 - b0, *crop), dtype=np.float32)
         phase = np.empty((b1 - b0, *crop), dtype=np.float32)
-        if workers == 1 or b1 - b0 == 1:
-            for i in range(b0, b1):
-                one(i, mag[i - b0], phase[i - b0])
-        else:
-            list(_pool(workers).map(lambda i: one(i, mag[i - b0], phase[i - b0]), range(b0, b1)))
-        yield b0, {"magnitude": mag, "phase": phase}
+        return b0, mag, phase, [pool.submit(one, i, mag[i - b0], phase[i - b0]) for i in range(b0, b1)]
+
+    # The next block is queued before a block is waited for: a thread done with its last slice
+    # of one block starts on the next at once (no core idles at block ends), and the next block
+    # is computed while the caller uses the one yielded.
+    starts = iter(range(0, n, block))
+    queued: deque[tuple[int, np.ndarray, np.ndarray, list[Future]]] = deque([submit(next(starts))])
+    try:
+        while queued:
+            nxt = next(starts, None)
+            if nxt is not None:
+                queued.append(submit(nxt))
+            b0, mag, phase, futures = queued[0]
+            for fut in futures:
+                fut.result()  # the first failing slice, in slice order
+            queued.popleft()
+            yield b0, {"magnitude": mag, "phase": phase}
+    finally:  # closed early or failed: nothing of this study is left running
+        left = [fut for *_, futures in queued for fut in futures]
+        for fut in left:
+            fut.cancel()
+        wait(left)
 
 
 # ---- the same core in torch, for tensors on an accelerator ----------------------------------

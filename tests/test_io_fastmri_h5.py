@@ -384,3 +384,33 @@ def test_direct_read_of_a_truncated_file_is_one_clear_error(tmp_path):
     msg = info.value.one_line()
     assert str(path) in msg and "slices 2..3" in msg and "truncated" in msg
     reader.close()
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "chunked", "userblock_chunked"])
+def test_direct_layout_check_refuses_wrong_offsets(tmp_path, layout):
+    """The layout is checked against h5py at both ends of the dataset: a base offset off by one
+    value, a wrong slice stride or a file cut short before the last slice all fail the check
+    (and the reader then falls back to h5py)."""
+    import os
+
+    from i2m2_med.io.fastmri_h5 import _DirectLayout, _direct_layout
+
+    path = tmp_path / f"{layout}.h5"
+    k = _kspace((5, 64, 40), seed=9)
+    _layout_file(path, k, layout)
+    with h5py.File(path, "r") as f:
+        ds = f["kspace"]
+        good = _direct_layout(f)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            assert good is not None and good.verified(fd, ds)
+            shifted = _DirectLayout(good.offsets + 8, good.slice_bytes, good.contiguous)
+            assert not shifted.verified(fd, ds)
+            stride = good.offsets.copy()
+            stride[-1] += 40 * 8  # the last slice one line further on
+            assert not _DirectLayout(stride, good.slice_bytes, good.contiguous).verified(fd, ds)
+            past_end = good.offsets.copy()
+            past_end[-1] = path.stat().st_size - 10
+            assert not _DirectLayout(past_end, good.slice_bytes, good.contiguous).verified(fd, ds)
+        finally:
+            os.close(fd)

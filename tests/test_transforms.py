@@ -515,3 +515,53 @@ def test_iter_volume_modalities_without_block_reads_and_bad_studies(tmp_path):
     image = Study("img", Path("img.nii.gz"), "nifti", "image", 2, ("magnitude",), lambda i: {})
     with pytest.raises(TransformError, match="not a k-space study"):
         next(iter_volume_modalities(image))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_transform_leaves_the_kspace_as_it_was_and_repeats_exactly(workers):
+    """The readout FFT runs in place on a per-thread copy: the caller's k-space is not touched,
+    and a slice transformed again after others gives the same bytes."""
+    vol = _kspace((4, 96, 72), seed=31)
+    before = vol.copy()
+    first = kspace_to_modalities(vol, (64, 64), workers=workers)
+    np.testing.assert_array_equal(vol, before)
+    one = kspace_to_modalities(vol[2], (64, 64), workers=workers)
+    np.testing.assert_array_equal(vol, before)
+    kspace_to_modalities(_kspace((96, 80), seed=32), (64, 64), workers=workers)  # another width
+    again = kspace_to_modalities(vol[2], (64, 64), workers=workers)
+    for key in ("magnitude", "phase"):
+        np.testing.assert_array_equal(again[key], one[key])
+        np.testing.assert_allclose(first[key][2], one[key], rtol=1e-5, atol=1e-5)
+
+
+def test_iter_volume_modalities_closed_early_leaves_nothing_running():
+    """With two workers the next block is queued before a block is yielded; closing the
+    generator cancels what has not started and waits for what has, so no slice is read after
+    close returns, and slices of later blocks are never read."""
+    import threading
+    import time
+    from pathlib import Path
+
+    from i2m2_med.io.study import Study
+    from i2m2_med.transforms import iter_volume_modalities
+
+    k = _kspace((24, 64, 48), seed=33)
+    reads: list[int] = []
+    lock = threading.Lock()
+
+    def reader(i: int) -> dict:
+        time.sleep(0.01)
+        with lock:
+            reads.append(i)
+        return {"kspace": k[i]}
+
+    study = Study("slow", Path("slow.h5"), "fastmri_h5", "kspace", 24, ("magnitude", "phase"), reader)
+    blocks = iter_volume_modalities(study, (32, 32), block=4, workers=2)
+    start, out = next(blocks)
+    assert start == 0 and out["magnitude"].shape == (4, 32, 32)
+    blocks.close()
+    with lock:
+        done = sorted(reads)
+    time.sleep(0.1)
+    assert sorted(reads) == done  # nothing read after close
+    assert set(range(4)) <= set(done) and max(done) < 8  # block 0 and at most the queued block 1
