@@ -5,11 +5,13 @@ fastMRI layout with a real ISMRMRD header and a ``reconstruction_esc``, files ho
 cache) and produces magnitude and phase of the centred, cropped image:
 
 * ``i2m2_slice``   -- this project, slice by slice as the dataset does it:
-  ``read_fastmri_h5`` + ``Study.read_slice`` (h5py partial read) + ``kspace_to_modalities``;
+  ``read_fastmri_h5`` + ``Study.read_slice`` (a direct read of the slice's bytes, checked for
+  NaN/Inf) + ``kspace_to_modalities``;
 * ``i2m2_volume``  -- this project, volume by volume: ``read_fastmri_h5`` +
-  ``iter_volume_modalities`` (blocks of 8 slices spread over one thread per core, each thread
-  reading its slice with a direct read into its own buffer and transforming it; the images are
-  checked for NaN/Inf instead of the k-space);
+  ``iter_volume_modalities`` (blocks of 8 slices spread over one thread per core, the next
+  block queued before a block is waited for; each thread reads its slice with a direct read
+  into its own buffer and transforms it there, in place; the images are checked for NaN/Inf
+  instead of the k-space);
 * ``i2m2_no_io``   -- ``kspace_to_modalities`` on the preloaded volumes (no I/O);
 * ``fastmri_slice``  -- ``fastmri.data.SliceDataset`` with a transform doing ``to_tensor`` +
   ``ifft2c`` + ``complex_center_crop`` + ``complex_abs`` / ``atan2``, iterated slice by slice;
