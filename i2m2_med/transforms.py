@@ -42,7 +42,6 @@ Multicoil k-space (C coils) is combined per pixel:
 from __future__ import annotations
 
 import functools
-import itertools
 import os
 import threading
 from collections import deque
