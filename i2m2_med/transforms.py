@@ -27,6 +27,14 @@ How it is fast (same numbers, fewer operations than ifftshift / ifft2 / fftshift
   one-thread FFTs (better than multi-threading each small FFT), and the arctangent of the
   phase computed with torch's vectorised float32 ``atan2`` (numpy's is scalar code here and
   would cost more than the FFT).
+* In place. The readout FFT runs in place on a per-thread buffer (the read buffer of
+  :func:`iter_volume_modalities`, else a copy of the slice): pocketfft's in-place transform
+  along the strided readout axis saves more than the copy costs (one core, 640 x 368:
+  0.61 ms in place + 0.13 ms copy against 0.77 ms out of place).
+
+:func:`iter_volume_modalities` is the fast way through whole fastMRI volumes: each thread reads
+its slice with a direct read and transforms it, and the next block of slices is queued before
+one is waited for.
 
 Multicoil k-space (C coils) is combined per pixel:
 
@@ -188,8 +196,8 @@ def _slice_modalities(
         _atan2_inplace(im, phase[r0:r1, c0:c1])
         return
     if not overwrite_k:
-        # the caller's k-space is left as it is: a per-thread copy is transformed in place,
-        # cheaper than a new (R, W) array per slice (fresh pages cost more than the copy)
+        # the caller's k-space is left as it is: a per-thread copy is transformed in place
+        # (copy and in-place FFT together cost less than the out-of-place FFT)
         scratch = _buffer(k.shape, np.complex64, "kscratch")
         np.copyto(scratch, k)
         k = scratch
