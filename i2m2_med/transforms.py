@@ -525,36 +525,32 @@ def iter_volume_modalities(
                 k = read_block(i, i + 1)[0]  # NaN/Inf: the reader's StudyReadError, naming the slice
             _raise_non_finite(k, where, i, nan_error=StudyReadError)
 
+    def new_block(b0: int) -> tuple[int, np.ndarray, np.ndarray]:
+        b1 = min(n, b0 + block)
+        return b1, np.empty((b1 - b0, *crop), dtype=np.float32), np.empty((b1 - b0, *crop), dtype=np.float32)
+
     if workers == 1:
         for b0 in range(0, n, block):
-            b1 = min(n, b0 + block)
-            mag = np.empty((b1 - b0, *crop), dtype=np.float32)
-            phase = np.empty((b1 - b0, *crop), dtype=np.float32)
+            b1, mag, phase = new_block(b0)
             for i in range(b0, b1):
                 one(i, mag[i - b0], phase[i - b0])
             yield b0, {"magnitude": mag, "phase": phase}
         return
 
-    if n == 0:
-        return
     pool = _pool(workers)
 
     def submit(b0: int) -> tuple[int, np.ndarray, np.ndarray, list[Future]]:
-        b1 = min(n, b0 + block)
-        mag = np.empty((b1 - b0, *crop), dtype=np.float32)
-        phase = np.empty((b1 - b0, *crop), dtype=np.float32)
+        b1, mag, phase = new_block(b0)
         return b0, mag, phase, [pool.submit(one, i, mag[i - b0], phase[i - b0]) for i in range(b0, b1)]
 
-    # The next block is queued before a block is waited for: a thread done with its last slice
-    # of one block starts on the next at once (no core idles at block ends), and the next block
-    # is computed while the caller uses the one yielded.
     starts = iter(range(0, n, block))
-    queued: deque[tuple[int, np.ndarray, np.ndarray, list[Future]]] = deque([submit(next(starts))])
+    queued: deque[tuple[int, np.ndarray, np.ndarray, list[Future]]] = deque()
     try:
-        while queued:
-            nxt = next(starts, None)
-            if nxt is not None:
-                queued.append(submit(nxt))
+        while True:
+            while len(queued) < 2 and (b0 := next(starts, None)) is not None:
+                queued.append(submit(b0))  # the block after the one waited for is queued too
+            if not queued:
+                return
             b0, mag, phase, futures = queued[0]
             for fut in futures:
                 fut.result()  # the first failing slice, in slice order

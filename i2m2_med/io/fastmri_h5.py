@@ -88,10 +88,10 @@ class FastMRISliceReader:
     -- contiguous, or chunked one slice per chunk (fastMRI's layout and the writer's), with no
     compression or other filter and no external storage -- the byte offset of every slice is
     taken from the HDF5 layout once, checked against h5py's own reads of the first and last
-    lines of the first and last slices, and slices are then read with ``os.preadv`` straight into the output array. That is one system
-    call and one copy per slice (per block when contiguous), without h5py's per-call overhead
-    and without holding the interpreter lock, so read-ahead threads overlap with the
-    transforms. Any other layout (compressed, big-endian, complex128, ...) is read with h5py
+    lines of the first and last slices, and slices are then read with ``os.preadv`` straight
+    into the output array. That is one system call and one copy per slice (per block when
+    contiguous), without h5py's per-call overhead and without holding the interpreter lock, so
+    read-ahead threads overlap with the transforms. Any other layout (compressed, big-endian, complex128, ...) is read with h5py
     partial reads (``ds[i]``), with the same numbers.
 
     The file handles are opened on first use and cached per process: pickling drops them
