@@ -27,14 +27,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from i2m2_med.errors import ConfigError
+from i2m2_med.metrics.aggregation import CONFIG_RULES
 
 SHIPPED_CONFIGS: tuple[str, ...] = ("cpu", "paper")
-AGGREGATION_RULES: tuple[str, ...] = ("max", "mean", "top3_mean")
-"""Slice -> study aggregation of p(y=1) per head: the largest slice score, the mean over slices,
-or the mean of the three largest (all slices when a study has fewer than three)."""
 
 
 def stem_padding(kernel: int, stride: int) -> int:
@@ -228,10 +226,11 @@ class TrainingConfig(_Strict):
     factor (1: the same rates as the experts' own training)."""
     calibration: Literal["none", "prior"] = "prior"
     """``prior``: after training, the prior term of the product is refitted on the validation
-    split, one log-odds offset per head with every expert frozen (:mod:`i2m2_med.calibration`), so
+    split, one log-odds offset per head with every expert frozen (:mod:`i2m2_med.metrics.calibration`), so
     that p(y=1) carries the cohort's prevalence rather than the balanced one that class-weighted
     training learns; slice-level AUROC is unchanged. ``none``: leave the product as trained."""
-    aggregation: Literal["max", "mean", "top3_mean"] = "top3_mean"
+    aggregation: str = "top3_mean"
+    """Slice -> study rule, one of :data:`i2m2_med.metrics.aggregation.CONFIG_RULES`."""
     num_workers: int = Field(0, ge=0)
     cache_size: int = Field(512, ge=0)
     """Slices kept in memory by the data loader (per worker); bounds memory independently of the
@@ -240,6 +239,13 @@ class TrainingConfig(_Strict):
     val_fraction: float = Field(0.15, gt=0.0, lt=1.0)
     test_fraction: float = Field(0.15, gt=0.0, lt=1.0)
     seed: int = 0
+
+    @field_validator("aggregation")
+    @classmethod
+    def _known_rule(cls, name: str) -> str:
+        if name not in CONFIG_RULES:
+            raise ValueError(f"unknown rule {name!r}; expected one of {', '.join(CONFIG_RULES)}")
+        return name
 
     @model_validator(mode="after")
     def _fractions(self) -> "TrainingConfig":

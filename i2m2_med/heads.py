@@ -14,6 +14,8 @@ image-quality remarks, not findings, and feed no head.
 from __future__ import annotations
 
 HEADS: tuple[str, ...] = ("acl", "mtear", "cart", "abnormal")
+PATHOLOGY_HEADS: tuple[str, ...] = ("acl", "mtear", "cart")
+"""The three specific pathologies; their mean AUROC is reported beside the mean over all four."""
 HEAD_TITLES: dict[str, str] = {
     "acl": "ACL tear / sprain",
     "mtear": "Meniscus tear",

@@ -16,8 +16,8 @@ What happens, per study:
    (or the caller drops) is absent from the batch, so the experts that need it are dropped from
    the product by the model (never zero-filled); they are reported in ``dropped_experts``.
 4. Slice scores aggregate to the study by the rule the model was trained with
-   (``config.training.aggregation``, see :func:`aggregation_rule` and
-   :func:`i2m2_med.evaluation.aggregate_study`); the top slice per head is the slice with the
+   (``config.training.aggregation``, see :func:`i2m2_med.metrics.aggregation.aggregation_rule` and
+   :func:`i2m2_med.metrics.aggregation.aggregate_study`); the top slice per head is the slice with the
    highest combined p(y=1).
 
 Study-level contribution of an expert (``StudyPrediction.contributions``): the mean, over the
@@ -45,6 +45,7 @@ import torch
 from i2m2_med import __version__
 from i2m2_med.errors import CheckpointError, TransformError, UsageError
 from i2m2_med.heads import HEADS
+from i2m2_med.metrics.aggregation import aggregation_rule
 from i2m2_med.io.study import IMAGE_MODALITIES, Study
 
 DEFAULT_BATCH_SIZE = 32
@@ -116,24 +117,6 @@ def channels_last(model: torch.nn.Module) -> bool:
 
 
 #: The config's slice -> study rule names as ``(rule, k)`` of
-#: :func:`i2m2_med.evaluation.aggregate_study` -- the mapping training uses
-#: (``i2m2_med.training.aggregation_rule``; kept here so that inference does not import Lightning).
-AGGREGATION_RULES: dict[str, tuple[str, int]] = {"top3_mean": ("mean_top_k", 3), "max": ("max", 3), "mean": ("mean", 3)}
-
-
-def aggregation_rule(meta: Any) -> tuple[str, int]:
-    """``(rule, k)`` for :func:`i2m2_med.evaluation.aggregate_study` from the checkpoint's
-    ``config.training.aggregation`` (``top3_mean`` -> ``("mean_top_k", 3)``), as in training."""
-    name = str(meta.config.training.aggregation)
-    if name in AGGREGATION_RULES:
-        return AGGREGATION_RULES[name]
-    from i2m2_med.evaluation import AGGREGATION_RULES as evaluation_rules
-
-    if name in evaluation_rules:
-        return name, 3
-    raise CheckpointError(getattr(meta, "path", None), f"unknown slice aggregation rule {name!r} in the checkpoint")
-
-
 def model_info(meta: Any) -> dict[str, str]:
     """``{"fingerprint", "variant", "version"}`` of a checkpoint (version: the i2m2-med version
     that wrote it)."""
@@ -491,7 +474,7 @@ def predict_study(
     indices = list(range(study.n_slices)) if slices is None else [int(i) for i in slices]
     if not indices:
         raise UsageError(study.source, "no slices to predict")
-    rule, k = aggregation_rule(meta)
+    rule, k = aggregation_rule(meta.config.training.aggregation)
     image_size = int(meta.config.image_size)
     pipeline = modality_pipeline(image_size)
     tabular, tabular_named = (None, {}) if "tabular" in drop else study_tabular(study, meta, clinical_row)
@@ -552,7 +535,7 @@ def predict_study(
     terms = {t: np.concatenate(term_chunks[t], axis=0).astype(np.float32) for t in names}
     combined = np.concatenate(combined_chunks, axis=0).astype(np.float32)
     p = np.exp(combined[..., 1]).astype(np.float32)
-    from i2m2_med.evaluation import aggregate_study, top_slice
+    from i2m2_med.metrics.aggregation import aggregate_study, top_slice
 
     p_study = np.asarray(aggregate_study(p, rule, k) if rule == "mean_top_k" else aggregate_study(p, rule), dtype=np.float64)
     top = np.asarray(top_slice(p), dtype=np.int64)
@@ -593,7 +576,6 @@ __all__ = [
     "DEFAULT_BATCH_SIZE",
     "ReadAhead",
     "StudyPrediction",
-    "aggregation_rule",
     "channels_last",
     "iter_slice_samples",
     "load_model",

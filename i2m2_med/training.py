@@ -20,11 +20,11 @@ mean over the heads whose AUROC is defined (0.5 when none is). The best epoch's 
 in memory (no pickled Lightning checkpoint) and restored at the end of fitting.
 
 After fitting, rank 0 refits the product's prior on the validation slices
-(``training.calibration: prior``, :mod:`i2m2_med.calibration`: class-weighted training leaves the
+(``training.calibration: prior``, :mod:`i2m2_med.metrics.calibration`: class-weighted training leaves the
 product with the probabilities of a balanced cohort; one log-odds offset per head restores the
 cohort's prevalence without changing any slice-level ranking), then evaluates the best weights
 on the validation and test splits (slice- and study-level AUROC with bootstrap CIs, per head,
-per expert and combined; see :func:`i2m2_med.evaluation.metrics_table`) and writes
+per expert and combined; see :func:`i2m2_med.metrics.tables.metrics_table`) and writes
 ``RUN_DIR/model.safetensors`` (through :mod:`i2m2_med.checkpoint`), ``RUN_DIR/metrics.json``,
 ``RUN_DIR/predictions.csv`` and ``RUN_DIR/config.yaml``; Lightning's CSV logs go to
 ``RUN_DIR/logs/``.
@@ -54,7 +54,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from i2m2_med.atomic import json_safe
 from i2m2_med.augment import BatchAugment
-from i2m2_med.calibration import calibration_errors, fit_prior_offset
+from i2m2_med.metrics.calibration import calibration_errors, fit_prior_offset
 from i2m2_med.config import Config, load_config
 from i2m2_med.dataset import (
     Cohort,
@@ -68,30 +68,16 @@ from i2m2_med.dataset import (
     sampler_weights,
 )
 from i2m2_med.errors import ConfigError, UsageError
-from i2m2_med.heads import HEADS
+from i2m2_med.heads import HEADS, PATHOLOGY_HEADS
+from i2m2_med.metrics.aggregation import aggregation_rule
 from i2m2_med.models import I2M2Model, build_model, nll, per_expert_param_groups, variant_experts
 
 CHECKPOINT_NAME = "model.safetensors"
 METRICS_NAME = "metrics.json"
 PREDICTIONS_NAME = "predictions.csv"
 CONFIG_NAME = "config.yaml"
-PATHOLOGY_HEADS: tuple[str, ...] = ("acl", "mtear", "cart")
 OBJECTIVES: tuple[str, ...] = ("product", "experts")
 ACCELERATORS: tuple[str, ...] = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
-
-_RULES = {"top3_mean": ("mean_top_k", 3), "max": ("max", 3), "mean": ("mean", 3)}
-
-
-def aggregation_rule(name: str) -> tuple[str, int]:
-    """The config's slice -> study rule name as ``(rule, k)`` of :func:`i2m2_med.evaluation.aggregate_study`."""
-    if name in _RULES:
-        return _RULES[name]
-    from i2m2_med.evaluation import AGGREGATION_RULES
-
-    if name in AGGREGATION_RULES:
-        return name, 3
-    raise ConfigError("training.aggregation", f"unknown rule {name!r}; expected one of {', '.join(_RULES)}")
-
 
 # ---- data ----------------------------------------------------------------------------------------
 
@@ -230,7 +216,7 @@ def experts_loss(out: Any, labels: Tensor, weights: Tensor | None) -> Tensor:
 
 def _mean_auroc(y: np.ndarray, p: np.ndarray, heads: Sequence[int]) -> tuple[float | None, list[float | None]]:
     """Per-head slice AUROC (None where undefined or where p has NaN) and their mean."""
-    from i2m2_med.evaluation import auroc_result
+    from i2m2_med.metrics.ranking import auroc_result
 
     per: list[float | None] = []
     for h in range(y.shape[1]):
@@ -520,17 +506,17 @@ def prediction_metrics(
     seed: int = 0,
     in_view: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Slice- and study-level metrics (:func:`i2m2_med.evaluation.metrics_table`) of the
+    """Slice- and study-level metrics (:func:`i2m2_med.metrics.tables.metrics_table`) of the
     combined prediction and of every expert, from :func:`predict_dataset` output.
 
     ``in_view`` (study id -> (S, 4) bool, :attr:`i2m2_med.dataset.Cohort.in_view`) adds the
     level ``"in_view"``: each head scored only on the slices where its anatomy is in view
-    (:func:`i2m2_med.evaluation.in_view_metrics`), i.e. findings against their mimics.
+    (:func:`i2m2_med.metrics.tables.in_view_metrics`), i.e. findings against their mimics.
 
     Returns ``{"combined": table, "experts": {name: table}, "summary": {name: {...}}}``; an
     expert that did not count for some slices is scored on the others (``n`` says how many).
     """
-    from i2m2_med.evaluation import in_view_metrics, metrics_table
+    from i2m2_med.metrics.tables import in_view_metrics, metrics_table
 
     rule_name, k = aggregation_rule(rule)
     y = np.asarray(pred["labels"], dtype=np.float64)
@@ -940,7 +926,7 @@ def train(
 
 def _refit_prior(model: I2M2Model, cfg: Config, dm: "I2M2DataModule", batch_size: int, device: torch.device) -> dict[str, Any]:
     """``training.calibration: prior``: fit the prior offset of the trained product on the
-    validation slices (:func:`i2m2_med.calibration.fit_prior_offset`) and set it on ``model``.
+    validation slices (:func:`i2m2_med.metrics.calibration.fit_prior_offset`) and set it on ``model``.
     Returns the JSON-ready record for ``metrics.json`` (offsets None when nothing was fitted)."""
     record: dict[str, Any] = {"method": cfg.training.calibration, "fitted_on": None, "offsets": None}
     if cfg.training.calibration == "none":
@@ -1021,7 +1007,6 @@ def _write_predictions(path: Path, predictions: Mapping[str, Mapping[str, Any]])
 __all__ = [
     "I2M2DataModule",
     "I2M2Module",
-    "aggregation_rule",
     "experts_loss",
     "oracle_from_manifest",
     "predict_dataset",

@@ -26,7 +26,7 @@ from i2m2_med.ablation.predict import Predictions, ensemble
 from i2m2_med.ablation.settings import AblationSettings, default_settings
 from i2m2_med.config import load_config
 from i2m2_med.errors import UsageError
-from i2m2_med.evaluation import auroc
+from i2m2_med.metrics.ranking import auroc
 from i2m2_med.heads import HEADS
 from pipelines.cli import main
 from pipelines.report.ablation import SECTIONS
@@ -343,7 +343,8 @@ def test_variant_table_operating_points_from_validation() -> None:
 
 
 def test_compare_to_reference_uses_delong_for_studies() -> None:
-    from i2m2_med.evaluation import delong_test, study_level
+    from i2m2_med.metrics.aggregation import study_level
+    from i2m2_med.metrics.paired import delong_test
 
     rng = np.random.default_rng(11)
     ids = [f"s{i // 3}" for i in range(90)]

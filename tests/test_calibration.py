@@ -12,12 +12,18 @@ import pandas as pd
 import pytest
 import torch
 
-from i2m2_med.calibration import MAX_OFFSET, calibration_errors, fit_offset, fit_prior_offset, offset_nll
 from i2m2_med.checkpoint import load_checkpoint, save_checkpoint
 from i2m2_med.config import load_config
 from i2m2_med.errors import CheckpointError, UsageError
-from i2m2_med.evaluation import auroc
 from i2m2_med.heads import HEADS
+from i2m2_med.metrics.calibration import (
+    MAX_OFFSET,
+    calibration_errors,
+    fit_offset,
+    fit_prior_offset,
+    offset_nll,
+)
+from i2m2_med.metrics.ranking import auroc
 from i2m2_med.models import build_model
 from i2m2_med.training import train
 

@@ -72,7 +72,7 @@ def test_scientific_notation_without_dot_is_a_float(tmp_path):
         (lambda d: d["model"]["image_expert"].update(widths=[16, 32, "x", 128]), "model.image_expert.widths.2", "valid integer"),
         (lambda d: d["model"].update(prior=1), "model.prior", "valid boolean"),
         (lambda d: d["model"]["joint"].update(tabular_fusion="attention"), "model.joint.tabular_fusion", "'film', 'concat' or 'none'"),
-        (lambda d: d["training"].update(aggregation="median"), "training.aggregation", "'max', 'mean' or 'top3_mean'"),
+        (lambda d: d["training"].update(aggregation="median"), "training.aggregation", "unknown rule 'median'; expected one of top3_mean, max, mean"),
         (lambda d: d["optim"]["phase"].update(lr=-1.0), "optim.phase.lr", "greater than 0"),
         (lambda d: d["training"]["early_stopping"].update(patience=2.5), "training.early_stopping.patience", "valid integer"),
         (lambda d: d["model"]["image_expert"].update(groups=5), "model.image_expert", "groups=5 must divide"),

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from i2m2_med import evaluation as ev
+from i2m2_med.metrics import aggregation, bootstrap, calibration, paired, ranking, tables, thresholds
 from i2m2_med.errors import UndefinedMetricError, UsageError
 from i2m2_med.heads import HEADS
 
@@ -36,54 +36,54 @@ def labelled_scores(draw, min_size=2, max_size=60):
 @given(labelled_scores())
 def test_auroc_equals_sklearn(data):
     y, s = data
-    assert ev.auroc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert ranking.auroc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
     # flipping the score mirrors the AUROC; label dtype does not matter
-    assert ev.auroc(y.astype(float), -s) == pytest.approx(1.0 - roc_auc_score(y, s), abs=1e-12)
+    assert ranking.auroc(y.astype(float), -s) == pytest.approx(1.0 - roc_auc_score(y, s), abs=1e-12)
 
 
 def test_auroc_hand_computed():
     # 4 pos/neg pairs: (0.35 vs 0.1) 1, (0.35 vs 0.4) 0, (0.8 vs 0.1) 1, (0.8 vs 0.4) 1 -> 3/4
-    assert ev.auroc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == 0.75
+    assert ranking.auroc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == 0.75
     # a tie counts one half: (0.5 vs 0.5) 1/2, (0.5 vs 0.2) 1, (0.7 vs 0.5) 1, (0.7 vs 0.2) 1 -> 3.5/4
-    assert ev.auroc([1, 0, 1, 0], [0.5, 0.5, 0.7, 0.2]) == 0.875
-    assert ev.auroc([True, False], [0.0, 0.0]) == 0.5
+    assert ranking.auroc([1, 0, 1, 0], [0.5, 0.5, 0.7, 0.2]) == 0.875
+    assert ranking.auroc([True, False], [0.0, 0.0]) == 0.5
 
 
 def test_auroc_undefined_with_one_class_is_clear():
     with pytest.raises(UndefinedMetricError, match="no positives"):
-        ev.auroc([0, 0, 0], [0.1, 0.2, 0.3])
+        ranking.auroc([0, 0, 0], [0.1, 0.2, 0.3])
     with pytest.raises(UndefinedMetricError, match="no negatives"):
-        ev.auroc([1, 1], [0.1, 0.2])
+        ranking.auroc([1, 1], [0.1, 0.2])
     with pytest.raises(UndefinedMetricError, match="empty"):
-        ev.auroc([], [])
-    result = ev.auroc_result([0, 0, 0], [0.1, 0.2, 0.3], split="test", unit="studies")
+        ranking.auroc([], [])
+    result = ranking.auroc_result([0, 0, 0], [0.1, 0.2, 0.3], split="test", unit="studies")
     assert not result.defined and result.value is None
     assert result.reason == "no positives in test split (0 of 3 studies); AUROC needs both classes"
-    assert ev.auroc_result([0, 1], [0.1, 0.2]) == ev.MetricValue(1.0, None)
+    assert ranking.auroc_result([0, 1], [0.1, 0.2]) == ranking.MetricValue(1.0, None)
 
 
 def test_bad_inputs_are_usage_errors():
     with pytest.raises(UsageError, match="0 or 1"):
-        ev.auroc([0, 0.5, 1], [0.1, 0.2, 0.3])
+        ranking.auroc([0, 0.5, 1], [0.1, 0.2, 0.3])
     with pytest.raises(UsageError, match="non-finite"):
-        ev.auroc([0, 1, 1], [0.1, float("nan"), 0.3])
+        ranking.auroc([0, 1, 1], [0.1, float("nan"), 0.3])
     with pytest.raises(UsageError, match="shape"):
-        ev.auroc([0, 1, 1], [0.1, 0.3])
+        ranking.auroc([0, 1, 1], [0.1, 0.3])
 
 
 def test_roc_curve_points_match_sklearn():
     rng = np.random.default_rng(3)
     y = rng.random(300) < 0.4
     s = np.round(rng.normal(size=300) + y, 1)  # rounded: many ties
-    full = ev.roc_curve_points(y, s, drop_intermediate=False)
+    full = ranking.roc_curve_points(y, s, drop_intermediate=False)
     fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
     np.testing.assert_allclose(full["fpr"], fpr)
     np.testing.assert_allclose(full["tpr"], tpr)
     assert full["thresholds"][0] == np.inf
-    slim = ev.roc_curve_points(y, s)
+    slim = ranking.roc_curve_points(y, s)
     assert slim["fpr"].size < full["fpr"].size
     # dropping collinear points keeps the curve, so the area is unchanged
-    assert np.trapezoid(slim["tpr"], slim["fpr"]) == pytest.approx(ev.auroc(y, s), abs=1e-12)
+    assert np.trapezoid(slim["tpr"], slim["fpr"]) == pytest.approx(ranking.auroc(y, s), abs=1e-12)
     assert (slim["fpr"][0], slim["tpr"][0], slim["fpr"][-1], slim["tpr"][-1]) == (0, 0, 1, 1)
 
 
@@ -117,10 +117,10 @@ def test_delong_worked_example():
     #          B: V10 = (1, 2/3, 1/3), V01 = (1, 1/3, 2/3), AUC 12/18.
     # S10 = [[13, 12], [12, 12]] / 108, S01 = [[7, -6], [-6, 12]] / 108  (ddof = 1)
     # S = S10/3 + S01/3 -> var A 5/81, var B 2/27, cov 1/54; var(diff) = 8/81.
-    auc, cov = ev.delong_covariance(y, np.stack([s_a, s_b]))
+    auc, cov = paired.delong_covariance(y, np.stack([s_a, s_b]))
     np.testing.assert_allclose(auc, [13 / 18, 12 / 18], atol=1e-15)
     np.testing.assert_allclose(cov, [[5 / 81, 1 / 54], [1 / 54, 2 / 27]], atol=1e-15)
-    res = ev.delong_test(y, s_a, s_b)
+    res = paired.delong_test(y, s_a, s_b)
     auc_a, auc_b, diff, se, z, p = res  # unpacks as the documented 6-tuple
     assert diff == pytest.approx(1 / 18, abs=1e-15)
     assert se == pytest.approx(math.sqrt(8) / 9, abs=1e-15)
@@ -141,10 +141,10 @@ def test_fast_delong_equals_direct(data, seed):
     rng = np.random.default_rng(seed)
     s_b = np.round(s_a + rng.normal(size=y.size), 0)  # correlated with A, with ties
     auc_a, auc_b, cov, se = delong_direct(y, s_a, s_b)
-    res = ev.delong_test(y, s_a, s_b)
+    res = paired.delong_test(y, s_a, s_b)
     assert (res.auc_a, res.auc_b) == (pytest.approx(auc_a, abs=1e-12), pytest.approx(auc_b, abs=1e-12))
     assert res.se == pytest.approx(se, abs=1e-12)
-    _, fast_cov = ev.delong_covariance(y, np.stack([s_a, s_b]))
+    _, fast_cov = paired.delong_covariance(y, np.stack([s_a, s_b]))
     np.testing.assert_allclose(fast_cov, cov, atol=1e-12)
 
 
@@ -152,22 +152,22 @@ def test_delong_identical_scores_and_null_calibration():
     rng = np.random.default_rng(0)
     y = rng.random(200) < 0.5
     s = rng.normal(size=200) + y
-    res = ev.delong_test(y, s, s)
+    res = paired.delong_test(y, s, s)
     assert (res.diff, res.se, res.z, res.p) == (0.0, 0.0, 0.0, 1.0)
     # under the null (two equally good, independent-noise predictors) p is roughly uniform
     ps = []
     for _ in range(300):
         y = rng.random(80) < 0.5
         base = y.astype(float)
-        ps.append(ev.delong_test(y, base + rng.normal(size=80), base + rng.normal(size=80)).p)
+        ps.append(paired.delong_test(y, base + rng.normal(size=80), base + rng.normal(size=80)).p)
     assert 0.02 <= np.mean(np.array(ps) < 0.05) <= 0.09
     with pytest.raises(UndefinedMetricError, match="at least 2 positives"):
-        ev.delong_test([1, 0, 0], [0.3, 0.2, 0.1], [0.1, 0.2, 0.3])
+        paired.delong_test([1, 0, 0], [0.3, 0.2, 0.1], [0.1, 0.2, 0.3])
 
 
 def test_delong_zero_se_with_difference_is_reported_not_nan():
     y = [1, 1, 0, 0]
-    res = ev.delong_test(y, [0.9, 0.8, 0.1, 0.2], [0.5, 0.5, 0.5, 0.5])
+    res = paired.delong_test(y, [0.9, 0.8, 0.1, 0.2], [0.5, 0.5, 0.5, 0.5])
     assert res.diff == 0.5 and res.se == 0.0 and res.z == math.inf and res.p == 0.0
     out = res.to_dict()
     assert out["z"] is None and "zero standard error" in out["note"]
@@ -184,7 +184,7 @@ def test_weighted_replicate_equals_auroc_of_materialised_resample():
     y = rng.random(60) < 0.4
     s = np.round(rng.normal(size=60), 1)
     w = rng.integers(0, 4, size=(5, 60)).astype(float)
-    auc, valid = ev._weighted_auc(y, s, w[:, y], w[:, ~y])
+    auc, valid = bootstrap._weighted_auc(y, s, w[:, y], w[:, ~y])
     assert valid.all()
     for b in range(5):
         idx = np.repeat(np.arange(60), w[b].astype(int))
@@ -200,7 +200,7 @@ def test_in_view_metrics_score_each_head_on_its_own_slices():
     p = np.clip(0.3 * y + 0.7 * rng.random((n, 4)), 0, 1)
     p[~view] = 0.0  # out of view: confidently negative, as a position-aware model would be
     groups = np.repeat(np.arange(24), 10)
-    out = ev.in_view_metrics(y, p, view, groups, n_boot=200)
+    out = tables.in_view_metrics(y, p, view, groups, n_boot=200)
     for h, head in enumerate(HEADS):
         row = out["per_head"][head]
         m = view[:, h]
@@ -213,7 +213,7 @@ def test_in_view_metrics_score_each_head_on_its_own_slices():
     assert out["mean_pathologies"]["auroc"] == pytest.approx(mean)
     assert out["mean_pathologies"]["ci"][0] < mean < out["mean_pathologies"]["ci"][1]
     with pytest.raises(UsageError, match="in_view"):
-        ev.in_view_metrics(y, p, view[:, :3])
+        tables.in_view_metrics(y, p, view[:, :3])
 
 
 def test_masked_mean_bootstrap_equals_unmasked_on_the_subset():
@@ -222,12 +222,12 @@ def test_masked_mean_bootstrap_equals_unmasked_on_the_subset():
     rng = np.random.default_rng(4)
     y = (rng.random((80, 2)) < 0.4).astype(float)
     s = y + rng.normal(size=(80, 2))
-    full = ev.bootstrap_mean_auroc_ci(y, s, n_boot=300, seed=1)
-    masked = ev.bootstrap_mean_auroc_ci(y, s, n_boot=300, seed=1, mask=np.ones((80, 2), bool))
+    full = bootstrap.bootstrap_mean_auroc_ci(y, s, n_boot=300, seed=1)
+    masked = bootstrap.bootstrap_mean_auroc_ci(y, s, n_boot=300, seed=1, mask=np.ones((80, 2), bool))
     assert (full.low, full.high, full.estimate) == (masked.low, masked.high, masked.estimate)
     keep = np.zeros((80, 2), bool)
     keep[:50] = True
-    est = ev.bootstrap_mean_auroc_ci(y, s, n_boot=300, seed=1, mask=keep).estimate
+    est = bootstrap.bootstrap_mean_auroc_ci(y, s, n_boot=300, seed=1, mask=keep).estimate
     assert est == pytest.approx(np.mean([roc_auc_score(y[:50, h], s[:50, h]) for h in range(2)]))
 
 
@@ -237,7 +237,7 @@ def test_bootstrap_ci_contains_estimate_and_narrows_with_n():
     for n in (200, 5000):
         y = rng.random(n) < 0.3
         s = rng.normal(size=n) + 1.0 * y
-        ci = ev.bootstrap_auroc_ci(y, s, n_boot=500, seed=1)
+        ci = bootstrap.bootstrap_auroc_ci(y, s, n_boot=500, seed=1)
         assert ci.low < ci.estimate < ci.high
         assert ci.n_valid == 500 and ci.method == "stratified rows"
         widths[n] = ci.high - ci.low
@@ -246,8 +246,8 @@ def test_bootstrap_ci_contains_estimate_and_narrows_with_n():
     # reproducible from the seed, and a different seed gives a different interval
     y = rng.random(300) < 0.5
     s = rng.normal(size=300) + y
-    assert ev.bootstrap_auroc_ci(y, s, seed=7) == ev.bootstrap_auroc_ci(y, s, seed=7)
-    assert ev.bootstrap_auroc_ci(y, s, seed=7) != ev.bootstrap_auroc_ci(y, s, seed=8)
+    assert bootstrap.bootstrap_auroc_ci(y, s, seed=7) == bootstrap.bootstrap_auroc_ci(y, s, seed=7)
+    assert bootstrap.bootstrap_auroc_ci(y, s, seed=7) != bootstrap.bootstrap_auroc_ci(y, s, seed=8)
 
 
 def clustered_data(rng, n_clusters=40, per_cluster=20):
@@ -263,8 +263,8 @@ def clustered_data(rng, n_clusters=40, per_cluster=20):
 def test_grouped_bootstrap_is_wider_on_clustered_data():
     rng = np.random.default_rng(2)
     y, s, groups = clustered_data(rng)
-    rows = ev.bootstrap_auroc_ci(y, s, n_boot=500, seed=0)
-    clusters = ev.bootstrap_auroc_ci(y, s, n_boot=500, seed=0, groups=groups)
+    rows = bootstrap.bootstrap_auroc_ci(y, s, n_boot=500, seed=0)
+    clusters = bootstrap.bootstrap_auroc_ci(y, s, n_boot=500, seed=0, groups=groups)
     assert clusters.method == "stratified clusters"
     assert clusters.estimate == rows.estimate
     assert clusters.high - clusters.low > 2.0 * (rows.high - rows.low)
@@ -279,7 +279,7 @@ def test_bootstrap_coverage_iid_and_clustered():
     hits = 0
     for t in range(150):
         y = rng.random(100) < 0.3
-        ci = ev.bootstrap_auroc_ci(y, rng.normal(size=100) + y, n_boot=300, seed=t)
+        ci = bootstrap.bootstrap_auroc_ci(y, rng.normal(size=100) + y, n_boot=300, seed=t)
         hits += ci.low <= true_iid <= ci.high
     assert 0.88 <= hits / 150 <= 0.99
     # clustered slices: only resampling whole studies keeps the coverage near nominal
@@ -289,8 +289,8 @@ def test_bootstrap_coverage_iid_and_clustered():
     trials = 120
     for t in range(trials):
         y, s, groups = clustered_data(rng)
-        r = ev.bootstrap_auroc_ci(y, s, n_boot=300, seed=t)
-        c = ev.bootstrap_auroc_ci(y, s, n_boot=300, seed=t, groups=groups)
+        r = bootstrap.bootstrap_auroc_ci(y, s, n_boot=300, seed=t)
+        c = bootstrap.bootstrap_auroc_ci(y, s, n_boot=300, seed=t, groups=groups)
         hits_rows += r.low <= true_auc <= r.high
         hits_clusters += c.low <= true_auc <= c.high
     assert hits_clusters / trials >= 0.87
@@ -299,13 +299,13 @@ def test_bootstrap_coverage_iid_and_clustered():
 
 def test_bootstrap_undefined_and_bad_arguments():
     with pytest.raises(UndefinedMetricError, match="no positives"):
-        ev.bootstrap_auroc_ci([0, 0, 0], [0.1, 0.2, 0.3])
+        bootstrap.bootstrap_auroc_ci([0, 0, 0], [0.1, 0.2, 0.3])
     with pytest.raises(UsageError, match="n_boot"):
-        ev.bootstrap_auroc_ci([0, 1], [0.1, 0.2], n_boot=0)
+        bootstrap.bootstrap_auroc_ci([0, 1], [0.1, 0.2], n_boot=0)
     with pytest.raises(UsageError, match="alpha"):
-        ev.bootstrap_auroc_ci([0, 1], [0.1, 0.2], alpha=1.5)
+        bootstrap.bootstrap_auroc_ci([0, 1], [0.1, 0.2], alpha=1.5)
     with pytest.raises(UsageError, match="groups"):
-        ev.bootstrap_auroc_ci([0, 1], [0.1, 0.2], groups=[1, 2, 3])
+        bootstrap.bootstrap_auroc_ci([0, 1], [0.1, 0.2], groups=[1, 2, 3])
 
 
 def test_paired_bootstrap_agrees_with_delong_and_handles_clusters():
@@ -313,25 +313,25 @@ def test_paired_bootstrap_agrees_with_delong_and_handles_clusters():
     y = rng.random(400) < 0.4
     s_a = rng.normal(size=400) + 1.2 * y
     s_b = s_a + rng.normal(scale=1.0, size=400)
-    dl = ev.delong_test(y, s_a, s_b)
-    pb = ev.paired_bootstrap_test(y, s_a, s_b, n_boot=2000, seed=0)
+    dl = paired.delong_test(y, s_a, s_b)
+    pb = paired.paired_bootstrap_test(y, s_a, s_b, n_boot=2000, seed=0)
     assert pb.diff == pytest.approx(dl.diff, abs=1e-12)
     assert pb.se == pytest.approx(dl.se, rel=0.15)
     assert pb.ci_low < pb.diff < pb.ci_high
     assert pb.p < 0.05 and dl.p < 0.05
-    same = ev.paired_bootstrap_test(y, s_a, s_a, n_boot=200, seed=0)
+    same = paired.paired_bootstrap_test(y, s_a, s_a, n_boot=200, seed=0)
     assert (same.diff, same.se, same.p) == (0.0, 0.0, 1.0)
 
     y, s, groups = clustered_data(rng)
     s_other = s + rng.normal(scale=0.3, size=s.size)
-    rows = ev.paired_bootstrap_test(y, s, s_other, n_boot=500, seed=0)
-    clusters = ev.paired_bootstrap_test(y, s, s_other, groups=groups, n_boot=500, seed=0)
+    rows = paired.paired_bootstrap_test(y, s, s_other, n_boot=500, seed=0)
+    clusters = paired.paired_bootstrap_test(y, s, s_other, groups=groups, n_boot=500, seed=0)
     assert clusters.method == "stratified clusters"
     assert clusters.se > rows.se
-    out = ev.compare_auroc(y, s, s_other, groups=groups, n_boot=200)
+    out = paired.compare_auroc(y, s, s_other, groups=groups, n_boot=200)
     assert out["method"] == "paired bootstrap (stratified clusters)"
     json.dumps(out, allow_nan=False)
-    assert ev.compare_auroc([0, 0, 0], [0.1, 0.2, 0.3], [0.3, 0.2, 0.1]) == {
+    assert paired.compare_auroc([0, 0, 0], [0.1, 0.2, 0.3], [0.3, 0.2, 0.1]) == {
         "value": None,
         "reason": "no positives (0 of 3 cases); DeLong test needs both classes",
     }
@@ -346,14 +346,14 @@ def test_ece_hand_example_and_reliability_curve():
     p = [0.05, 0.15, 0.15, 0.95]
     y = [0, 1, 0, 1]
     # bins: [0.05] gap 0.05; [0.15, 0.15] mean 0.15, 1/2 positive, gap 0.35; [0.95] gap 0.05
-    assert ev.expected_calibration_error(y, p) == pytest.approx(0.25 * 0.05 + 0.5 * 0.35 + 0.25 * 0.05)
-    curve = ev.reliability_curve(y, p)
+    assert calibration.expected_calibration_error(y, p) == pytest.approx(0.25 * 0.05 + 0.5 * 0.35 + 0.25 * 0.05)
+    curve = calibration.reliability_curve(y, p)
     np.testing.assert_allclose(curve["bin_centers"], [0.05, 0.15, 0.95])
     np.testing.assert_allclose(curve["mean_pred"], [0.05, 0.15, 0.95])
     np.testing.assert_allclose(curve["frac_pos"], [0.0, 0.5, 1.0])
     assert curve["counts"].tolist() == [1, 2, 1]
     assert curve["bin_edges"].size == 11
-    quant = ev.reliability_curve(y, p, n_bins=2, strategy="quantile")
+    quant = calibration.reliability_curve(y, p, n_bins=2, strategy="quantile")
     assert quant["counts"].sum() == 4
 
 
@@ -361,18 +361,18 @@ def test_ece_calibrated_near_zero_miscalibrated_large():
     rng = np.random.default_rng(0)
     p_true = rng.random(100_000)
     y = rng.random(100_000) < p_true
-    assert ev.expected_calibration_error(y, p_true) < 0.01
+    assert calibration.expected_calibration_error(y, p_true) < 0.01
     logit = np.log(p_true) - np.log1p(-p_true)
     overconfident = 1.0 / (1.0 + np.exp(-3.0 * logit))
-    assert ev.expected_calibration_error(y, overconfident) > 0.1
+    assert calibration.expected_calibration_error(y, overconfident) > 0.1
     shifted = np.clip(p_true + 0.2, 0, 1)
-    assert ev.expected_calibration_error(y, shifted) > 0.15
+    assert calibration.expected_calibration_error(y, shifted) > 0.15
     # one class is fine for calibration; an empty split is not
-    assert ev.expected_calibration_error([0, 0], [0.0, 0.0]) == 0.0
+    assert calibration.expected_calibration_error([0, 0], [0.0, 0.0]) == 0.0
     with pytest.raises(UndefinedMetricError, match="empty"):
-        ev.expected_calibration_error([], [])
+        calibration.expected_calibration_error([], [])
     with pytest.raises(UsageError, match=r"\[0, 1\]"):
-        ev.expected_calibration_error([0, 1], [0.2, 1.2])
+        calibration.expected_calibration_error([0, 1], [0.2, 1.2])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -385,30 +385,30 @@ def test_operating_points_hand_example():
     p = [0.1, 0.2, 0.3, 0.4, 0.5, 0.9]
     # thresholds high -> low: 0.9 (tpr 1/3, fpr 0), 0.5 (1/3, 1/3), 0.4 (2/3, 1/3),
     # 0.3 (1, 1/3), 0.2 (1, 2/3), 0.1 (1, 1). Youden J is largest (2/3) at 0.3.
-    assert ev.operating_point(y, p) == 0.3
-    assert ev.operating_point(y, p, "sensitivity@0.9") == 0.3
-    assert ev.operating_point(y, p, "sensitivity@0.6") == 0.4
-    assert ev.operating_point(y, p, "specificity@0.9") == 0.9
-    assert ev.operating_point(y, p, "specificity@0.6") == 0.3
-    ss = ev.sens_spec(y, p, 0.3)
+    assert thresholds.operating_point(y, p) == 0.3
+    assert thresholds.operating_point(y, p, "sensitivity@0.9") == 0.3
+    assert thresholds.operating_point(y, p, "sensitivity@0.6") == 0.4
+    assert thresholds.operating_point(y, p, "specificity@0.9") == 0.9
+    assert thresholds.operating_point(y, p, "specificity@0.6") == 0.3
+    ss = thresholds.sens_spec(y, p, 0.3)
     assert (ss.sensitivity.successes, ss.sensitivity.total) == (3, 3)
     assert (ss.specificity.successes, ss.specificity.total) == (2, 3)
     assert ss.specificity.value == pytest.approx(2 / 3)
     with pytest.raises(UsageError, match="rule"):
-        ev.operating_point(y, p, "f1")
+        thresholds.operating_point(y, p, "f1")
     with pytest.raises(UndefinedMetricError, match="validation"):
-        ev.operating_point([0, 0], [0.1, 0.2])
+        thresholds.operating_point([0, 0], [0.1, 0.2])
 
 
 def test_wilson_interval_known_values():
     # published Wilson 95% intervals (Newcombe 1998): 8/10 -> 0.4902-0.9433, 0/10 -> 0-0.2775
-    w = ev.wilson_interval(8, 10)
+    w = thresholds.wilson_interval(8, 10)
     assert (w.low, w.high) == (pytest.approx(0.4902, abs=1e-4), pytest.approx(0.9433, abs=1e-4))
-    w = ev.wilson_interval(0, 10)
+    w = thresholds.wilson_interval(0, 10)
     assert (w.value, w.low, w.high) == (0.0, 0.0, pytest.approx(0.2775, abs=1e-4))
-    assert not ev.wilson_interval(0, 0).defined
+    assert not thresholds.wilson_interval(0, 0).defined
     # no positives: sensitivity undefined, specificity still reported
-    ss = ev.sens_spec([0, 0, 0], [0.1, 0.6, 0.7], 0.5)
+    ss = thresholds.sens_spec([0, 0, 0], [0.1, 0.6, 0.7], 0.5)
     assert ss.sensitivity.value is None and ss.specificity.value == pytest.approx(1 / 3)
 
 
@@ -417,9 +417,9 @@ def test_choose_thresholds_per_head():
     y = rng.random((100, 4)) < 0.5
     y[:, 2] = False
     p = np.clip(0.3 * y + 0.7 * rng.random((100, 4)), 0, 1)
-    thr = ev.choose_thresholds(y, p)
+    thr = thresholds.choose_thresholds(y, p)
     assert list(thr) == list(HEADS) and thr["cart"] is None
-    assert thr["acl"] == ev.operating_point(y[:, 0], p[:, 0])
+    assert thr["acl"] == thresholds.operating_point(y[:, 0], p[:, 0])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -437,21 +437,21 @@ P_SLICES = np.array(
 
 
 def test_aggregation_rules_hand_examples():
-    np.testing.assert_allclose(ev.aggregate_study(P_SLICES, "max"), [0.8, 0.9, 0.2, 0.5])
-    np.testing.assert_allclose(ev.aggregate_study(P_SLICES, "mean"), [0.35, 0.325, 0.2, 0.5])
-    np.testing.assert_allclose(ev.aggregate_study(P_SLICES), [1.3 / 3, 1.2 / 3, 0.2, 0.5])  # top-3 default
-    np.testing.assert_allclose(ev.aggregate_study(P_SLICES, "mean_top_k", k=2), [0.55, 0.55, 0.2, 0.5])
+    np.testing.assert_allclose(aggregation.aggregate_study(P_SLICES, "max"), [0.8, 0.9, 0.2, 0.5])
+    np.testing.assert_allclose(aggregation.aggregate_study(P_SLICES, "mean"), [0.35, 0.325, 0.2, 0.5])
+    np.testing.assert_allclose(aggregation.aggregate_study(P_SLICES), [1.3 / 3, 1.2 / 3, 0.2, 0.5])  # top-3 default
+    np.testing.assert_allclose(aggregation.aggregate_study(P_SLICES, "mean_top_k", k=2), [0.55, 0.55, 0.2, 0.5])
     np.testing.assert_allclose(
-        ev.aggregate_study(P_SLICES, "noisy_or"), [1 - 0.9 * 0.2 * 0.7 * 0.8, 1 - 0.1 * 0.9 * 0.8 * 0.9, 1 - 0.8**4, 1 - 0.5**4]
+        aggregation.aggregate_study(P_SLICES, "noisy_or"), [1 - 0.9 * 0.2 * 0.7 * 0.8, 1 - 0.1 * 0.9 * 0.8 * 0.9, 1 - 0.8**4, 1 - 0.5**4]
     )
-    assert ev.top_slice(P_SLICES).tolist() == [1, 0, 0, 0]
+    assert aggregation.top_slice(P_SLICES).tolist() == [1, 0, 0, 0]
     # fewer slices than k: the mean of all of them
-    np.testing.assert_allclose(ev.aggregate_study(P_SLICES[:2], k=3), [0.45, 0.5, 0.2, 0.5])
-    assert ev.aggregate_study([[1.0], [1.0]], "noisy_or")[0] == 1.0
+    np.testing.assert_allclose(aggregation.aggregate_study(P_SLICES[:2], k=3), [0.45, 0.5, 0.2, 0.5])
+    assert aggregation.aggregate_study([[1.0], [1.0]], "noisy_or")[0] == 1.0
     with pytest.raises(UsageError, match="unknown aggregation rule"):
-        ev.aggregate_study(P_SLICES, "median")
+        aggregation.aggregate_study(P_SLICES, "median")
     with pytest.raises(UsageError, match="S >= 1"):
-        ev.aggregate_study(np.zeros((0, 4)))
+        aggregation.aggregate_study(np.zeros((0, 4)))
 
 
 def test_default_rule_resists_a_single_noisy_slice():
@@ -459,16 +459,16 @@ def test_default_rule_resists_a_single_noisy_slice():
     noisy[12] = 0.95  # one spurious slice
     lesion = np.full((30, 1), 0.05)
     lesion[10:15] = 0.8  # a lesion over five slices
-    assert ev.aggregate_study(noisy, "max")[0] > ev.aggregate_study(lesion, "max")[0]
-    assert ev.aggregate_study(noisy)[0] == pytest.approx(0.35)
-    assert ev.aggregate_study(lesion)[0] == pytest.approx(0.8)
+    assert aggregation.aggregate_study(noisy, "max")[0] > aggregation.aggregate_study(lesion, "max")[0]
+    assert aggregation.aggregate_study(noisy)[0] == pytest.approx(0.35)
+    assert aggregation.aggregate_study(lesion)[0] == pytest.approx(0.8)
 
 
 def test_study_level_arrays_and_frame():
     ids = np.array(["b", "b", "a", "a", "a"])
     p = np.array([[0.2, 0.1], [0.6, 0.3], [0.1, 0.9], [0.4, 0.8], [0.3, 0.7]])
     y = np.array([[0, 0], [1, 0], [0, 1], [0, 1], [0, 0]])
-    res = ev.study_level(ids, p, y, slices=[10, 11, 20, 21, 22], rule="max")
+    res = aggregation.study_level(ids, p, y, slices=[10, 11, 20, 21, 22], rule="max")
     assert res.study_ids.tolist() == ["b", "a"]  # order of first appearance
     np.testing.assert_allclose(res.p, [[0.6, 0.3], [0.4, 0.9]])
     assert res.y.tolist() == [[True, False], [False, True]]
@@ -480,13 +480,13 @@ def test_study_level_arrays_and_frame():
         {"study_id": ids, "slice": [10, 11, 20, 21, 22], **{f"p_{h}": p[:, i % 2] for i, h in enumerate(HEADS)},
          **{f"y_{h}": y[:, i % 2] for i, h in enumerate(HEADS)}}
     )
-    out = ev.study_level_frame(frame)
+    out = aggregation.study_level_frame(frame)
     assert out["study_id"].tolist() == ["b", "a"]
     np.testing.assert_allclose(out["p_acl"], [0.4, (0.1 + 0.4 + 0.3) / 3])
     assert out["y_mtear"].tolist() == [False, True]
     assert out["top_slice_acl"].tolist() == [11, 21]
     with pytest.raises(UsageError, match="missing columns"):
-        ev.study_level_frame(frame.drop(columns=["p_cart"]))
+        aggregation.study_level_frame(frame.drop(columns=["p_cart"]))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -495,10 +495,10 @@ def test_study_level_arrays_and_frame():
 
 
 def test_summarise_seeds():
-    mean, sd = ev.summarise_seeds([0.8, 0.9, 0.7])
+    mean, sd = tables.summarise_seeds([0.8, 0.9, 0.7])
     assert mean == pytest.approx(0.8) and sd == pytest.approx(0.1)
-    assert ev.summarise_seeds([0.8, None]) == (0.8, None)
-    assert ev.summarise_seeds([]) == (None, None)
+    assert tables.summarise_seeds([0.8, None]) == (0.8, None)
+    assert tables.summarise_seeds([]) == (None, None)
 
 
 def make_cohort(rng, n_studies=30, slices=8):
@@ -516,8 +516,8 @@ def make_cohort(rng, n_studies=30, slices=8):
 def test_metrics_table_numbers_and_json():
     rng = np.random.default_rng(0)
     ids, y, p = make_cohort(rng)
-    thresholds = {"slice": ev.choose_thresholds(y, p)}
-    table = ev.metrics_table(y, p, ids, thresholds=thresholds, n_boot=200)
+    chosen = {"slice": thresholds.choose_thresholds(y, p)}
+    table = tables.metrics_table(y, p, ids, thresholds=chosen, n_boot=200)
     json.dumps(table, allow_nan=False)
     assert table["heads"] == list(HEADS) and table["aggregation"] == {"rule": "mean_top_k", "k": 3}
     for h, head in enumerate(HEADS):
@@ -526,7 +526,7 @@ def test_metrics_table_numbers_and_json():
         assert row["ci"][0] <= row["auroc"] <= row["ci"][1]
         assert "stratified clusters" in row["ci_method"]
         assert row["sens_spec"]["sensitivity"]["total"] == int(y[:, h].sum())
-    studies = ev.study_level(ids, p, y)
+    studies = aggregation.study_level(ids, p, y)
     for h, head in enumerate(HEADS):
         assert table["study"]["per_head"][head]["auroc"] == pytest.approx(roc_auc_score(studies.y[:, h], studies.p[:, h]))
         assert table["study"]["per_head"][head]["n"] == 30
@@ -542,7 +542,7 @@ def test_metrics_table_reports_undefined_heads_and_empty_split():
     rng = np.random.default_rng(1)
     ids, y, p = make_cohort(rng)
     y[:, 1] = False  # no meniscus tears in the test split
-    table = ev.metrics_table(y, p, ids, n_boot=100)
+    table = tables.metrics_table(y, p, ids, n_boot=100)
     json.dumps(table, allow_nan=False)
     row = table["study"]["per_head"]["mtear"]
     assert row["auroc"] is None and row["ci"] is None
@@ -554,9 +554,9 @@ def test_metrics_table_reports_undefined_heads_and_empty_split():
         np.mean([table["study"]["per_head"][h]["auroc"] for h in ("acl", "cart")])
     )
 
-    empty = ev.metrics_table(np.zeros((0, 4)), np.zeros((0, 4)), np.array([]), n_boot=10)
+    empty = tables.metrics_table(np.zeros((0, 4)), np.zeros((0, 4)), np.array([]), n_boot=10)
     json.dumps(empty, allow_nan=False)
     assert empty["study"]["mean_all"]["auroc"] is None
     assert empty["study"]["mean_all"]["reason"] == "AUROC undefined for every head: empty test split: no studies to compute AUROC"
-    no_ids = ev.metrics_table(y, p, n_boot=10)
+    no_ids = tables.metrics_table(y, p, n_boot=10)
     assert no_ids["study"] is None and "study ids" in no_ids["study_reason"]

@@ -15,7 +15,7 @@ import torch
 
 from diagnose_inputs import make_checkpoint, write_dicom_study, write_h5, write_nifti
 from i2m2_med.errors import CheckpointError, UsageError
-from i2m2_med.evaluation import aggregate_study
+from i2m2_med.metrics.aggregation import aggregate_study
 from i2m2_med.heads import HEADS
 from i2m2_med.inference import (
     StudyPrediction,
@@ -303,13 +303,20 @@ def test_load_model_run_folder_and_refusals(models, tmp_path):
         resolve_checkpoint(tmp_path / "two")
 
 
-def test_aggregation_rules_are_those_of_training():
-    from i2m2_med.config import AGGREGATION_RULES as config_rules
-    from i2m2_med.inference import AGGREGATION_RULES
-    from i2m2_med.training import aggregation_rule as training_rule
+def test_config_aggregation_names_are_the_metrics_rules():
+    from i2m2_med.config import Config, config_from_dict
+    from i2m2_med.errors import ConfigError
+    from i2m2_med.metrics.aggregation import AGGREGATION_RULES, CONFIG_RULES, aggregation_rule
 
-    for name in config_rules:
-        assert AGGREGATION_RULES[name] == training_rule(name)
+    assert aggregation_rule("top3_mean") == ("mean_top_k", 3)
+    for name in CONFIG_RULES:
+        rule, k = aggregation_rule(name)
+        assert rule in AGGREGATION_RULES and k >= 1
+        assert Config().with_updates(**{"training.aggregation": name}).training.aggregation == name
+    data = Config().to_dict()
+    data["training"]["aggregation"] = "noisy_or"
+    with pytest.raises(ConfigError, match="training.aggregation"):
+        config_from_dict(data)
 
 
 def test_default_model_is_the_bundled_demo_model():

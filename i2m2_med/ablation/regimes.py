@@ -86,7 +86,8 @@ def oracle_ceiling(cohort_dir: str | os.PathLike, study_ids: Any, split: str = "
     ``slice_labels.csv``."""
     import pandas as pd
 
-    from i2m2_med.evaluation import PATHOLOGY_HEADS, auroc_result
+    from i2m2_med.metrics.ranking import auroc_result
+    from i2m2_med.heads import PATHOLOGY_HEADS
 
     path = Path(cohort_dir) / "slice_labels.csv"
     if not path.is_file():
@@ -110,13 +111,13 @@ def oracle_ceiling(cohort_dir: str | os.PathLike, study_ids: Any, split: str = "
 def in_view_block(ensembles: Mapping[str, Any], in_view: Mapping[str, np.ndarray] | None, n_boot: int, alpha: float,
                   seed: int) -> dict[str, Any]:
     """Per variant, the in-view mean AUROC over ACL/MTEAR/CART of its seed ensemble's test
-    predictions (:func:`i2m2_med.evaluation.in_view_metrics`: each head on the slices where its
+    predictions (:func:`i2m2_med.metrics.tables.in_view_metrics`: each head on the slices where its
     anatomy is in view, so a finding must beat its mimics and the slice position gives nothing),
     with a CI that resamples studies. ``{"value": None, "reason"}`` without the cohort's episode
     table."""
     from i2m2_med.dataset import in_view_rows
     from i2m2_med.errors import I2M2Error
-    from i2m2_med.evaluation import in_view_metrics
+    from i2m2_med.metrics.tables import in_view_metrics
 
     if in_view is None:
         return {"value": None, "reason": "the cohort has no episodes.csv (where each head's anatomy is in view)"}

@@ -548,7 +548,7 @@ def run_ablation(
     """
     from i2m2_med.config import load_config
     from i2m2_med.dataset import data_fingerprint, load_cohort
-    from i2m2_med.training import aggregation_rule
+    from i2m2_med.metrics.aggregation import aggregation_rule
 
     settings = settings or AblationSettings()
     t_start = time.perf_counter()

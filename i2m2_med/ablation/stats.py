@@ -1,4 +1,4 @@
-"""The statistics of the ablation report, built on :mod:`i2m2_med.evaluation` and
+"""The statistics of the ablation report, built on :mod:`i2m2_med.metrics` and
 :mod:`i2m2_med.evidence`: per-variant tables, seed summaries, paired comparisons against the
 reference variant, ROC curves, per-expert evidence, robustness summaries, and the paired
 bootstrap of a difference in mean AUROC over several heads (the regime-study margins).
@@ -14,17 +14,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from i2m2_med.errors import UndefinedMetricError, UsageError
-from i2m2_med.evaluation import (
-    PATHOLOGY_HEADS,
-    auroc,
-    auroc_result,
-    choose_thresholds,
-    compare_auroc,
-    metrics_table,
-    roc_curve_points,
-    study_level,
-    summarise_seeds,
-)
+from i2m2_med.metrics.aggregation import study_level
+from i2m2_med.metrics.paired import compare_auroc
+from i2m2_med.metrics.ranking import auroc, auroc_result, roc_curve_points
+from i2m2_med.heads import PATHOLOGY_HEADS
+from i2m2_med.metrics.tables import metrics_table, summarise_seeds
+from i2m2_med.metrics.thresholds import choose_thresholds
 from i2m2_med.heads import HEADS
 
 from i2m2_med.ablation.predict import Predictions
@@ -120,7 +115,7 @@ def variant_table(
     seed: int = 0,
     n_bins: int = 10,
 ) -> dict[str, Any]:
-    """:func:`i2m2_med.evaluation.metrics_table` of the test predictions with operating points
+    """:func:`i2m2_med.metrics.tables.metrics_table` of the test predictions with operating points
     chosen on validation (``operating_rule``); heads without one carry ``threshold_reason``."""
     if not test.ok:
         return {"value": None, "reason": test.reason}

@@ -128,7 +128,7 @@ class I2M2Model(nn.Module):
 
     def set_prior_offset(self, offset: Tensor | None) -> None:
         """Set (``[4]`` log-odds per head) or remove (None) the prior offset refitted after
-        training (:func:`i2m2_med.calibration.fit_prior_offset`).
+        training (:func:`i2m2_med.metrics.calibration.fit_prior_offset`).
 
         The offset adds ``log p(y)`` with ``p(y=1) = sigmoid(offset)`` to the ``"prior"`` term of
         the product (the term exists from then on even when ``model.prior`` is off), so the

@@ -1,4 +1,7 @@
-"""The prior of the product, refitted after training so that its probabilities mean what they say.
+"""Calibration, measured and fitted: reliability curves and the expected calibration error, and
+the refit of the product's prior.
+
+The prior's refit, so that the product's probabilities mean what they say.
 
 Why: training weights each head's NLL by inverse class frequency (``training.class_weighting``),
 so that a rare finding is not drowned by the normal slices. The price is that the product learns
@@ -34,7 +37,65 @@ from typing import Any
 
 import numpy as np
 
+from i2m2_med.errors import UndefinedMetricError, UsageError
 from i2m2_med.heads import HEADS
+from i2m2_med.metrics.ranking import _binary, _probabilities
+
+
+def _bin_index(p: np.ndarray, n_bins: int, strategy: str) -> tuple[np.ndarray, np.ndarray]:
+    """Bin of each probability and the bin edges (n_bins + 1,)."""
+    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
+        raise UsageError("n_bins", f"n_bins must be a positive integer, got {n_bins!r}")
+    if strategy == "uniform":
+        edges = np.linspace(0.0, 1.0, n_bins + 1)
+    elif strategy == "quantile":
+        edges = np.quantile(p, np.linspace(0.0, 1.0, n_bins + 1)) if p.size else np.linspace(0.0, 1.0, n_bins + 1)
+        edges[0], edges[-1] = 0.0, 1.0
+    else:
+        raise UsageError("strategy", f"unknown binning strategy {strategy!r}; use 'uniform' or 'quantile'")
+    # right-closed except the first bin: (e_i, e_{i+1}], p == 0 goes to bin 0
+    idx = np.clip(np.searchsorted(edges, p, side="left") - 1, 0, n_bins - 1)
+    return idx, edges
+
+
+def reliability_curve(y: Any, p: Any, n_bins: int = 10, strategy: str = "uniform") -> dict[str, np.ndarray]:
+    """Reliability diagram data for probabilities ``p`` (N,) of labels ``y`` (N,).
+
+    Bins are equal-width on [0, 1] (``strategy="uniform"``) or equal-count (``"quantile"``).
+    Returns only the non-empty bins: ``bin_centers`` (midpoint of the bin's edges), ``mean_pred``
+    (mean probability in the bin), ``frac_pos`` (observed fraction of positives), ``counts``
+    (int64), plus ``bin_edges`` (n_bins + 1,) of all bins; float arrays are float64.
+    A perfectly calibrated predictor has ``frac_pos == mean_pred`` up to sampling noise.
+    """
+    y_b = _binary(y)
+    pr = _probabilities(p, y_b.size)
+    idx, edges = _bin_index(pr, n_bins, strategy)
+    counts = np.bincount(idx, minlength=n_bins)
+    sum_p = np.bincount(idx, weights=pr, minlength=n_bins)
+    sum_y = np.bincount(idx, weights=y_b.astype(np.float64), minlength=n_bins)
+    keep = counts > 0
+    return {
+        "bin_centers": ((edges[:-1] + edges[1:]) / 2.0)[keep],
+        "mean_pred": sum_p[keep] / counts[keep],
+        "frac_pos": sum_y[keep] / counts[keep],
+        "counts": counts[keep].astype(np.int64),
+        "bin_edges": edges,
+    }
+
+
+def expected_calibration_error(y: Any, p: Any, n_bins: int = 10, strategy: str = "uniform") -> float:
+    """Expected calibration error: ``sum_b (n_b / N) * |mean_pred_b - frac_pos_b|`` over the bins
+    of :func:`reliability_curve` (probabilities ``p`` (N,) of the positive class).
+
+    Raises UndefinedMetricError when N is 0 (one class is fine: calibration is still defined).
+    """
+    curve = reliability_curve(y, p, n_bins=n_bins, strategy=strategy)
+    total = int(curve["counts"].sum())
+    if total == 0:
+        raise UndefinedMetricError("ece", "empty split: no cases to compute the calibration error")
+    gaps = np.abs(curve["mean_pred"] - curve["frac_pos"])
+    return float((curve["counts"] * gaps).sum() / total)
+
 
 #: Largest |offset| in log-odds (a prevalence ratio of about 1 : 3e6): beyond it the fit is refused.
 MAX_OFFSET = 15.0
@@ -123,8 +184,7 @@ def calibration_errors(log_odds: Any, labels: Any, offsets: Any, n_bins: int = 1
     output before the fit is ``log_odds - offsets``, exactly); ``labels`` ``(N, 4)``. Returns
     ``{head: {"before", "after", "mean_p_before", "mean_p_after", "prevalence"}}`` (None where a
     head has no labelled slice)."""
-    from i2m2_med.evaluation import expected_calibration_error
-
+    
     z = np.asarray(log_odds, dtype=np.float64)
     y = np.asarray(labels, dtype=np.float64)
     b = np.asarray(offsets, dtype=np.float64).reshape(-1)
