@@ -79,9 +79,8 @@ def _config(changes: dict) -> Any:
 
 
 def _cohort(ctx: Context) -> tuple[Path, float | None, str]:
-    from pipelines.demo import DEMO_REGIME, DEMO_SEED, DEMO_VOLUMES, _cohort_matches
-
     from i2m2_med.synth import generate_cohort
+    from pipelines.demo import DEMO_REGIME, DEMO_SEED, DEMO_VOLUMES, _cohort_matches
 
     if ctx.quick:
         target = ctx.workdir / "cohort"

@@ -28,7 +28,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_training import HADAMARD, PATCHIFY_128, TARGET_GAP, _config, _cohort, _mean_pathologies
+from benchmarks.bench_training import (
+    HADAMARD,
+    PATCHIFY_128,
+    TARGET_GAP,
+    _cohort,
+    _config,
+    _mean_pathologies,
+)
 from benchmarks.common import Context
 
 TITLE = "Training seeds: spread of the I2M2 recipes over training seeds (models-issue target)"

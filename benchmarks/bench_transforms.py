@@ -121,13 +121,19 @@ def _fastmri_slice_transform(kspace, mask, target, attrs, fname, slice_num):
 def make_paths(files: list[Path], volumes: list[np.ndarray]) -> dict[str, Callable[[], Any]]:
     """The callables timed, each processing every slice of every file once."""
     from fastmri.data import SliceDataset
-    from monai.apps.reconstruction.complex_utils import complex_abs_t, convert_to_tensor_complex
+    from monai.apps.reconstruction.complex_utils import (
+        complex_abs_t,
+        convert_to_tensor_complex,
+    )
     from monai.apps.reconstruction.fastmri_reader import FastMRIReader
     from monai.networks.blocks.fft_utils_t import ifftn_centered_t
     from monai.transforms import CenterSpatialCrop
 
     from i2m2_med.io.fastmri_h5 import read_fastmri_h5
-    from i2m2_med.transforms import iter_volume_modalities, kspace_to_modalities
+    from i2m2_med.transforms.modalities import (
+        iter_volume_modalities,
+        kspace_to_modalities,
+    )
 
     root = files[0].parent
     dataset = SliceDataset(root, challenge="singlecoil", transform=_fastmri_slice_transform)
@@ -206,7 +212,7 @@ LABELS = {
 
 def check_same_numbers(files: list[Path]) -> float:
     """Largest relative difference |z_i2m2 - z_fastmri| / max|z_fastmri| over the first file."""
-    from i2m2_med.transforms import kspace_to_modalities
+    from i2m2_med.transforms.modalities import kspace_to_modalities
 
     with h5py.File(files[0], "r") as f:
         k = f["kspace"][()]
@@ -224,7 +230,7 @@ def stage_profile(path: Path, repeats: int) -> dict[str, float]:
     import time
 
     from i2m2_med.io.fastmri_h5 import FastMRISliceReader
-    from i2m2_med.transforms import kspace_to_modalities
+    from i2m2_med.transforms.modalities import kspace_to_modalities
 
     reader = FastMRISliceReader(path)
     with h5py.File(path, "r") as f:

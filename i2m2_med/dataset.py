@@ -40,7 +40,7 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -49,7 +49,13 @@ from torch.utils.data import Dataset
 from i2m2_med.errors import AnnotationError, TransformError, UsageError
 from i2m2_med.heads import HEADS
 from i2m2_med.io.study import IMAGE_MODALITIES, Study
-from i2m2_med.splits import SPLIT_SALT, SPLITS, read_splits_csv, split_by_hash, study_key, subject_of
+from i2m2_med.splits import (
+    SPLITS,
+    read_splits_csv,
+    split_by_hash,
+    study_key,
+    subject_of,
+)
 
 SAMPLE_MODALITIES: tuple[str, ...] = ("magnitude", "phase", "tabular")
 DEFAULT_CACHE_SIZE = 4096
@@ -392,7 +398,7 @@ def data_fingerprint(cohort: Cohort) -> str:
 
 
 def _default_pipeline(image_size: int, undersample: Any, seed: int | None) -> Callable[[dict], dict]:
-    from i2m2_med.transforms import build_modality_pipeline
+    from i2m2_med.transforms.dictionary import build_modality_pipeline
 
     return build_modality_pipeline(image_size, undersample=undersample, seed=seed)
 

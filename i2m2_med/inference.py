@@ -45,8 +45,8 @@ import torch
 from i2m2_med import __version__
 from i2m2_med.errors import CheckpointError, TransformError, UsageError
 from i2m2_med.heads import HEADS
-from i2m2_med.metrics.aggregation import aggregation_rule
 from i2m2_med.io.study import IMAGE_MODALITIES, Study
+from i2m2_med.metrics.aggregation import aggregation_rule
 
 DEFAULT_BATCH_SIZE = 32
 #: Modalities a caller may drop (``drop_modalities``).
@@ -238,7 +238,7 @@ def modality_pipeline(image_size: int) -> Callable[[dict], dict]:
     with _PIPELINE_LOCK:
         pipe = _PIPELINES.get(int(image_size))
         if pipe is None:
-            from i2m2_med.transforms import build_modality_pipeline
+            from i2m2_med.transforms.dictionary import build_modality_pipeline
 
             pipe = _PIPELINES[int(image_size)] = build_modality_pipeline(int(image_size))
         return pipe

@@ -54,7 +54,6 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from i2m2_med.atomic import json_safe
 from i2m2_med.augment import BatchAugment
-from i2m2_med.metrics.calibration import calibration_errors, fit_prior_offset
 from i2m2_med.config import Config, load_config
 from i2m2_med.dataset import (
     Cohort,
@@ -67,10 +66,17 @@ from i2m2_med.dataset import (
     positive_fraction,
     sampler_weights,
 )
-from i2m2_med.errors import ConfigError, UsageError
+from i2m2_med.errors import UsageError
 from i2m2_med.heads import HEADS, PATHOLOGY_HEADS
 from i2m2_med.metrics.aggregation import aggregation_rule
-from i2m2_med.models import I2M2Model, build_model, nll, per_expert_param_groups, variant_experts
+from i2m2_med.metrics.calibration import calibration_errors, fit_prior_offset
+from i2m2_med.models import (
+    I2M2Model,
+    build_model,
+    nll,
+    per_expert_param_groups,
+    variant_experts,
+)
 
 CHECKPOINT_NAME = "model.safetensors"
 METRICS_NAME = "metrics.json"

@@ -40,8 +40,9 @@ def prepare(root: Path) -> AppEnv:
     and the model: the bundled one when it exists, else an untrained cpu-config checkpoint."""
     if "env" in _PREPARED:
         return _PREPARED["env"]
-    import i2m2_med
     from viewer.sources import ensure_demo
+
+    import i2m2_med
 
     cache = root / "cache"
     ensure_demo(cache, volumes=DEMO_VOLUMES, n_slices=DEMO_SLICES)

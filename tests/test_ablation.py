@@ -26,8 +26,8 @@ from i2m2_med.ablation.predict import Predictions, ensemble
 from i2m2_med.ablation.settings import AblationSettings, default_settings
 from i2m2_med.config import load_config
 from i2m2_med.errors import UsageError
-from i2m2_med.metrics.ranking import auroc
 from i2m2_med.heads import HEADS
+from i2m2_med.metrics.ranking import auroc
 from pipelines.cli import main
 from pipelines.report.ablation import SECTIONS
 

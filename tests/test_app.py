@@ -18,9 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from app_support import MAIN, prepare
-
 from streamlit.testing.v1 import AppTest  # noqa: E402  (after app_support put app/ on the path)
 from viewer import compute, report, sources  # noqa: E402
 from viewer.paths import PathRefused, resolve_under  # noqa: E402

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from app_support import REPO, prepare
 
 pytestmark = pytest.mark.slow

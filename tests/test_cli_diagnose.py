@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-
 from diagnose_inputs import (
     PATIENT_IDS,
     PATIENT_NAME_PARTS,
@@ -27,6 +26,7 @@ from diagnose_inputs import (
     write_dicom_study,
     write_h5,
 )
+
 from i2m2_med.heads import HEADS
 from i2m2_med.io.dicom import read_dicom_series
 from pipelines import diagnose

@@ -14,7 +14,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
 
 from i2m2_med.heads import HEADS

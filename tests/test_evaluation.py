@@ -11,9 +11,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from i2m2_med.metrics import aggregation, bootstrap, calibration, paired, ranking, tables, thresholds
 from i2m2_med.errors import UndefinedMetricError, UsageError
 from i2m2_med.heads import HEADS
+from i2m2_med.metrics import (
+    aggregation,
+    bootstrap,
+    calibration,
+    paired,
+    ranking,
+    tables,
+    thresholds,
+)
 
 # ------------------------------------------------------------------------------------------------
 # AUROC

@@ -12,10 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from diagnose_inputs import make_checkpoint, write_dicom_study, write_h5, write_nifti
+
 from i2m2_med.errors import CheckpointError, UsageError
-from i2m2_med.metrics.aggregation import aggregate_study
 from i2m2_med.heads import HEADS
 from i2m2_med.inference import (
     StudyPrediction,
@@ -28,6 +27,7 @@ from i2m2_med.io.dicom import read_dicom_series
 from i2m2_med.io.fastmri_h5 import read_fastmri_h5
 from i2m2_med.io.nifti import read_nifti
 from i2m2_med.io.study import Study
+from i2m2_med.metrics.aggregation import aggregate_study
 
 torch.set_num_threads(1)
 
@@ -306,7 +306,11 @@ def test_load_model_run_folder_and_refusals(models, tmp_path):
 def test_config_aggregation_names_are_the_metrics_rules():
     from i2m2_med.config import Config, config_from_dict
     from i2m2_med.errors import ConfigError
-    from i2m2_med.metrics.aggregation import AGGREGATION_RULES, CONFIG_RULES, aggregation_rule
+    from i2m2_med.metrics.aggregation import (
+        AGGREGATION_RULES,
+        CONFIG_RULES,
+        aggregation_rule,
+    )
 
     assert aggregation_rule("top3_mean") == ("mean_top_k", 3)
     for name in CONFIG_RULES:

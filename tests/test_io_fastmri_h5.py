@@ -11,7 +11,12 @@ import numpy as np
 import pytest
 
 from i2m2_med.errors import StudyReadError
-from i2m2_med.io.fastmri_h5 import FastMRISliceReader, read_fastmri_h5, read_reconstruction, write_fastmri_h5
+from i2m2_med.io.fastmri_h5 import (
+    FastMRISliceReader,
+    read_fastmri_h5,
+    read_reconstruction,
+    write_fastmri_h5,
+)
 from i2m2_med.io.ismrmrd import HeaderParams, build_header
 
 
@@ -393,7 +398,7 @@ def test_direct_layout_check_refuses_wrong_offsets(tmp_path, layout):
     (and the reader then falls back to h5py)."""
     import os
 
-    from i2m2_med.io.fastmri_h5 import _DirectLayout, _direct_layout
+    from i2m2_med.io.fastmri_h5 import _direct_layout, _DirectLayout
 
     path = tmp_path / f"{layout}.h5"
     k = _kspace((5, 64, 40), seed=9)

@@ -143,7 +143,11 @@ def test_project_h5_reader(cohort):
 
 
 def test_annotations_fastmri_plus_format_and_round_trip(cohort):
-    from i2m2_med.io.annotations import read_fastmri_plus, read_fastmri_plus_boxes, slice_labels
+    from i2m2_med.io.annotations import (
+        read_fastmri_plus,
+        read_fastmri_plus_boxes,
+        slice_labels,
+    )
 
     out, manifest = cohort
     csv_path = out / "annotations" / "knee.csv"

@@ -2,33 +2,30 @@
 
 from __future__ import annotations
 
+import fastmri
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-import fastmri
 from fastmri.data import transforms as fT
 from fastmri.data.subsample import EquispacedMaskFractionFunc, RandomMaskFunc
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from monai.transforms import Compose
 
 from i2m2_med.errors import TransformError
-from i2m2_med.transforms import (
+from i2m2_med.transforms.dictionary import (
     ImageToModalitiesd,
     KSpaceToModalitiesd,
     NormalizeMagnituded,
     PackModalitiesd,
     ResizeModalitiesd,
     UndersampleKSpaced,
-    apply_column_mask,
     build_modality_pipeline,
-    centre_crop_or_pad,
-    kspace_to_modalities,
-    normalize_magnitude,
-    resize_modalities,
-    sample_mask,
 )
+from i2m2_med.transforms.geometry import centre_crop_or_pad, resize_modalities
+from i2m2_med.transforms.intensity import normalize_magnitude
+from i2m2_med.transforms.modalities import kspace_to_modalities
+from i2m2_med.transforms.subsample import apply_column_mask, sample_mask
 
 
 def _kspace(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
@@ -115,7 +112,7 @@ def test_torch_in_torch_out_same_numbers() -> None:
 
 
 def test_torch_path_matches_numpy_path() -> None:
-    from i2m2_med.transforms import _kspace_to_modalities_torch
+    from i2m2_med.transforms.modalities import _kspace_to_modalities_torch
 
     for shape, coils in (((640, 368), None), ((2, 640, 301), None), ((3, 640, 338), True)):
         k = _kspace(shape, seed=len(shape))
@@ -128,7 +125,8 @@ def test_torch_path_matches_numpy_path() -> None:
             # The combined phase is ill-conditioned where the coils cancel: with coherence
             # |sum_c x_c conj(l_c)| / sum_c |x_c| |l_c| near 0 (random k-space has such pixels)
             # float32 rounding moves it by up to eps / coherence. Weight the error by it.
-            from i2m2_med.transforms import _centred_crop_image, _lowres_images
+            from i2m2_med.transforms.coils import _lowres_images
+            from i2m2_med.transforms.fft import _centred_crop_image
             x = _centred_crop_image(k, (320, 320), 1)
             low = _lowres_images(k[None], (320, 320))[0]
             coherence = np.abs((x * np.conj(low)).sum(0)) / (np.abs(x) * np.abs(low)).sum(0)
@@ -411,18 +409,12 @@ def test_core_does_not_import_monai() -> None:
 
     code = (
         "import sys, numpy as np\n"
-        "from i2m2_med.transforms import kspace_to_modalities\n"
+        "from i2m2_med.transforms.modalities import kspace_to_modalities\n"
         "kspace_to_modalities(np.ones((64, 40), np.complex64), crop=(32, 32))\n"
         "assert 'monai' not in sys.modules\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    import i2m2_med.transforms as core
-
-    assert core.build_modality_pipeline.__module__ == "i2m2_med.dict_transforms"
-    assert "KSpaceToModalitiesd" in dir(core)
-    with pytest.raises(AttributeError):
-        core.NoSuchTransformd
 
 
 # ---- whole volumes, block by block ----------------------------------------------------------
@@ -432,7 +424,7 @@ def test_core_does_not_import_monai() -> None:
 def test_iter_volume_modalities_equals_slice_by_slice(tmp_path, shape, block):
     from i2m2_med.io.fastmri_h5 import read_fastmri_h5, write_fastmri_h5
     from i2m2_med.io.ismrmrd import HeaderParams, build_header
-    from i2m2_med.transforms import iter_volume_modalities
+    from i2m2_med.transforms.modalities import iter_volume_modalities
 
     k = _kspace(shape, seed=len(shape) + block)
     path = tmp_path / "vol.h5"
@@ -464,7 +456,7 @@ def test_iter_volume_modalities_names_the_bad_slice_of_a_direct_read_file(tmp_pa
     from i2m2_med.errors import StudyReadError
     from i2m2_med.io.fastmri_h5 import read_fastmri_h5, write_fastmri_h5
     from i2m2_med.io.ismrmrd import HeaderParams, build_header
-    from i2m2_med.transforms import iter_volume_modalities
+    from i2m2_med.transforms.modalities import iter_volume_modalities
 
     k = _kspace((7, 96, 72), seed=21)
     k[5, 40, 7] = np.nan
@@ -496,7 +488,7 @@ def test_iter_volume_modalities_without_block_reads_and_bad_studies(tmp_path):
 
     from i2m2_med.errors import StudyReadError
     from i2m2_med.io.study import Study
-    from i2m2_med.transforms import iter_volume_modalities
+    from i2m2_med.transforms.modalities import iter_volume_modalities
 
     k = _kspace((5, 64, 48), seed=9)
 
@@ -543,7 +535,7 @@ def test_iter_volume_modalities_closed_early_leaves_nothing_running():
     from pathlib import Path
 
     from i2m2_med.io.study import Study
-    from i2m2_med.transforms import iter_volume_modalities
+    from i2m2_med.transforms.modalities import iter_volume_modalities
 
     k = _kspace((24, 64, 48), seed=33)
     reads: list[int] = []

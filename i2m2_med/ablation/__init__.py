@@ -15,7 +15,6 @@ summaries, paired tests, ROC, evidence, robustness), ``regimes`` (the regime stu
 from i2m2_med.ablation.conditions import Condition, robustness_conditions
 from i2m2_med.ablation.predict import Predictions, ensemble, predict_models
 from i2m2_med.ablation.runner import run_ablation
-from i2m2_med.ablation.tables import tables, write_tables
 from i2m2_med.ablation.runs import RunRecord, run_key, train_or_reuse
 from i2m2_med.ablation.settings import (
     ALL_VARIANTS,
@@ -24,6 +23,7 @@ from i2m2_med.ablation.settings import (
     AblationSettings,
     default_settings,
 )
+from i2m2_med.ablation.tables import tables, write_tables
 
 __all__ = [
     "ALL_VARIANTS",

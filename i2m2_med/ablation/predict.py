@@ -18,12 +18,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from i2m2_med.ablation.conditions import Condition, drop_from_batch
 from i2m2_med.atomic import atomic_path
 from i2m2_med.dataset import collate_samples
 from i2m2_med.errors import I2M2Error, UsageError
 from i2m2_med.heads import HEADS
-
-from i2m2_med.ablation.conditions import Condition, drop_from_batch
 
 H = len(HEADS)
 

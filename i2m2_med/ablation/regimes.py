@@ -86,8 +86,8 @@ def oracle_ceiling(cohort_dir: str | os.PathLike, study_ids: Any, split: str = "
     ``slice_labels.csv``."""
     import pandas as pd
 
-    from i2m2_med.metrics.ranking import auroc_result
     from i2m2_med.heads import PATHOLOGY_HEADS
+    from i2m2_med.metrics.ranking import auroc_result
 
     path = Path(cohort_dir) / "slice_labels.csv"
     if not path.is_file():

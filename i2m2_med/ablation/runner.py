@@ -30,18 +30,27 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from i2m2_med.atomic import write_json
-from i2m2_med.errors import CheckpointError, UsageError
-from i2m2_med.heads import HEADS
-
 from i2m2_med.ablation import conditions as cond
 from i2m2_med.ablation import regimes as reg
 from i2m2_med.ablation import stats
-from i2m2_med.ablation.predict import Predictions, ensemble, error_reason, predict_models, try_load
-from i2m2_med.ablation.runs import RunRecord, train_or_reuse
-from i2m2_med.ablation.settings import REFERENCE_VARIANT, REGIME_VARIANTS, AblationSettings
 from i2m2_med.ablation.card import model_card
+from i2m2_med.ablation.predict import (
+    Predictions,
+    ensemble,
+    error_reason,
+    predict_models,
+    try_load,
+)
+from i2m2_med.ablation.runs import RunRecord, train_or_reuse
+from i2m2_med.ablation.settings import (
+    REFERENCE_VARIANT,
+    REGIME_VARIANTS,
+    AblationSettings,
+)
 from i2m2_med.ablation.tables import tables, write_tables
+from i2m2_med.atomic import write_json
+from i2m2_med.errors import CheckpointError, UsageError
+from i2m2_med.heads import HEADS
 
 RESULTS_SCHEMA = "i2m2-med-ablation/1"
 EVAL_DIR = "ablation_eval"

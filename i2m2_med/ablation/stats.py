@@ -13,16 +13,14 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from i2m2_med.ablation.predict import Predictions
 from i2m2_med.errors import UndefinedMetricError, UsageError
+from i2m2_med.heads import HEADS, PATHOLOGY_HEADS
 from i2m2_med.metrics.aggregation import study_level
 from i2m2_med.metrics.paired import compare_auroc
 from i2m2_med.metrics.ranking import auroc, auroc_result, roc_curve_points
-from i2m2_med.heads import PATHOLOGY_HEADS
 from i2m2_med.metrics.tables import metrics_table, summarise_seeds
 from i2m2_med.metrics.thresholds import choose_thresholds
-from i2m2_med.heads import HEADS
-
-from i2m2_med.ablation.predict import Predictions
 
 LEVELS: tuple[str, ...] = ("slice", "study")
 PATHOLOGY_IDX: list[int] = [HEADS.index(h) for h in PATHOLOGY_HEADS]
@@ -364,7 +362,12 @@ def evidence_summary(per_seed: Sequence[Predictions], threshold: float = 0.5) ->
     experts' own decisions agree (:func:`i2m2_med.evidence.agreement_matrix`), averaged over
     seeds; ``mean_abs_contribution``: head -> expert -> mean |log-odds contribution| (nats).
     """
-    from i2m2_med.evidence import agreement_matrix, contributions, driving_expert, driving_frequency
+    from i2m2_med.evidence import (
+        agreement_matrix,
+        contributions,
+        driving_expert,
+        driving_frequency,
+    )
 
     usable = [p for p in per_seed if p.ok and p.n > 0]
     if not usable:

@@ -24,7 +24,14 @@ from pathlib import Path
 from i2m2_med.errors import StudyReadError
 from i2m2_med.io.dicom import IGNORED_NAMES, collect_dicom, is_dicom_file
 from i2m2_med.io.fastmri_h5 import read_fastmri_h5
-from i2m2_med.io.nifti import NIFTI_SUFFIXES, PHASE_SUFFIX, is_nifti_path, is_phase_path, nifti_stem, read_nifti
+from i2m2_med.io.nifti import (
+    NIFTI_SUFFIXES,
+    PHASE_SUFFIX,
+    is_nifti_path,
+    is_phase_path,
+    nifti_stem,
+    read_nifti,
+)
 from i2m2_med.io.study import Study
 
 H5_SUFFIXES = (".h5", ".hdf5")

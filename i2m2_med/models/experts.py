@@ -14,7 +14,6 @@ from torch import Tensor, nn
 
 from i2m2_med.config import ImageExpertConfig, JointConfig, TabularExpertConfig
 from i2m2_med.heads import HEADS
-from i2m2_med.models.phase_filter import phase_input_module
 from i2m2_med.models.preact_resnet import PreActResNet, preact_resnet_flops
 
 N_CLASSES = 2

@@ -23,7 +23,13 @@ from i2m2_med.errors import UsageError
 from i2m2_med.heads import HEADS
 from i2m2_med.synth import label_noise as noise
 from i2m2_med.synth import priors, writers
-from i2m2_med.synth.regimes import REGIMES, episode_auroc, evidence_log_ratio, evidence_state, regime_params
+from i2m2_med.synth.regimes import (
+    REGIMES,
+    episode_auroc,
+    evidence_log_ratio,
+    evidence_state,
+    regime_params,
+)
 from i2m2_med.synth.subject import TABULAR_COLUMNS, tabular_row
 from i2m2_med.synth.volume import N_COILS, SLICE_RANGE, SubjectPlan, generate_subject
 

@@ -22,7 +22,8 @@ from scipy import ndimage
 
 from i2m2_med.heads import HEADS
 from i2m2_med.io.ismrmrd import HeaderParams, build_header
-from i2m2_med.synth import anatomy, contrast, kspace, lesions, phase, risk, subject as subj
+from i2m2_med.synth import anatomy, contrast, kspace, lesions, phase, risk
+from i2m2_med.synth import subject as subj
 from i2m2_med.synth.regimes import RegimeParams
 
 SLICE_RANGE = (30, 46)

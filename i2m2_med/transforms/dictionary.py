@@ -1,9 +1,9 @@
 """The MONAI dictionary transforms of the modality pipeline and :func:`build_modality_pipeline`.
 
-Each is a ``monai.transforms.MapTransform`` over a plain array function of
-:mod:`i2m2_med.transforms` (``keys``, ``allow_missing_keys``, composable with ``Compose``).
-They are re-exported by :mod:`i2m2_med.transforms` (imported on first use there: MONAI takes
-seconds to import and the functional core does not need it).
+Each is a ``monai.transforms.MapTransform`` over a plain array function of the other modules of
+:mod:`i2m2_med.transforms` (``keys``, ``allow_missing_keys``, composable with ``Compose``). This
+module imports the array functions, never the reverse: MONAI takes seconds to import and the
+functional core (readers, ``inspect``) does not need it.
 """
 
 from __future__ import annotations
@@ -15,19 +15,16 @@ import torch
 from monai.transforms import Compose, MapTransform, Randomizable
 
 from i2m2_med.errors import I2M2Error, TransformError
-from i2m2_med.transforms import (
-    DEFAULT_CROP,
-    MASK_TYPES,
+from i2m2_med.transforms.fft import DEFAULT_CROP, _like
+from i2m2_med.transforms.geometry import (
     _as_plane,
-    _like,
-    apply_column_mask,
     centre_crop_or_pad,
     fit_image,
-    kspace_to_modalities,
-    normalize_magnitude,
     resize_modalities,
-    sample_mask,
 )
+from i2m2_med.transforms.intensity import normalize_magnitude
+from i2m2_med.transforms.modalities import kspace_to_modalities
+from i2m2_med.transforms.subsample import MASK_TYPES, apply_column_mask, sample_mask
 
 __all__ = [
     "ImageToModalitiesd",
