@@ -69,8 +69,8 @@ def _checkpoint(path: Path) -> Path:
 
     from i2m2_med.checkpoint import save_checkpoint
     from i2m2_med.config import load_config
+    from i2m2_med.data.tabular import feature_names
     from i2m2_med.models import build_model
-    from i2m2_med.tabular import feature_names
 
     if path.exists():
         return path
@@ -99,7 +99,7 @@ def child(input_dir: str, out_dir: str, model: str, workers: int, threads: int) 
     import torch
 
     torch.set_num_threads(threads)
-    import i2m2_med.inference as inference  # library imports (MONAI, pydicom...), timed apart
+    import i2m2_med.inference.streaming as inference  # library imports (MONAI, pydicom...), timed apart
     from pipelines import diagnose
 
     inference.modality_pipeline(64)  # builds the MONAI transforms: imports MONAI's dictionary transforms

@@ -18,7 +18,7 @@ candidate recipes over training seeds are the training-seeds section's subject.
 
 Full run: the demo cohort (``pipelines.demo``: 100 volumes, mixed regime, seed 0) is reused from
 ``demo_out/cohort`` when it is there and matches, else synthesised into the scratch folder (its
-generation time is reported apart); each variant is trained once with ``i2m2_med.training.train``
+generation time is reported apart); each variant is trained once with ``i2m2_med.training.fit.train``
 exactly as ``i2m2-med train`` does (seed 0, the config's epochs and early stopping; each run
 builds its own data loaders and transform cache, so every run pays the k-space transforms of its
 first epoch). Training is deterministic given the seed and the thread count, so one run per
@@ -137,7 +137,7 @@ def _mean_pathologies(metrics: dict[str, Any], term: str = "combined", level: st
 def run(ctx: Context) -> dict[str, Any]:
     import torch
 
-    from i2m2_med.training import train
+    from i2m2_med.training.fit import train
 
     torch.set_num_threads(2)
     cohort, synth_seconds, cohort_note = _cohort(ctx)

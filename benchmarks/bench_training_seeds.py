@@ -9,7 +9,7 @@ hadamard``) and the 128 px patchify-stem input -- with training seeds 0, 1 and 2
 cohort (the split is fixed: it depends on the subject ids only; the seed changes the
 initialisation, the batch order and the augmentation draws).
 
-Each run is ``i2m2_med.training.train`` exactly as ``i2m2-med train --seed S`` does, on one torch
+Each run is ``i2m2_med.training.fit.train`` exactly as ``i2m2-med train --seed S`` does, on one torch
 thread; two runs go at a time in two processes (one per core of a 2-core machine), so a run's
 wall time is that of one core on a busy machine and is not comparable with the training
 section's two-thread figures. Floating-point sums over one thread differ from those over two, so
@@ -56,7 +56,7 @@ def train_one(cohort: str, out: str, changes: dict, seed: int, quick: bool) -> d
     """One training run in a worker process (one torch thread); the figures this section reads."""
     import torch
 
-    from i2m2_med.training import train
+    from i2m2_med.training.fit import train
 
     torch.set_num_threads(1)
     started = time.perf_counter()

@@ -207,7 +207,7 @@ class EarlyStoppingConfig(_Strict):
 
 
 class AugmentConfig(_Strict):
-    """Training-time augmentation (:mod:`i2m2_med.augment`): per-sample left-right flip and integer
+    """Training-time augmentation (:mod:`i2m2_med.data.augment`): per-sample left-right flip and integer
     shift, the same for magnitude and phase; off by default (the knee reference trains without)."""
 
     flip_p: float = Field(0.0, ge=0.0, le=1.0)

@@ -330,7 +330,7 @@ def saliency(
         model: an :class:`~i2m2_med.models.registry.I2M2Model` (not modified: the expert is copied).
         sample: a transformed slice (``"magnitude"`` / ``"phase"`` float ``[1, H, W]``, and
             ``"tabular"`` ``[F]`` for a joint model that fuses it), e.g. from
-            :func:`i2m2_med.inference.slice_sample`.
+            :func:`i2m2_med.data.sample.image_sample`.
         expert: ``"magnitude"``, ``"phase"`` or ``"joint"`` (magnitude and phase together).
         head: a head name of :data:`HEADS` or its index.
         method: ``"gradcam"``: MONAI's GradCAM of the expert's log-odds at the last backbone stage,
@@ -439,7 +439,7 @@ def tabular_attributions(
         tabular: the study's tabular vector ``(F,)`` (array, list or tensor).
         names: the F feature names (default ``f0, f1, ...``).
         baseline: the reference vector ``(F,)``. Default: every feature *unknown* -- the
-            vector :func:`i2m2_med.tabular.tabular_features` gives a study with no tags (value 0,
+            vector :func:`i2m2_med.data.tabular.tabular_features` gives a study with no tags (value 0,
             and 1 in each ``<name>_missing`` indicator) -- so an attribution says how much knowing
             that feature moves the expert; zeros when ``names`` carry no missing indicators.
         steps: points of the Riemann (midpoint) approximation of the path integral.

@@ -222,7 +222,10 @@ def ablate_cmd(
 
 
 def _demo_defaults() -> dict[str, int]:
-    from pipelines.demo import DEMO_SEED, DEMO_VOLUMES  # a light module: no torch at import
+    from pipelines.demo import (  # a light module: no torch at import
+        DEMO_SEED,
+        DEMO_VOLUMES,
+    )
 
     return {"volumes": DEMO_VOLUMES, "seed": DEMO_SEED}
 

@@ -98,7 +98,7 @@ def run(
     from rich.console import Console
 
     from i2m2_med.errors import UsageError
-    from i2m2_med.training import train
+    from i2m2_med.training.fit import train
     from pipelines.train import print_summary
 
     if volumes < 6:

@@ -9,7 +9,7 @@ Outputs (every file written atomically: a temporary name in the same folder, the
 ``predictions.csv`` starts with exactly ``study_id, source, format, status, error, n_slices,
 p_acl, p_mtear, p_cart, p_abnormal``; then ``contrib_<term>_<head>`` for every term of the
 model's product (its experts, and ``prior`` when it has one): the term's study-level log-odds
-contribution in nats (see :mod:`i2m2_med.inference`; empty when the expert was dropped); then
+contribution in nats (see :mod:`i2m2_med.inference.predict`; empty when the expert was dropped); then
 ``top_slice_<head>``, ``missing_modalities``, ``dropped_experts``, ``patient_id`` and
 ``model_fingerprint``. ``status`` is ``ok`` or ``error``; ``error`` is a one-line reason.
 
@@ -377,16 +377,16 @@ def process(item: Item, ctx: Context, on_batch: Callable[[int], None] | None = N
 
     Returns the JSON record (``status`` ok or error). Never raises for a bad study: read,
     transform, model and report errors become an error record (KeyboardInterrupt passes).
-    ``samples``: the study's slices already being read (:class:`i2m2_med.inference.ReadAhead`).
+    ``samples``: the study's slices already being read (:class:`i2m2_med.inference.streaming.ReadAhead`).
     """
     from i2m2_med.atomic import write_json
-    from i2m2_med.inference import predict_study
+    from i2m2_med.inference.predict import predict_study
 
     if item.problem is not None:
         record = _error_record(item, item.problem, ctx)
     else:
         try:
-            row = _clinical_row(ctx.clinical, item.study)
+            row = clinical_row(ctx.clinical, item.study)
             pred = predict_study(
                 ctx.model, ctx.meta, item.study,
                 clinical_row=row,
@@ -409,10 +409,10 @@ def process(item: Item, ctx: Context, on_batch: Callable[[int], None] | None = N
     return record
 
 
-def _clinical_row(table: Any, study: Any) -> Any:
+def clinical_row(table: Any, study: Any) -> Any:
     if table is None:
         return None
-    from i2m2_med.dataset import _clinical_row as lookup
+    from i2m2_med.data.layout import clinical_row as lookup
 
     return lookup(table, study)
 
@@ -421,7 +421,7 @@ def _clinical_row(table: Any, study: Any) -> Any:
 
 
 def _term_names(model: Any) -> list[str]:
-    from i2m2_med.inference import TERM_ORDER
+    from i2m2_med.inference.predict import TERM_ORDER
 
     names = list(getattr(model, "expert_names", ()) or ())
     if getattr(model, "has_prior", getattr(model, "prior", None) is not None):
@@ -453,7 +453,9 @@ def prepare(
     Without ``clinical``, ``INPUT_DIR/tabular.csv`` is the clinical table when it is there (as
     ``train`` and the app do for a cohort folder), unless ``auto_clinical`` is False.
     """
-    from i2m2_med.inference import DROPPABLE, load_model, modality_pipeline, model_info
+    from i2m2_med.inference.loading import load_model, model_info
+    from i2m2_med.inference.predict import DROPPABLE
+    from i2m2_med.inference.streaming import modality_pipeline
 
     root = Path(input_dir)
     out = Path(out_dir)
@@ -484,7 +486,7 @@ def prepare(
         cpath = Path(clinical)
         if not cpath.is_file():
             raise UsageError(cpath, "no such clinical table")
-        from i2m2_med.tabular import read_clinical_csv
+        from i2m2_med.data.tabular import read_clinical_csv
 
         table = read_clinical_csv(cpath)
         digest = "sha256:" + hashlib.sha256(cpath.read_bytes()).hexdigest()[:16]
@@ -621,7 +623,7 @@ def _read_ahead(ctx: Context, pending: Sequence[Item]) -> Any:
     study boundaries (None with ``--workers 0``)."""
     if ctx.workers <= 0:
         return None
-    from i2m2_med.inference import ReadAhead, modality_pipeline
+    from i2m2_med.inference.streaming import ReadAhead, modality_pipeline
 
     jobs = [(it.out_id, it.study, range(it.study.n_slices)) for it in pending if it.study is not None]
     return ReadAhead(jobs, modality_pipeline(int(ctx.meta.config.image_size)), ctx.workers,

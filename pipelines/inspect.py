@@ -2,7 +2,7 @@
 
 For each study found (:func:`i2m2_med.io.discover.discover`): format, number of slices, the
 shape of one slice (k-space (640, W) / (C, 640, W), or image (H, W)), modalities present and
-missing, acquisition tags, the tabular feature vector (when :mod:`i2m2_med.tabular` is
+missing, acquisition tags, the tabular feature vector (when :mod:`i2m2_med.data.tabular` is
 available; otherwise the raw tags it would be built from), labels from a fastMRI+ CSV when one
 is given, the reader's notes; then the files that could not be read, with their reasons.
 
@@ -53,9 +53,9 @@ def _tabular_module() -> Any | None:
     import importlib
 
     try:
-        tabular = importlib.import_module("i2m2_med.tabular")
+        tabular = importlib.import_module("i2m2_med.data.tabular")
     except ModuleNotFoundError as exc:
-        if exc.name == "i2m2_med.tabular":
+        if exc.name == "i2m2_med.data.tabular":
             return None
         raise
     return tabular if hasattr(tabular, "tabular_features") else None

@@ -35,7 +35,14 @@ def run(
 ) -> int:
     """Generate the cohort; returns the exit code (0)."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     # fail on bad arguments before drawing anything
     validate(out_dir, volumes, seed, regime, label_noise, multicoil, dicom, nifti, workers, slices, coils)

@@ -1,6 +1,6 @@
 """`i2m2-med train --data DIR --out RUN_DIR`: train one variant and report its AUROCs.
 
-A thin shell over :func:`i2m2_med.training.train`: it trains, writes ``RUN_DIR/model.safetensors``,
+A thin shell over :func:`i2m2_med.training.fit.train`: it trains, writes ``RUN_DIR/model.safetensors``,
 ``metrics.json``, ``predictions.csv``, ``config.yaml`` and ``logs/``, then prints a table of the
 validation and test AUROCs (combined and per expert; slice and study level) and where the files
 are. In a multi-process run (``--devices N --strategy ddp``) only rank 0 prints.
@@ -107,7 +107,7 @@ def run(
 ) -> int:
     """Train and print the summary; returns the exit code (errors propagate to the CLI)."""
     from i2m2_med.errors import UsageError
-    from i2m2_med.training import train
+    from i2m2_med.training.fit import train
 
     if not Path(data).is_dir():
         raise UsageError(data, "no such data folder")

@@ -26,8 +26,8 @@ def make_checkpoint(path: Path, variant: str = "i2m2", seed: int = 0, prior: boo
 
     from i2m2_med.checkpoint import save_checkpoint
     from i2m2_med.config import config_from_dict, load_config
+    from i2m2_med.data.tabular import tabular_features
     from i2m2_med.models import build_model
-    from i2m2_med.tabular import tabular_features
 
     config = load_config("cpu")
     if prior or aggregation:

@@ -541,7 +541,7 @@ def test_empty_validation_split_fails_every_variant_with_its_reason(tiny_cohort:
 
 @pytest.mark.slow
 def test_condition_datasets_change_the_images(tiny_cohort: Path) -> None:
-    from i2m2_med.dataset import load_cohort
+    from i2m2_med.data.cohort import load_cohort
 
     cohort = load_cohort(tiny_cohort)
     clean, _ = cond.condition_dataset(cohort, "test", 64, cond.CLEAN, seed=3)

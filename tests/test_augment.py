@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from i2m2_med.augment import BatchAugment, apply_geometry
 from i2m2_med.config import load_config
+from i2m2_med.data.augment import BatchAugment, apply_geometry
 from i2m2_med.errors import UsageError
 
 
@@ -87,7 +87,7 @@ def test_shipped_configs_and_validation() -> None:
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 def test_training_step_sees_the_augmented_batch() -> None:
     from i2m2_med.models import build_model
-    from i2m2_med.training import I2M2Module
+    from i2m2_med.training.module import I2M2Module
 
     base = load_config("cpu")
     cfg = base.model_copy(update={"training": base.training.model_copy(

@@ -25,7 +25,7 @@ from i2m2_med.metrics.calibration import (
 )
 from i2m2_med.metrics.ranking import auroc
 from i2m2_med.models import build_model
-from i2m2_med.training import train
+from i2m2_med.training.fit import train
 
 SMALL = load_config("cpu").with_updates(image_size=32)
 QUICK = dict(epochs=1, progress=False, n_boot=20, batch_size=8, limit_train_batches=2)

@@ -17,17 +17,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from i2m2_med.dataset import (
-    SliceDataset,
-    class_weights,
-    collate_samples,
-    data_fingerprint,
-    load_cohort,
-    sampler_weights,
-)
+from i2m2_med.data.cohort import data_fingerprint, load_cohort
+from i2m2_med.data.dataset import SliceDataset, collate_samples
+from i2m2_med.data.sampling import class_weights, sampler_weights
+from i2m2_med.data.splits import SPLIT_SALT, read_splits_csv, split_by_hash
 from i2m2_med.errors import AnnotationError, UsageError
 from i2m2_med.heads import HEADS
-from i2m2_med.splits import SPLIT_SALT, read_splits_csv, split_by_hash
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,7 +73,7 @@ def test_split_by_hash_small_cohorts_get_every_split() -> None:
 def test_split_does_not_depend_on_pythonhashseed(tmp_path: Path) -> None:
     code = (
         "import json, sys; sys.path.insert(0, %r); "
-        "from i2m2_med.splits import split_by_hash; "
+        "from i2m2_med.data.splits import split_by_hash; "
         "print(json.dumps(split_by_hash(['knee%%d' %% i for i in range(40)]), sort_keys=True))"
     ) % str(REPO)
     outputs = []
@@ -141,7 +136,7 @@ def test_in_view_from_the_episode_table(tiny_cohort: Path, cohort, tmp_path: Pat
 
     import pandas as pd
 
-    from i2m2_med.dataset import load_cohort, read_in_view
+    from i2m2_med.data.cohort import load_cohort, read_in_view
 
     assert cohort.in_view is not None and set(cohort.in_view) == {s.study_id for s in cohort.studies}
     ep = pd.read_csv(tiny_cohort / "episodes.csv")

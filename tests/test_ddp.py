@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from i2m2_med.config import load_config
-from i2m2_med.dataset import load_cohort
+from i2m2_med.data.cohort import load_cohort
 
 REPO = Path(__file__).resolve().parents[1]
 

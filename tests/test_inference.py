@@ -16,13 +16,10 @@ from diagnose_inputs import make_checkpoint, write_dicom_study, write_h5, write_
 
 from i2m2_med.errors import CheckpointError, UsageError
 from i2m2_med.heads import HEADS
-from i2m2_med.inference import (
-    StudyPrediction,
-    iter_slice_samples,
-    load_model,
-    predict_study,
-    resolve_checkpoint,
-)
+from i2m2_med.inference.loading import load_model, resolve_checkpoint
+from i2m2_med.inference.predict import predict_study
+from i2m2_med.inference.prediction import StudyPrediction
+from i2m2_med.inference.streaming import iter_slice_samples
 from i2m2_med.io.dicom import read_dicom_series
 from i2m2_med.io.fastmri_h5 import read_fastmri_h5
 from i2m2_med.io.nifti import read_nifti
@@ -151,7 +148,7 @@ def test_batch_size_and_loading_threads_do_not_change_numbers(models, studies):
 
 def test_channels_last_weights_give_the_same_numbers(models, studies):
     from i2m2_med.checkpoint import load_checkpoint
-    from i2m2_med.inference import channels_last
+    from i2m2_med.inference.loading import channels_last
 
     path, model, meta = models["i2m2"]
     assert channels_last(model)  # as load_model leaves it (faster convolutions on CPU)
@@ -202,7 +199,7 @@ def test_json_contract(models, studies):
 
 
 def test_clinical_row_feeds_the_tabular_expert(models, studies):
-    from i2m2_med.tabular import tabular_features
+    from i2m2_med.data.tabular import tabular_features
 
     _, model, meta = models["i2m2"]
     base = predict_study(model, meta, studies["nifti"])  # NIfTI: no age / sex / BMI in the header
@@ -246,7 +243,7 @@ def test_read_ahead_is_bounded():
 def test_read_ahead_across_studies(models, studies):
     """Slices of several studies read ahead by threads across study boundaries: the same numbers
     as reading each study alone; a study left half consumed is skipped cleanly; memory bounded."""
-    from i2m2_med.inference import ReadAhead, modality_pipeline
+    from i2m2_med.inference.streaming import ReadAhead, modality_pipeline
 
     _, model, meta = models["i2m2"]
     names = ["h5", "dcm_mag", "nifti"]

@@ -10,13 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from i2m2_med.errors import AnnotationError
-from i2m2_med.tabular import (
+from i2m2_med.data.tabular import (
     TABULAR_FEATURES,
     feature_names,
     read_clinical_csv,
     tabular_features,
 )
+from i2m2_med.errors import AnnotationError
 
 TAGS = {
     "age_years": 45.0,

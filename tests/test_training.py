@@ -15,18 +15,15 @@ from torch.utils.data import WeightedRandomSampler
 
 from i2m2_med.checkpoint import load_checkpoint, read_checkpoint_meta
 from i2m2_med.config import load_config
-from i2m2_med.dataset import class_weights, load_cohort
+from i2m2_med.data.cohort import load_cohort
+from i2m2_med.data.sampling import class_weights
 from i2m2_med.errors import ConfigError, UsageError
 from i2m2_med.heads import HEADS
 from i2m2_med.models import VARIANTS, I2M2Output, combine
-from i2m2_med.training import (
-    I2M2DataModule,
-    experts_loss,
-    oracle_from_manifest,
-    predict_dataset,
-    product_loss,
-    train,
-)
+from i2m2_med.training.datamodule import I2M2DataModule
+from i2m2_med.training.fit import train
+from i2m2_med.training.module import experts_loss, product_loss
+from i2m2_med.training.results import oracle_from_manifest, predict_dataset
 
 QUICK = dict(epochs=1, progress=False, n_boot=20, batch_size=8, limit_train_batches=2)
 SMALL = load_config("cpu").with_updates(image_size=32)
@@ -152,7 +149,7 @@ def test_every_variant_trains_and_writes_its_metrics(variant: str, tiny_cohort: 
     assert len(preds) == combined["n"] + on_disk["val"]["combined"]["slice"]["n"]
     assert preds[[f"p_{h}" for h in HEADS]].to_numpy().min() >= 0.0
     # the checkpoint reproduces the written test predictions, combined and per expert
-    from i2m2_med.dataset import SliceDataset
+    from i2m2_med.data.dataset import SliceDataset
 
     pred = predict_dataset(model, SliceDataset(load_cohort(tiny_cohort), "test", image_size=meta.config.image_size))
     written = preds[preds["split"] == "test"]
@@ -186,7 +183,7 @@ def test_warm_start_trains_the_experts_then_the_product(tiny_cohort: Path, tmp_p
 
 def test_finetune_learning_rate_scale_reaches_the_optimiser() -> None:
     from i2m2_med.models import build_model
-    from i2m2_med.training import I2M2Module
+    from i2m2_med.training.module import I2M2Module
 
     cfg = SMALL.with_updates(**{"training.finetune_lr_scale": 0.1})
     model = build_model("i2m2", cfg, 14)

@@ -81,7 +81,7 @@ def highpass_phase(ref_key: str, index: int, sigma_px: float, model_size: int, _
 def model_location(path: Path | None) -> tuple[str, str]:
     """``(checkpoint file, size-mtime stamp)`` of the configured model (None: the bundled one).
     Raises :class:`~i2m2_med.errors.CheckpointError` when there is none."""
-    from i2m2_med.inference import resolve_checkpoint
+    from i2m2_med.inference.loading import resolve_checkpoint
 
     file = resolve_checkpoint(path)
     st_ = Path(file).stat()
@@ -91,7 +91,7 @@ def model_location(path: Path | None) -> tuple[str, str]:
 @st.cache_resource(show_spinner="Loading the model...", max_entries=4)
 def load_model(checkpoint: str, stamp: str, bundled: bool) -> LoadedModel:
     """Load a checkpoint once per file version; every forward pass is counted in :data:`COUNTS`."""
-    from i2m2_med.inference import load_model as load
+    from i2m2_med.inference.loading import load_model as load
 
     model, meta = load(checkpoint)
     model.register_forward_hook(lambda module, args, output: _count("forward"))
@@ -110,7 +110,7 @@ def warm_monai() -> bool:
 
 
 def _predict(lm: LoadedModel, ref: StudyRef, drop: tuple[str, ...]) -> Any:
-    from i2m2_med.inference import predict_study
+    from i2m2_med.inference.predict import predict_study
 
     study = open_study(ref)
     row = clinical_row(ref, study)
@@ -120,7 +120,7 @@ def _predict(lm: LoadedModel, ref: StudyRef, drop: tuple[str, ...]) -> Any:
 
 @st.cache_resource(show_spinner=False, max_entries=48)
 def prediction(ref_key: str, model_key: str, drop: tuple[str, ...], _ref: StudyRef, _lm: LoadedModel) -> Any:
-    """The :class:`~i2m2_med.inference.StudyPrediction` of a study (``drop``: withheld modalities)."""
+    """The :class:`~i2m2_med.inference.prediction.StudyPrediction` of a study (``drop``: withheld modalities)."""
     return _predict(_lm, _ref, tuple(drop))
 
 
@@ -143,7 +143,7 @@ class Planes:
 
 
 def compute_planes(ref: StudyRef, index: int) -> Planes:
-    from i2m2_med.inference import modality_pipeline
+    from i2m2_med.inference.streaming import modality_pipeline
 
     study = open_study(ref)
     try:
@@ -189,11 +189,13 @@ def model_sample(lm: LoadedModel, ref: StudyRef, index: int) -> dict[str, Any]:
     """The transformed slice as the model sees it, with the study's tabular vector."""
     import torch
 
-    from i2m2_med.inference import modality_pipeline, slice_sample, study_tabular
+    from i2m2_med.data.sample import image_sample
+    from i2m2_med.inference.predict import study_tabular
+    from i2m2_med.inference.streaming import modality_pipeline
 
     study = open_study(ref)
     try:
-        sample = slice_sample(study, int(index), modality_pipeline(int(lm.meta.config.image_size)))
+        sample = image_sample(study, int(index), modality_pipeline(int(lm.meta.config.image_size)))
         vec, _ = study_tabular(study, lm.meta, clinical_row(ref, study))
     finally:
         closer = getattr(study.slice_reader, "close", None)
@@ -221,7 +223,7 @@ def saliency_map(ref_key: str, model_key: str, index: int, expert: str, head: st
 
 def compute_tabular(lm: LoadedModel, ref: StudyRef) -> Any:
     from i2m2_med.evidence import tabular_attributions
-    from i2m2_med.inference import study_tabular
+    from i2m2_med.inference.predict import study_tabular
 
     if "tabular" not in lm.experts:
         return None
@@ -268,12 +270,12 @@ def expert_p(pred: Any) -> dict[str, np.ndarray]:
 
 
 def prediction_from_record(doc: dict[str, Any]) -> Any:
-    """A :class:`~i2m2_med.inference.StudyPrediction` rebuilt from a ``diagnose`` per-study JSON
+    """A :class:`~i2m2_med.inference.prediction.StudyPrediction` rebuilt from a ``diagnose`` per-study JSON
     (terms per slice as written; the product recomputed by :func:`i2m2_med.models.combine`)."""
     import torch
 
     from i2m2_med.heads import HEADS
-    from i2m2_med.inference import StudyPrediction
+    from i2m2_med.inference.prediction import StudyPrediction
     from i2m2_med.models import combine
 
     slices = doc.get("slices") or []

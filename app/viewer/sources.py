@@ -95,7 +95,12 @@ def _annotate(study: Any, cohort: Path) -> None:
     """Attach ``labels`` (S, 4) and ``boxes`` from ``cohort/annotations/knee.csv`` when it lists the
     study; a problem with the file becomes a note, never an error."""
     from i2m2_med.errors import AnnotationError
-    from i2m2_med.io.annotations import read_fastmri_plus, read_fastmri_plus_boxes, slice_labels, volume_name
+    from i2m2_med.io.annotations import (
+        read_fastmri_plus,
+        read_fastmri_plus_boxes,
+        slice_labels,
+        volume_name,
+    )
 
     csv = cohort / "annotations" / "knee.csv"
     if not csv.is_file():
@@ -152,9 +157,9 @@ def clinical_row(ref: StudyRef, study: Any) -> dict[str, Any] | None:
     csv = Path(ref.cohort) / "tabular.csv"
     if not csv.is_file():
         return None
+    from i2m2_med.data.tabular import read_clinical_csv
     from i2m2_med.errors import AnnotationError
     from i2m2_med.io.annotations import volume_name
-    from i2m2_med.tabular import read_clinical_csv
 
     try:
         table = read_clinical_csv(csv)

@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import streamlit as st
-from i2m2_med.privacy import hash_id  # the rule of ``i2m2-med diagnose`` (keyed by I2M2_ID_SALT), so ids match its outputs
 
+from i2m2_med.privacy import (
+    hash_id,  # the rule of ``i2m2-med diagnose`` (keyed by I2M2_ID_SALT), so ids match its outputs
+)
 from viewer import compute, sources
 from viewer.paths import PathRefused, resolve_under
 from viewer.settings import Settings, load_settings

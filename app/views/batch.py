@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import streamlit as st
-
-from i2m2_med.heads import HEADS
 from viewer import batch, sources, ui
 from viewer.figures import head_title
 from viewer.paths import PathRefused, relative_label, resolve_under
+
+from i2m2_med.heads import HEADS
 
 cfg = ui.settings()
 ui.show_settings_problems(cfg)

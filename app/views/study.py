@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pandas as pd
 import streamlit as st
+from viewer import compute, figures, report, sources, ui
+from viewer.figures import expert_title, head_title
 
 from i2m2_med.errors import I2M2Error
 from i2m2_med.evidence import agreement_matrix, contributions, driving_expert
 from i2m2_med.heads import HEADS
-from viewer import compute, figures, report, sources, ui
-from viewer.figures import expert_title, head_title
 
 IMAGE_EXPERTS = ("magnitude", "phase", "joint")
 WL_DEFAULTS = {"level": 50, "width": 100}

@@ -33,7 +33,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from i2m2_med.dataset import Cohort, SliceDataset
+from i2m2_med.data.cohort import Cohort
+from i2m2_med.data.dataset import SliceDataset
 from i2m2_med.errors import UsageError
 from i2m2_med.io.study import Study
 

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from i2m2_med.ablation.conditions import Condition, drop_from_batch
 from i2m2_med.atomic import atomic_path
-from i2m2_med.dataset import collate_samples
+from i2m2_med.data.dataset import collate_samples
 from i2m2_med.errors import I2M2Error, UsageError
 from i2m2_med.heads import HEADS
 

@@ -115,7 +115,7 @@ def in_view_block(ensembles: Mapping[str, Any], in_view: Mapping[str, np.ndarray
     anatomy is in view, so a finding must beat its mimics and the slice position gives nothing),
     with a CI that resamples studies. ``{"value": None, "reason"}`` without the cohort's episode
     table."""
-    from i2m2_med.dataset import in_view_rows
+    from i2m2_med.data.cohort import in_view_rows
     from i2m2_med.errors import I2M2Error
     from i2m2_med.metrics.tables import in_view_metrics
 

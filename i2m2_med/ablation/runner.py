@@ -106,8 +106,8 @@ def run_grid(
     """Train or reuse every (variant, seed), then predict validation and test (clean) and, for
     the runs of ``robustness_seeds``, the test split under each ``robustness`` condition."""
     from i2m2_med.checkpoint import load_checkpoint
-    from i2m2_med.dataset import SliceDataset
-    from i2m2_med.training import resolve_config
+    from i2m2_med.data.dataset import SliceDataset
+    from i2m2_med.training.fit import resolve_config
 
     grid = GridResult()
     t0 = time.perf_counter()
@@ -484,7 +484,7 @@ def run_regime_study(
     them (see :mod:`i2m2_med.ablation.regimes`). ``reuse``: regime -> (cohort, folder, grid,
     seeds) of a grid already trained on a cohort of that regime (the ablated cohort itself when
     it is synthetic), used instead of generating one."""
-    from i2m2_med.dataset import data_fingerprint, load_cohort
+    from i2m2_med.data.cohort import data_fingerprint, load_cohort
 
     t0 = time.perf_counter()
     seeds = list(range(settings.regime_seeds))
@@ -556,7 +556,7 @@ def run_ablation(
     split or a head without positives are reported in the results with their reasons.
     """
     from i2m2_med.config import load_config
-    from i2m2_med.dataset import data_fingerprint, load_cohort
+    from i2m2_med.data.cohort import data_fingerprint, load_cohort
     from i2m2_med.metrics.aggregation import aggregation_rule
 
     settings = settings or AblationSettings()

@@ -1,10 +1,10 @@
 """Training runs of the ablation grid, cached on disk.
 
 A run is identified by its *key*: the SHA-256 of the data fingerprint
-(:func:`i2m2_med.dataset.data_fingerprint`), the variant, the seed, the resolved configuration
+(:func:`i2m2_med.data.cohort.data_fingerprint`), the variant, the seed, the resolved configuration
 (epochs included) and the project version. It lives in ``CACHE_DIR/<variant>-s<seed>-<key[:12]>/``
 as an ordinary training run folder (``model.safetensors``, ``metrics.json``, ...; see
-:func:`i2m2_med.training.train`) plus ``ablation_run.json``, written last, which marks it
+:func:`i2m2_med.training.fit.train`) plus ``ablation_run.json``, written last, which marks it
 complete. A later ablation with the same key reuses it: nothing is retrained unless the data, the
 config, the variant, the seed or the code version changed.
 
@@ -131,10 +131,10 @@ def train_or_reuse(
 ) -> RunRecord:
     """Train one (variant, seed) with ``config`` (epochs already resolved), or reuse the cached
     run with the same key. ``cohort`` and ``datasets`` (split -> SliceDataset of that cohort)
-    are passed to :func:`i2m2_med.training.train`, so the runs of a grid share one transform
+    are passed to :func:`i2m2_med.training.fit.train`, so the runs of a grid share one transform
     cache. Never raises for a training failure (KeyboardInterrupt aside): the record says
     ``failed`` and why."""
-    from i2m2_med.training import train
+    from i2m2_med.training.fit import train
 
     key = run_key(data_fingerprint, variant, seed, config)
     run_dir = run_dir_for(cache_dir, variant, seed, key)

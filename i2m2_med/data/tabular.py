@@ -21,6 +21,7 @@ That is 14 numbers in the default order::
     field_strength_t, field_strength_t_missing, fat_sat, fat_sat_missing,
     tr_ms, tr_ms_missing, te_ms, te_ms_missing
 
+
 Sources and precedence: the study's standard tags (see :mod:`i2m2_med.io.study`), overridden
 by a non-empty value of the clinical row under the same standard name (clinical tables are
 the researcher's curated values; headers are often anonymised). Extra clinical columns
@@ -47,6 +48,7 @@ TABULAR_FEATURES: tuple[str, ...] = ("age_years", "sex_male", "bmi", "field_stre
 CLINICAL_STANDARD_KEYS: frozenset[str] = frozenset(
     {"age_years", "sex", "bmi", "weight_kg", "height_m", "field_strength_t", "fat_sat", "tr_ms", "te_ms"}
 )
+
 
 _TRUE = {"1", "true", "yes", "y", "t"}
 _FALSE = {"0", "false", "no", "n", "f"}

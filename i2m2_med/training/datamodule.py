@@ -1,0 +1,125 @@
+"""The LightningDataModule: the cohort, its subject-level splits, the loaders and the class
+balance (loss weights or a weighted sampler, :mod:`i2m2_med.data.sampling`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, WeightedRandomSampler
+
+from i2m2_med.config import Config
+from i2m2_med.data.cohort import Cohort, load_cohort
+from i2m2_med.data.dataset import SliceDataset, collate_samples
+from i2m2_med.data.sampling import class_weights, positive_fraction, sampler_weights
+from i2m2_med.errors import UsageError
+
+
+class I2M2DataModule(pl.LightningDataModule):
+    """Owns the cohort, its subject-level splits and the loaders.
+
+    Args:
+        cohort: a loaded :class:`~i2m2_med.data.cohort.Cohort`, or ``data_dir`` to load one.
+        config: the :class:`~i2m2_med.config.Config` (image size, batch size, workers, cache,
+            class weighting, split fractions).
+        seed: seeds the training shuffle / weighted sampler.
+        batch_size, num_workers, cache_size: override the config's.
+
+    ``class_weights`` (``[4, 2]`` or None) is for the loss, computed from the training labels when
+    ``training.class_weighting`` is ``loss`` or ``both``; the training loader draws with a
+    :class:`~torch.utils.data.WeightedRandomSampler` (:func:`~i2m2_med.data.sampling.sampler_weights`,
+    with replacement, one epoch = as many draws as training slices) when it is ``sampler`` or
+    ``both``, and shuffles otherwise.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        cohort: Cohort | None = None,
+        data_dir: str | os.PathLike | None = None,
+        seed: int = 0,
+        batch_size: int | None = None,
+        num_workers: int | None = None,
+        cache_size: int | None = None,
+        labels: str | os.PathLike | None = None,
+        clinical: str | os.PathLike | None = None,
+        splits: str | os.PathLike | None = None,
+        datasets: Mapping[str, SliceDataset] | None = None,
+    ):
+        super().__init__()
+        if cohort is None:
+            if data_dir is None:
+                raise UsageError("I2M2DataModule", "give a cohort or a data_dir")
+            cohort = load_cohort(
+                data_dir,
+                labels=labels,
+                clinical=clinical,
+                splits=splits,
+                val_fraction=config.training.val_fraction,
+                test_fraction=config.training.test_fraction,
+            )
+        self.cohort = cohort
+        self.config = config
+        self.seed = int(seed)
+        t = config.training
+        self.batch_size = int(batch_size if batch_size is not None else t.batch_size)
+        self.num_workers = int(num_workers if num_workers is not None else t.num_workers)
+        self.cache_size = int(cache_size if cache_size is not None else t.cache_size)
+        if self.batch_size < 1 or self.num_workers < 0 or self.cache_size < 0:
+            raise UsageError("I2M2DataModule", "batch_size must be >= 1, num_workers and cache_size >= 0")
+        self.datasets: dict[str, SliceDataset] = {
+            name: SliceDataset(cohort, name, image_size=config.image_size, cache_size=self.cache_size)
+            for name in ("train", "val", "test") if datasets is None or name not in datasets
+        }
+        if datasets is not None:  # shared across runs (e.g. an ablation grid): their caches are reused
+            self.datasets.update({name: datasets[name] for name in ("train", "val", "test") if name in datasets})
+        for name in ("train", "val"):
+            if len(self.datasets[name]) == 0:
+                raise UsageError(
+                    cohort.root,
+                    f"the {name} split has no slices ({len(cohort.studies)} labelled studies; "
+                    "a cohort needs at least 3 subjects)",
+                )
+        train_labels = self.datasets["train"].label_matrix()
+        weighting = t.class_weighting
+        self.class_weights: Tensor | None = class_weights(train_labels) if weighting in ("loss", "both") else None
+        self.sample_weights: Tensor | None = sampler_weights(train_labels) if weighting in ("sampler", "both") else None
+        self.train_positive_fraction = positive_fraction(train_labels)
+
+    @property
+    def n_tabular(self) -> int:
+        return self.cohort.n_tabular
+
+    def _loader(self, dataset: SliceDataset, train: bool) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        sampler = None
+        shuffle = False
+        if train and self.sample_weights is not None:
+            sampler = WeightedRandomSampler(self.sample_weights, num_samples=len(dataset), replacement=True, generator=generator)
+        elif train:
+            shuffle = True
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=collate_samples,
+            generator=generator if shuffle else None,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.datasets["train"], train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.datasets["val"], train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.datasets["test"], train=False)

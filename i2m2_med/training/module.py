@@ -1,0 +1,261 @@
+"""The LightningModule of I2M2: loss, optimiser and validation AUROC (the model itself,
+:class:`~i2m2_med.models.I2M2Model`, knows nothing of training).
+
+The loss is the joint end-to-end negative log-likelihood of the normalised product of experts,
+per head, class-weighted and averaged over the four heads (the knee reference trains the product
+the same way, with the sum over heads; the mean only rescales the loss)::
+
+    loss = 1/4 * sum_h  NLL_w( log p(y_h | x) ),   log p(y|x) = sum_e log_softmax(z_e) - logsumexp_y(...)
+
+With the ``experts`` objective (the first stage of a warm start) the loss is the mean of each
+expert's own NLL; the experts share no parameters, so this is exactly training each one
+separately, in one pass.
+
+Validation after every epoch: slice-level AUROC of p(y=1) per head for the combined prediction
+and for each expert; early stopping and the choice of the best epoch use ``val_auroc_mean``, the
+mean over the heads whose AUROC is defined (0.5 when none is). The best epoch's weights are kept
+in memory (no pickled Lightning checkpoint) and restored at the end of fitting. Validation
+predictions are gathered across processes (``all_gather``) so every rank sees the same AUROC and
+stops at the same epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from i2m2_med.config import Config
+from i2m2_med.data.augment import BatchAugment
+from i2m2_med.errors import UsageError
+from i2m2_med.heads import HEADS
+from i2m2_med.models import (
+    I2M2Model,
+    nll,
+    per_expert_param_groups,
+)
+
+OBJECTIVES: tuple[str, ...] = ("product", "experts")
+
+
+def product_loss(out: Any, labels: Tensor, weights: Tensor | None) -> Tensor:
+    """Class-weighted NLL of the normalised product, averaged over the heads (scalar)."""
+    return nll(out.combined, labels, weights) / labels.shape[1]
+
+
+def experts_loss(out: Any, labels: Tensor, weights: Tensor | None) -> Tensor:
+    """Mean over the terms of each term's own class-weighted NLL (averaged over heads); a term
+    masked out for some samples (absent modality) counts only on the others."""
+    losses = []
+    for name, term in out.terms.items():
+        keep = out.mask.get(name)
+        if keep is not None:
+            if not bool(keep.any()):
+                continue
+            term, y = term[keep], labels[keep]
+        else:
+            y = labels
+        losses.append(nll(term, y, weights) / labels.shape[1])
+    if not losses:
+        raise UsageError("experts_loss", "no expert term to train in this batch")
+    return torch.stack(losses).mean()
+
+
+def _mean_auroc(y: np.ndarray, p: np.ndarray, heads: Sequence[int]) -> tuple[float | None, list[float | None]]:
+    """Per-head slice AUROC (None where undefined or where p has NaN) and their mean."""
+    from i2m2_med.metrics.ranking import auroc_result
+
+    per: list[float | None] = []
+    for h in range(y.shape[1]):
+        ok = np.isfinite(p[:, h])
+        if not ok.any():
+            per.append(None)
+            continue
+        value = auroc_result(y[ok, h] > 0.5, p[ok, h]).value
+        per.append(value)
+    chosen = [per[h] for h in heads if per[h] is not None]
+    return (float(np.mean(chosen)) if chosen else None), per
+
+
+class I2M2Module(pl.LightningModule):
+    """The training loop around an :class:`~i2m2_med.models.I2M2Model` (which knows nothing of it).
+
+    Args:
+        model: the model of a variant.
+        config: its configuration (optimiser settings, scheduler, epochs).
+        class_weights: ``[4, 2]`` loss weights or None.
+        objective: ``"product"`` (end-to-end NLL of the product) or ``"experts"`` (each expert's
+            own NLL: the first stage of the warm start).
+        max_epochs: horizon of the cosine schedule (default ``config.training.max_epochs``).
+        lr_scale: multiplies every parameter group's learning rate (the fine-tuning stage of the
+            warm start uses ``config.training.finetune_lr_scale``).
+
+    Logged: ``train_loss`` (step and epoch), ``val_auroc_mean``, ``val_auroc_<head>``,
+    ``val_auroc_mean_<expert>``, ``best_val_auroc_mean``, ``best_epoch``. ``history`` holds one
+    dict per validation epoch; ``best_state`` the best epoch's weights (CPU copies).
+    """
+
+    def __init__(
+        self,
+        model: I2M2Model,
+        config: Config,
+        class_weights: Tensor | None = None,
+        objective: str = "product",
+        max_epochs: int | None = None,
+        lr_scale: float = 1.0,
+    ):
+        super().__init__()
+        if objective not in OBJECTIVES:
+            raise UsageError("objective", f"unknown objective {objective!r}; expected one of {', '.join(OBJECTIVES)}")
+        self.model = model
+        self.config = config
+        self.objective = objective
+        self.max_epochs = int(max_epochs or config.training.max_epochs)
+        self.lr_scale = float(lr_scale)
+        self.register_buffer("class_weights", class_weights.float() if class_weights is not None else None, persistent=False)
+        self.term_names: list[str] = list(model.expert_names)
+        self.history: list[dict[str, Any]] = []
+        self.best_score: float = -math.inf
+        self.best_epoch: int | None = None
+        self.best_state: dict[str, Tensor] | None = None
+        self.train_samples = 0
+        self.train_seconds = 0.0
+        self.val_seconds = 0.0
+        self._val: list[tuple[Tensor, Tensor, Tensor]] = []
+        self._loss_sum = 0.0
+        self._loss_n = 0
+        self._t_epoch = 0.0
+        self._t_val = 0.0
+        aug = config.training.augment
+        self.augment = BatchAugment(aug.flip_p, aug.max_shift, seed=config.training.seed)
+
+    def forward(self, batch: Mapping[str, Any]) -> Any:
+        return self.model(batch)
+
+    # -- training --
+    def _loss(self, out: Any, labels: Tensor) -> Tensor:
+        if self.objective == "product":
+            return product_loss(out, labels, self.class_weights)
+        return experts_loss(out, labels, self.class_weights)
+
+    def on_train_start(self) -> None:
+        # each DDP process draws its own augmentations (reproducibly)
+        self.augment.generator.manual_seed(int(self.config.training.seed) + 1_000_003 * int(self.global_rank))
+
+    def on_train_epoch_start(self) -> None:
+        self._loss_sum, self._loss_n = 0.0, 0
+        self._t_epoch = time.perf_counter()
+        self._val_in_epoch = 0.0
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        labels = batch["labels"]
+        if self.augment.active:
+            batch = self.augment(batch)
+        out = self.model(batch)
+        loss = self._loss(out, labels)
+        n = int(labels.shape[0])
+        self._loss_sum += float(loss.detach()) * n
+        self._loss_n += n
+        self.train_samples += n
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.train_seconds += time.perf_counter() - self._t_epoch - self._val_in_epoch
+
+    # -- validation --
+    def on_validation_epoch_start(self) -> None:
+        self._val = []
+        self._t_val = time.perf_counter()
+
+    def _probabilities(self, out: Any) -> Tensor:
+        """[B, 1 + E, 4]: combined p(y=1), then each expert's own (NaN where it did not count)."""
+        b = out.combined.shape[0]
+        cols = [out.p1().float()]
+        for name in self.term_names:
+            if name in out.terms:
+                p = out.expert_p1(name).float()
+                keep = out.mask.get(name)
+                if keep is not None:
+                    p = torch.where(keep[:, None], p, torch.full_like(p, float("nan")))
+            else:
+                p = torch.full((b, len(HEADS)), float("nan"), device=out.combined.device)
+            cols.append(p)
+        return torch.stack(cols, dim=1)
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        out = self.model(batch)
+        self._val.append((self._probabilities(out).detach(), batch["labels"].detach().float(), batch["index"].detach()))
+
+    def _gathered(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._val:
+            p = torch.cat([v[0] for v in self._val])
+            y = torch.cat([v[1] for v in self._val])
+            idx = torch.cat([v[2] for v in self._val])
+        else:
+            p = torch.zeros((0, 1 + len(self.term_names), len(HEADS)), device=self.device)
+            y = torch.zeros((0, len(HEADS)), device=self.device)
+            idx = torch.zeros((0,), dtype=torch.int64, device=self.device)
+        if self.trainer is not None and self.trainer.world_size > 1:
+            p = self.all_gather(p).reshape(-1, *p.shape[1:])
+            y = self.all_gather(y).reshape(-1, y.shape[-1])
+            idx = self.all_gather(idx).reshape(-1)
+        idx_np = idx.cpu().numpy()
+        _, first = np.unique(idx_np, return_index=True)  # the distributed sampler pads with repeats
+        return p.cpu().numpy()[first], y.cpu().numpy()[first]
+
+    def on_validation_epoch_end(self) -> None:
+        p, y = self._gathered()
+        self._val = []
+        all_heads = range(len(HEADS))
+        mean, per_head = _mean_auroc(y, p[:, 0], all_heads)
+        score = 0.5 if mean is None else mean
+        record: dict[str, Any] = {
+            "epoch": int(self.current_epoch),
+            "objective": self.objective,
+            "train_loss": (self._loss_sum / self._loss_n) if self._loss_n else None,
+            "val_auroc_mean": mean,
+            "val_auroc": dict(zip(HEADS, per_head)),
+            "experts": {},
+        }
+        self.log("val_auroc_mean", score, prog_bar=True, sync_dist=True)
+        for head, value in zip(HEADS, per_head):
+            if value is not None:
+                self.log(f"val_auroc_{head}", value, sync_dist=True)
+        for j, name in enumerate(self.term_names, start=1):
+            e_mean, e_per = _mean_auroc(y, p[:, j], all_heads)
+            record["experts"][name] = {"mean": e_mean, **dict(zip(HEADS, e_per))}
+            if e_mean is not None:
+                self.log(f"val_auroc_mean_{name}", e_mean, sync_dist=True)
+        if not self.trainer.sanity_checking:
+            if score > self.best_score:
+                self.best_score = score
+                self.best_epoch = int(self.current_epoch)
+                self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+            self.history.append(record)
+            self.log("best_val_auroc_mean", self.best_score, sync_dist=True)
+            self.log("best_epoch", float(self.best_epoch), sync_dist=True)
+        elapsed = time.perf_counter() - self._t_val
+        self.val_seconds += elapsed
+        self._val_in_epoch = getattr(self, "_val_in_epoch", 0.0) + elapsed
+
+    def on_fit_end(self) -> None:
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+
+    # -- optimiser --
+    def configure_optimizers(self) -> Any:
+        optim = self.config.optim
+        groups = per_expert_param_groups(self.model, self.config)
+        for group in groups:
+            group["lr"] *= self.lr_scale
+        opt = torch.optim.AdamW(groups, betas=tuple(optim.betas))
+        if optim.scheduler == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(self.max_epochs, 1))
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        return opt

@@ -1,0 +1,242 @@
+"""What a run is evaluated on and what it writes: the predictions of a split, their slice-,
+study- and in-view metrics (:func:`i2m2_med.metrics.tables.metrics_table`), the label-noise
+ceiling read from a synthetic cohort's manifest, and the file names of a run folder.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from i2m2_med.atomic import json_safe
+from i2m2_med.data.cohort import in_view_rows
+from i2m2_med.data.dataset import SliceDataset, collate_samples
+from i2m2_med.heads import HEADS, PATHOLOGY_HEADS
+from i2m2_med.metrics.aggregation import aggregation_rule
+from i2m2_med.models import (
+    I2M2Model,
+)
+
+CHECKPOINT_NAME = "model.safetensors"
+
+
+METRICS_NAME = "metrics.json"
+
+
+PREDICTIONS_NAME = "predictions.csv"
+
+
+CONFIG_NAME = "config.yaml"
+
+
+@torch.no_grad()
+def predict_dataset(
+    model: I2M2Model,
+    dataset: SliceDataset,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """Run ``model`` over every slice of ``dataset`` (eval mode, no gradients).
+
+    Returns ``study_id`` (N,) object, ``slice`` (N,) int64, ``labels`` (N, 4) float32,
+    ``p`` {"combined" and each expert name -> (N, 4) float64 p(y=1); NaN where that expert did
+    not count for a slice}, ``log_odds`` (N, 4) float64 (combined log p(1) - log p(0)),
+    ``dropped`` (experts dropped for a whole batch, with counts), ``seconds`` and
+    ``slices_per_s`` (reading, transforming and the forward pass).
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    names = list(model.expert_names)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_samples)
+    ids: list[str] = []
+    slices: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    probs: dict[str, list[np.ndarray]] = {"combined": [], **{n: [] for n in names}}
+    log_odds: list[np.ndarray] = []
+    dropped: dict[str, int] = {}
+    t0 = time.perf_counter()
+    try:
+        for batch in loader:
+            moved = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in batch.items()}
+            moved["present"] = {k: v.to(device) for k, v in batch["present"].items()}
+            out = model(moved)
+            b = out.combined.shape[0]
+            probs["combined"].append(out.p1().double().cpu().numpy())
+            combined = out.combined.double().cpu()
+            log_odds.append((combined[..., 1] - combined[..., 0]).numpy())
+            for name in names:
+                if name in out.terms:
+                    p = out.expert_p1(name).double().cpu().numpy()
+                    keep = out.mask.get(name)
+                    if keep is not None:
+                        p[~keep.cpu().numpy()] = np.nan
+                else:
+                    p = np.full((b, len(HEADS)), np.nan)
+                    dropped[name] = dropped.get(name, 0) + b
+                probs[name].append(p)
+            ids.extend(batch["study_id"])
+            slices.append(batch["slice"].numpy())
+            labels.append(batch["labels"].numpy() if "labels" in batch else np.full((b, len(HEADS)), np.nan, np.float32))
+    finally:
+        model.train(was_training)
+    seconds = time.perf_counter() - t0
+    n = len(ids)
+    empty = np.zeros((0, len(HEADS)))
+    return {
+        "study_id": np.array(ids, dtype=object),
+        "slice": np.concatenate(slices) if slices else np.zeros(0, np.int64),
+        "labels": np.concatenate(labels) if labels else empty.astype(np.float32),
+        "p": {k: (np.concatenate(v) if v else empty) for k, v in probs.items()},
+        "log_odds": np.concatenate(log_odds) if log_odds else empty,
+        "dropped": dropped,
+        "seconds": seconds,
+        "slices_per_s": (n / seconds) if seconds > 0 else None,
+    }
+
+
+def _summary_of(table: dict[str, Any]) -> dict[str, Any]:
+    """{level: {head: auroc, mean_pathologies, mean_all}} of a metrics_table."""
+    out: dict[str, Any] = {}
+    for level in ("slice", "study", "in_view"):
+        if level == "in_view" and level not in table:
+            continue
+        lv = table.get(level)
+        if lv is None:
+            out[level] = None
+            continue
+        row = {h: lv["per_head"][h]["auroc"] for h in HEADS}
+        row["mean_pathologies"] = lv["mean_pathologies"]["auroc"]
+        row["mean_pathologies_ci"] = lv["mean_pathologies"]["ci"]
+        row["mean_all"] = lv["mean_all"]["auroc"]
+        row["mean_all_ci"] = lv["mean_all"]["ci"]
+        out[level] = row
+    return out
+
+
+def prediction_metrics(
+    pred: Mapping[str, Any],
+    split: str,
+    rule: str = "top3_mean",
+    n_boot: int = 1000,
+    seed: int = 0,
+    in_view: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """Slice- and study-level metrics (:func:`i2m2_med.metrics.tables.metrics_table`) of the
+    combined prediction and of every expert, from :func:`predict_dataset` output.
+
+    ``in_view`` (study id -> (S, 4) bool, :attr:`i2m2_med.data.cohort.Cohort.in_view`) adds the
+    level ``"in_view"``: each head scored only on the slices where its anatomy is in view
+    (:func:`i2m2_med.metrics.tables.in_view_metrics`), i.e. findings against their mimics.
+
+    Returns ``{"combined": table, "experts": {name: table}, "summary": {name: {...}}}``; an
+    expert that did not count for some slices is scored on the others (``n`` says how many).
+    """
+    from i2m2_med.metrics.tables import in_view_metrics, metrics_table
+
+    rule_name, k = aggregation_rule(rule)
+    y = np.asarray(pred["labels"], dtype=np.float64)
+    ids = np.asarray(pred["study_id"]).astype(str)
+    view = None
+    if in_view is not None and len(ids) and all(sid in in_view for sid in ids):
+        view = in_view_rows(in_view, ids, pred["slice"])
+    out: dict[str, Any] = {"combined": None, "experts": {}, "summary": {}}
+    for name, p in pred["p"].items():
+        ok = np.isfinite(p).all(axis=1) & np.isfinite(y).all(axis=1)
+        table = metrics_table(
+            y[ok], np.clip(p[ok], 0.0, 1.0), ids[ok], rule=rule_name, k=k, split=split, n_boot=n_boot, seed=seed
+        )
+        if view is not None:
+            table["in_view"] = in_view_metrics(
+                y[ok], np.clip(p[ok], 0.0, 1.0), view[ok], ids[ok], split=split, n_boot=n_boot, seed=seed
+            )
+        if name == "combined":
+            out["combined"] = table
+        else:
+            out["experts"][name] = table
+        out["summary"][name] = _summary_of(table)
+    return out
+
+
+def oracle_from_manifest(manifest: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """What the synthetic generator's manifest says a model can reach, or None without a manifest.
+
+    ``ceiling_auroc``: per head, the AUROC of a perfect predictor of the true findings against the
+    annotated labels (``oracle_ceiling_auroc``: "empirical" on this cohort, else "expected"; 1.0
+    without label noise); ``mean_pathologies``: its mean over ACL/MTEAR/CART (the heads where it
+    is defined). Also copied when present: ``episode_bayes_auroc`` (the best AUROC of one
+    finding-vs-mimic episode from magnitude, phase and both: the regime's design) and
+    ``slice_position_auroc`` (what the slice position alone predicts) and
+    ``slice_evidence_auroc`` (the Bayes score of the cues every slice shows: what the images allow).
+    """
+    if not manifest:
+        return None
+    ceiling = manifest.get("oracle_ceiling_auroc")
+    out: dict[str, Any] = {}
+    if isinstance(ceiling, Mapping):
+        per_head: dict[str, float | None] = {}
+        for head in HEADS:
+            node = ceiling.get(head)
+            value = None
+            if isinstance(node, Mapping):
+                value = node.get("empirical") if node.get("empirical") is not None else node.get("expected")
+            elif isinstance(node, (int, float)):
+                value = node
+            per_head[head] = None if value is None else float(value)
+        out["ceiling_auroc"] = per_head
+        defined = [per_head[h] for h in PATHOLOGY_HEADS if per_head.get(h) is not None]
+        out["mean_pathologies"] = float(np.mean(defined)) if defined else None
+        if manifest.get("oracle_ceiling_note"):
+            out["note"] = manifest["oracle_ceiling_note"]
+    for key in ("episode_bayes_auroc", "slice_position_auroc", "slice_evidence_auroc", "regime", "label_noise"):
+        if key in manifest:
+            out[key] = manifest[key]
+    return out or None
+
+
+def oracle_mean_pathologies(oracle: Mapping[str, Any] | None) -> float | None:
+    """The oracle ceiling's mean AUROC over ACL/MTEAR/CART (None when unknown)."""
+    if not oracle:
+        return None
+    value = oracle.get("mean_pathologies")
+    return None if value is None else float(value)
+
+
+def _checkpoint_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The compact part of the metrics that travels inside the checkpoint."""
+    keep = {k: metrics[k] for k in ("variant", "seed", "aggregation", "oracle_mean_pathologies", "test_mean_pathologies")}
+    keep["training"] = {k: v for k, v in metrics["training"].items() if k != "stages"}
+    keep["summary"] = {
+        split: (metrics[split] or {}).get("summary") for split in ("val", "test")
+    }
+    return json_safe(keep)
+
+
+def _write_predictions(path: Path, predictions: Mapping[str, Mapping[str, Any]]) -> None:
+    """One row per slice of val and test: split, study_id, slice, y_<head>, p_<head> (combined)
+    and p_<expert>_<head>."""
+    import pandas as pd
+
+    from i2m2_med.atomic import atomic_path
+
+    frames = []
+    for split, pred in predictions.items():
+        data: dict[str, Any] = {"split": split, "study_id": pred["study_id"].astype(str), "slice": pred["slice"]}
+        for h, head in enumerate(HEADS):
+            data[f"y_{head}"] = pred["labels"][:, h].astype(np.int64)
+        for name, p in pred["p"].items():
+            prefix = "p" if name == "combined" else f"p_{name}"
+            for h, head in enumerate(HEADS):
+                data[f"{prefix}_{head}"] = np.round(p[:, h], 6)
+        frames.append(pd.DataFrame(data))
+    if not frames:
+        return
+    with atomic_path(path) as tmp:
+        pd.concat(frames, ignore_index=True).to_csv(tmp, index=False)
