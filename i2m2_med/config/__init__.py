@@ -1,6 +1,6 @@
 """Model and training configuration: validated pydantic models loaded from YAML.
 
-Two configurations ship with the project (``pipelines/configs/``):
+Two configurations ship with the library, beside this module (``i2m2_med/config/*.yaml``):
 
 * ``paper`` -- faithful to the I2M2 knee reference: PreActResNet-18 experts (3x3 stride-1 stem,
   no max-pool, GroupNorm(32), blocks [2, 2, 2, 2], widths 64-512, adaptive average pool to
@@ -353,10 +353,10 @@ def config_from_dict(data: Any, where: str | os.PathLike = "config") -> Config:
 
 
 def shipped_config_path(name: str) -> Path:
-    """Path of a shipped config (``cpu`` or ``paper``) inside the installed ``pipelines`` package."""
+    """Path of a shipped config (``cpu`` or ``paper``): the YAML file beside this module."""
     if name not in SHIPPED_CONFIGS:
         raise ConfigError(name, f"unknown config name; expected one of {', '.join(SHIPPED_CONFIGS)} or a YAML file path")
-    return Path(str(resources.files("pipelines").joinpath("configs", f"{name}.yaml")))
+    return Path(str(resources.files(__name__).joinpath(f"{name}.yaml")))
 
 
 def load_config(name_or_path: str | os.PathLike) -> Config:
