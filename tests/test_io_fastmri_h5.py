@@ -167,6 +167,19 @@ def test_pickle_drops_handle_and_reopens(tmp_path):
     np.testing.assert_array_equal(clone.read_slice(2)["kspace"], k[2])
 
 
+def test_study_close_releases_the_file_and_reopens_on_read(tmp_path):
+    path = tmp_path / "a.h5"
+    k = _write(path, (3, 640, 320))
+    with read_fastmri_h5(path) as study:
+        np.testing.assert_array_equal(study.read_slice(0)["kspace"], k[0])
+        handle = study.slice_reader._file
+        assert handle is not None and handle.id.valid
+    assert study.slice_reader._file is None and not handle.id.valid and study.slice_reader._fd is None
+    np.testing.assert_array_equal(study.read_slice(2)["kspace"], k[2])  # reopened on demand
+    study.close()
+    study.close()  # closing twice is harmless
+
+
 def _child_sum(study) -> float:
     return float(np.abs(study.read_slice(1)["kspace"]).sum())
 

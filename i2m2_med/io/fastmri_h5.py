@@ -119,11 +119,10 @@ class FastMRISliceReader:
             self._fd = None
             self._layout = None
             try:
-                # No chunk cache: a slice is read once, and a fastMRI chunk (a whole slice, 1.9 MB)
-                # is larger than the default 1 MiB cache anyway. Without it HDF5 reads what is
-                # selected straight into the output instead of the whole chunk first: on
-                # fastMRI-shaped files a slice reads about 5x faster, and the layout check's
-                # four one-line reads take 0.3 ms instead of 1.7 ms.
+                # No chunk cache: a slice is read once, and a fastMRI chunk (a whole slice) is
+                # larger than the default 1 MiB cache anyway. Without it HDF5 reads what is
+                # selected straight into the output instead of the whole chunk first
+                # (BENCHMARKS.md, transforms section).
                 self._file = h5py.File(self.path, "r", rdcc_nbytes=0)
             except OSError as exc:
                 raise StudyReadError(self.path, f"cannot open HDF5 file ({_h5_reason(exc)})") from None

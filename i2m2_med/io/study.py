@@ -76,6 +76,20 @@ class Study:
     boxes: list[dict[str, Any]] = field(default_factory=list, repr=False)
     notes: list[str] = field(default_factory=list)
 
+    def close(self) -> None:
+        """Release what the slice reader holds open (a fastMRI h5 file and its descriptor). A
+        later read reopens it, so closing is always safe; readers that hold nothing open
+        (DICOM, NIfTI) have nothing to release."""
+        release = getattr(self.slice_reader, "close", None)
+        if callable(release):
+            release()
+
+    def __enter__(self) -> "Study":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def read_slice(self, index: int) -> dict[str, np.ndarray]:
         if not 0 <= index < self.n_slices:
             raise IndexError(f"{self.source}: slice {index} out of range 0..{self.n_slices - 1}")
