@@ -10,37 +10,19 @@ import numpy as np
 import plotly.graph_objects as go
 from PIL import Image
 
-from i2m2_med.heads import HEAD_TITLES, HEADS
+from i2m2_med.heads import (
+    EXPERT_COLORS,
+    HEAD_COLORS,
+    HEADS,
+    expert_short_title,
+    expert_title,
+    head_title,
+)
 
-EXPERT_TITLES: dict[str, str] = {
-    "magnitude": "Magnitude expert",
-    "phase": "Phase expert",
-    "tabular": "Tabular expert",
-    "joint": "Joint (inter-modality)",
-    "prior": "Class prior",
-}
-SHORT_TITLES: dict[str, str] = {"magnitude": "Magnitude", "phase": "Phase", "tabular": "Tabular", "joint": "Joint",
-                                 "prior": "Prior"}
-EXPERT_COLORS: dict[str, str] = {
-    "magnitude": "#3b5bdb",
-    "phase": "#0c8599",
-    "tabular": "#e67700",
-    "joint": "#a61e4d",
-    "prior": "#868e96",
-}
-HEAD_COLORS: dict[str, str] = {"acl": "#f76707", "mtear": "#37b24d", "cart": "#1c7ed6", "abnormal": "#d6336c"}
 TOWARD = "#c92a2a"   # pushes towards the finding
 AGAINST = "#1864ab"  # pushes against it
 TOTAL = "#212529"
 FONT = dict(family="Inter, 'Source Sans Pro', 'Segoe UI', Helvetica, Arial, sans-serif", size=12, color="#212529")
-
-
-def expert_title(name: str) -> str:
-    return EXPERT_TITLES.get(name, name)
-
-
-def head_title(head: str) -> str:
-    return HEAD_TITLES.get(head, head.upper())
 
 
 def _base_layout(fig: go.Figure, height: int, title: str | None = None, margin: Mapping[str, int] | None = None) -> go.Figure:
@@ -192,7 +174,7 @@ def waterfall_figure(
     ``missing``: experts left out of the product (shown as empty steps marked "not in product").
     ``probability``: the product's p(y=1), written on the total bar."""
     names = list(contributions)
-    labels = [SHORT_TITLES.get(n, n) for n in names] + [SHORT_TITLES.get(m, m) for m in missing]
+    labels = [expert_short_title(n) for n in names] + [expert_short_title(m) for m in missing]
     values = [float(contributions[n]) for n in names] + [0.0] * len(missing)
     texts = [f"{v:+.2f}" for v in values[: len(names)]] + ["not in product"] * len(missing)
     total = float(sum(values))
@@ -219,7 +201,7 @@ def waterfall_figure(
 
 def agreement_figure(experts: Sequence[str], matrix: np.ndarray, height: int = 260, title: str | None = None) -> go.Figure:
     """Fraction of slices on which two experts make the same call (each alone, p >= 0.5)."""
-    labels = [SHORT_TITLES.get(e, e) for e in experts]
+    labels = [expert_short_title(e) for e in experts]
     text = [["-" if np.isnan(v) else f"{v:.0%}" for v in row] for row in matrix]
     fig = go.Figure(go.Heatmap(
         z=np.nan_to_num(matrix, nan=0.0), x=labels, y=labels, zmin=0.0, zmax=1.0, text=text,

@@ -16,9 +16,9 @@ import numpy as np
 
 from i2m2_med import __version__
 from i2m2_med.evidence import agreement_matrix, contributions, driving_expert
-from i2m2_med.heads import HEADS
+from i2m2_med.heads import EXPERT_COLORS, HEADS, expert_title, head_title
 from viewer.compute import slice_output, study_output
-from viewer.figures import EXPERT_COLORS, data_uri, expert_title, head_title
+from viewer.figures import data_uri
 
 RESEARCH_NOTICE = ("RESEARCH USE ONLY. Not a medical device; not for clinical diagnosis or treatment "
                    "decisions. Probabilities are model estimates.")

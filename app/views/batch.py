@@ -7,10 +7,9 @@ from pathlib import Path
 
 import streamlit as st
 from viewer import batch, sources, ui
-from viewer.figures import head_title
 from viewer.paths import PathRefused, relative_label, resolve_under
 
-from i2m2_med.heads import HEADS
+from i2m2_med.heads import HEADS, head_title
 
 cfg = ui.settings()
 ui.show_settings_problems(cfg)

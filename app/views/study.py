@@ -9,11 +9,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 from viewer import compute, figures, report, sources, ui
-from viewer.figures import expert_title, head_title
 
 from i2m2_med.errors import I2M2Error
 from i2m2_med.evidence import agreement_matrix, contributions, driving_expert
-from i2m2_med.heads import HEADS
+from i2m2_med.heads import HEADS, expert_short_title, expert_title, head_title
 
 IMAGE_EXPERTS = ("magnitude", "phase", "joint")
 WL_DEFAULTS = {"level": 50, "width": 100}
@@ -271,14 +270,14 @@ with right:
     rows = []
     for t in terms:
         c = contrib[t]
-        row = {"Expert": figures.SHORT_TITLES.get(t, t)}
+        row = {"Expert": expert_short_title(t)}
         if scope == "This slice":
             row["Own p"] = float(np.exp(pred.terms[t][pos, j, 1]))
         row["Log-odds"] = round(c, 3)
         row["Agrees"] = "yes" if (c >= 0) == decision else "no"
         rows.append(row)
     for t in pred.dropped_experts:
-        rows.append({"Expert": figures.SHORT_TITLES.get(t, t), **({"Own p": None} if scope == "This slice" else {}),
+        rows.append({"Expert": expert_short_title(t), **({"Own p": None} if scope == "This slice" else {}),
                      "Log-odds": None, "Agrees": "missing input"})
     table = pd.DataFrame(rows)
     column_config = {

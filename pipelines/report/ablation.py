@@ -14,18 +14,22 @@ import string
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from i2m2_med.heads import EXPERT_COLORS, HEAD_SHORT_TITLES, HEADS, PATHOLOGY_HEADS
+
 HERE = Path(__file__).resolve().parent
-HEADS = ("acl", "mtear", "cart", "abnormal")
-HEAD_TITLES = {"acl": "ACL", "mtear": "MTEAR", "cart": "CART", "abnormal": "ABNORMAL",
-               "mean_pathologies": "mean ACL/MTEAR/CART", "mean_all": "mean (4 heads)"}
+HEAD_TITLES = {**HEAD_SHORT_TITLES,
+               "mean_pathologies": "mean " + "/".join(HEAD_SHORT_TITLES[h] for h in PATHOLOGY_HEADS),
+               "mean_all": f"mean ({len(HEADS)} heads)"}
 LEVEL_TITLES = {"slice": "Slice level", "study": "Study level"}
 PALETTE = {
-    "i2m2": "#1f5fa8", "intra": "#e07b00", "inter": "#2e9d4a", "i2m2-notab": "#7a4fb0",
-    "mag": "#8c8c8c", "phase": "#c2477a", "tab": "#a08a2a",
+    "i2m2": "#1f5fa8", "intra": "#e07b00", "inter": EXPERT_COLORS["joint"], "i2m2-notab": "#7a4fb0",
+    "mag": EXPERT_COLORS["magnitude"], "phase": EXPERT_COLORS["phase"], "tab": EXPERT_COLORS["tabular"],
 }
+"""Variant colours: a single-expert variant, and inter (the joint model alone), in its expert's colour."""
 FOCUS = ("i2m2", "intra", "inter")
 """Variants drawn by default in busy figures (the others are one legend click away)."""
-EXPERT_COLOURS = {"magnitude": "#8c8c8c", "phase": "#c2477a", "tabular": "#a08a2a", "joint": "#2e9d4a", "prior": "#5b6472", "none": "#d9dee6"}
+EXPERT_COLOURS = {**EXPERT_COLORS, "none": "#d9dee6"}
+"""The experts' colours, and one for "no driving expert"."""
 
 SECTIONS: tuple[tuple[str, str], ...] = (
     ("summary", "Summary"),
