@@ -6,6 +6,9 @@ candidate, so a site that shares outputs sets a secret key in the environment va
 ``I2M2_ID_SALT``: ids are then the first 16 hex digits of HMAC-SHA256(key, id), which no one
 without the key can link back. The same key gives the same ids (``diagnose --resume``, the app
 matching a batch run's ids to its studies); the key itself is never written anywhere.
+
+Free text (paths, messages, notes) is scrubbed by one rule, :func:`scrub`: a raw id is replaced by
+its hash wherever it occurs, a part of a patient's name by ``anon`` where it stands as a word.
 """
 
 from __future__ import annotations
@@ -13,9 +16,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
+from typing import Any, Iterable, Sequence
 
 ID_SALT_ENV = "I2M2_ID_SALT"
 HASH_HEX = 16
+ANON = "anon"
+"""What a part of a patient's name becomes in free text."""
+MIN_SECRET_CHARS = 3
+"""Shorter ids and name parts are left in free text: they would match inside unrelated words."""
+_HASHED = re.compile(r"^[0-9a-f]{%d}(-[0-9]+)?$" % HASH_HEX)
 
 
 def id_salt() -> bytes | None:
@@ -31,3 +41,53 @@ def hash_id(text: str) -> str:
     data = str(text).encode("utf-8")
     digest = hmac.new(key, data, hashlib.sha256).hexdigest() if key else hashlib.sha256(data).hexdigest()
     return digest[:HASH_HEX]
+
+
+def is_hashed_id(text: str) -> bool:
+    """True for an id of the form :func:`hash_id` writes (16 lower-case hex digits), also with the
+    ``-2``, ``-3`` suffix that ``diagnose`` adds to repeated ids."""
+    return bool(_HASHED.match(str(text)))
+
+
+def id_rule() -> str:
+    """How ids are hashed now, in words (for the outputs that say so)."""
+    if id_salt() is not None:
+        return f"HMAC-SHA256 keyed by {ID_SALT_ENV}, {HASH_HEX} hex digits"
+    return f"SHA-256, {HASH_HEX} hex digits"
+
+
+def name_parts(name: str) -> list[str]:
+    """The parts of a patient's name (DICOM ``Doe^Jane``, ``DOE_JANE``, ...) long enough to scrub,
+    longest first."""
+    parts = {p for p in re.split(r"[\\^\s,._=-]+", str(name)) if len(p) >= MIN_SECRET_CHARS}
+    return sorted(parts, key=lambda p: (-len(p), p))
+
+
+def id_replacements(ids: Iterable[Any]) -> list[tuple[str, str]]:
+    """``(raw id, hash_id(raw id))`` for every distinct id of at least :data:`MIN_SECRET_CHARS`
+    characters (None and empty ids skipped), longest first."""
+    raw = {str(i) for i in ids if i is not None and len(str(i)) >= MIN_SECRET_CHARS}
+    return [(r, hash_id(r)) for r in sorted(raw, key=lambda r: (-len(r), r))]
+
+
+def name_replacements(parts: Iterable[str]) -> list[tuple[str, str]]:
+    """``(name part, "anon")`` for every part of at least :data:`MIN_SECRET_CHARS` characters."""
+    return [(p, ANON) for p in parts if len(str(p)) >= MIN_SECRET_CHARS]
+
+
+def scrub(text: str, replacements: Sequence[tuple[str, str]]) -> str:
+    """``text`` with each ``(raw, replacement)`` applied in order, ignoring case: a name part
+    (replacement ``"anon"``) where it stands as a whole word (``DOE_JANE`` -> ``anon_anon``), an id
+    wherever it occurs (``PAT-1.h5`` -> ``<hash>.h5``)."""
+    for raw, replacement in replacements:
+        if replacement == ANON:
+            pattern = r"(?<![A-Za-z0-9])" + re.escape(raw) + r"(?![A-Za-z0-9])"
+        else:
+            pattern = re.escape(raw)
+        text = re.sub(pattern, lambda _m, r=replacement: r, text, flags=re.IGNORECASE)
+    return text
+
+
+def scrub_ids(text: str, ids: Iterable[Any]) -> str:
+    """``text`` with every id of ``ids`` replaced by its :func:`hash_id` (see :func:`scrub`)."""
+    return scrub(text, id_replacements(ids))

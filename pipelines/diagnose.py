@@ -46,7 +46,6 @@ import hashlib
 import io
 import json
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -55,7 +54,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from i2m2_med.errors import I2M2Error, UsageError
 from i2m2_med.heads import HEADS
-from i2m2_med.privacy import hash_id
+from i2m2_med.privacy import hash_id, id_replacements, name_parts, name_replacements, scrub
 
 LEADING_COLUMNS: tuple[str, ...] = (
     "study_id", "source", "format", "status", "error", "n_slices",
@@ -86,13 +85,7 @@ class Item:
     def clean(self, text: str) -> str:
         """``text`` with the patient's id replaced by its hash (wherever it occurs) and the parts
         of the patient's name by ``anon`` (as whole words: ``DOE_JANE`` -> ``anon_anon``)."""
-        for raw, replacement in self.secrets:
-            if replacement == "anon":
-                pattern = r"(?<![A-Za-z0-9])" + re.escape(raw) + r"(?![A-Za-z0-9])"
-            else:
-                pattern = re.escape(raw)
-            text = re.sub(pattern, replacement, text, flags=re.IGNORECASE)
-        return text
+        return scrub(text, self.secrets)
 
 
 @dataclass
@@ -154,18 +147,15 @@ def _dicom_name_parts(study: Any) -> list[str]:
         name = str(ds.get("PatientName") or "")
     except Exception:  # unreadable now: the study itself will report it
         return []
-    return sorted({part for part in re.split(r"[\\^\s,._=-]+", name) if len(part) >= 3}, key=len, reverse=True)
+    return name_parts(name)
 
 
 def _secrets(study: Any, keep_ids: bool) -> list[tuple[str, str]]:
     """(text, replacement) pairs for paths and messages: the patient's name parts always, the raw
     patient id unless ``keep_ids``."""
-    out: list[tuple[str, str]] = []
-    pid = study.patient_id
-    if pid and not keep_ids and len(str(pid)) >= 3:
-        out.append((str(pid), hash_id(pid)))
+    out = [] if keep_ids else id_replacements([study.patient_id])
     if study.format == "dicom":
-        out += [(part, "anon") for part in _dicom_name_parts(study)]
+        out += name_replacements(_dicom_name_parts(study))
     return out
 
 

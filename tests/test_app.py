@@ -23,6 +23,8 @@ from streamlit.testing.v1 import AppTest  # noqa: E402  (after app_support put a
 from viewer import compute, report, sources  # noqa: E402
 from viewer.paths import PathRefused, resolve_under  # noqa: E402
 
+from i2m2_med.privacy import hash_id
+
 torch.set_num_threads(1)
 TIMEOUT = 600
 HEX16 = re.compile(r"^[0-9a-f]{16}$")
@@ -447,7 +449,7 @@ def test_report_json_and_html(env):
     study = sources.open_study(ref)
     summary = {"study_id": study.study_id, "patient_id": study.patient_id, "format": study.format,
                "n_slices": study.n_slices}
-    shown = report.hash_text(study.study_id)
+    shown = hash_id(study.study_id)
     attr = compute.compute_tabular(lm, ref)
     doc = report.report_json(pred, summary, shown, show_ids=False, withheld=[], tabular=attr)
     text = json.dumps(doc)

@@ -88,7 +88,7 @@ def study_ref(folder: Path, row: pd.Series, roots: Sequence[Path], input_dir: st
     except PathRefused as exc:
         return fallback, str(exc)
     from i2m2_med.io.discover import discover
-    from viewer.ui import hash_id
+    from i2m2_med.privacy import hash_id
 
     target = source if source.is_file() and str(row.get("format")) != "dicom" else (source if source.is_dir() else source.parent)
     try:

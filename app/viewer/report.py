@@ -1,7 +1,8 @@
 """The per-study report: JSON (machine-readable) and self-contained HTML (no script, no external
 resource: inline CSS, inline SVG charts and embedded PNG images).
 
-Both are de-identified the same way as the page: the study id is hashed and the source path
+Both are de-identified the same way as the page and as ``diagnose`` (:mod:`i2m2_med.privacy`):
+the study id is hashed, raw ids in the notes are replaced by their hashes, and the source path is
 left out unless the user opted in to identifiers.
 """
 
@@ -10,13 +11,14 @@ from __future__ import annotations
 import html
 import json
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
 from i2m2_med import __version__
 from i2m2_med.evidence import agreement_matrix, contributions, driving_expert
 from i2m2_med.heads import EXPERT_COLORS, HEADS, expert_title, head_title
+from i2m2_med.privacy import id_rule, scrub_ids
 from viewer.compute import slice_output, study_output
 from viewer.figures import data_uri
 
@@ -24,11 +26,12 @@ RESEARCH_NOTICE = ("RESEARCH USE ONLY. Not a medical device; not for clinical di
                    "decisions. Probabilities are model estimates.")
 
 
-def hash_text(text: str) -> str:
-    """sha256 of ``text``, first 16 hex digits (the de-identification rule of the whole project)."""
-    import hashlib
-
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+def deidentified_notes(notes: Iterable[Any], raw_ids: Iterable[Any], shown_id: str) -> list[str]:
+    """``notes`` with every raw id of ``raw_ids`` (study id, patient id) replaced by its hash --
+    :func:`i2m2_med.privacy.scrub_ids`, the rule of ``diagnose`` and ``inspect`` -- except an id that
+    is already the one shown (a batch run's hashed id)."""
+    ids = [r for r in raw_ids if r and str(r) != str(shown_id)]
+    return [scrub_ids(str(n), ids) for n in notes]
 
 
 def head_evidence(pred: Any) -> dict[str, dict[str, Any]]:
@@ -71,9 +74,7 @@ def report_json(pred: Any, summary: Mapping[str, Any], shown_id: str, show_ids: 
     evidence per head and the tabular attributions, de-identified unless ``show_ids``."""
     notes = [str(n) for n in pred.notes]
     if not show_ids:
-        for raw in (summary.get("study_id"), summary.get("patient_id"), pred.study_id):
-            if raw and str(raw) != shown_id:
-                notes = [n.replace(str(raw), hash_text(str(raw))) for n in notes]
+        notes = deidentified_notes(notes, (summary.get("study_id"), summary.get("patient_id"), pred.study_id), shown_id)
     doc = pred.with_identity(shown_id, pred.source if show_ids else "", notes=notes).to_json()
     if not show_ids:
         doc["source"] = None
@@ -83,7 +84,7 @@ def report_json(pred: Any, summary: Mapping[str, Any], shown_id: str, show_ids: 
         "notice": RESEARCH_NOTICE,
         "generated_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "software": {"name": "i2m2-med", "version": __version__},
-        "identifiers": "as in the files" if show_ids else "study id hashed (sha256, 16 hex digits); source omitted",
+        "identifiers": "as in the files" if show_ids else f"study id hashed ({id_rule()}); source omitted",
         "study": {
             "id": shown_id,
             "patient_id": summary.get("patient_id") if show_ids else None,

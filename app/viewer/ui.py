@@ -8,8 +8,9 @@ from typing import Any
 
 import streamlit as st
 
-from i2m2_med.privacy import (
-    hash_id,  # the rule of ``i2m2-med diagnose`` (keyed by I2M2_ID_SALT), so ids match its outputs
+from i2m2_med.privacy import (  # the rule of ``i2m2-med diagnose`` (keyed by I2M2_ID_SALT), so ids match its outputs
+    hash_id,
+    is_hashed_id,
 )
 from viewer import compute, sources
 from viewer.paths import PathRefused, resolve_under
@@ -70,16 +71,10 @@ def show_identifiers() -> bool:
     return bool(st.session_state.get("show_ids", False))
 
 
-def looks_hashed(text: str) -> bool:
-    """True for the 16-hex-digit ids that ``diagnose`` writes (``-2``, ``-3`` suffixes allowed)."""
-    head = str(text).split("-", 1)[0]
-    return len(head) == 16 and all(c in "0123456789abcdef" for c in head)
-
-
 def display_id(study_id: str, from_batch: bool = False) -> str:
     """The study id as shown: hashed unless the user opted in to identifiers. Ids from a batch
     result are already hashed unless that run kept them (``--keep-ids``); those are hashed here."""
-    if show_identifiers() or (from_batch and looks_hashed(study_id)):
+    if show_identifiers() or (from_batch and is_hashed_id(study_id)):
         return str(study_id)
     return hash_id(study_id)
 

@@ -10,6 +10,7 @@ from viewer import batch, sources, ui
 from viewer.paths import PathRefused, relative_label, resolve_under
 
 from i2m2_med.heads import HEADS, head_title
+from i2m2_med.privacy import hash_id, is_hashed_id
 
 cfg = ui.settings()
 ui.show_settings_problems(cfg)
@@ -60,9 +61,9 @@ except batch.NotARun as exc:
 show_ids = ui.show_identifiers()
 view = table.copy()
 if not show_ids:
-    view["study_id"] = [s if ui.looks_hashed(s) else ui.hash_id(s) for s in view["study_id"]]
+    view["study_id"] = [s if is_hashed_id(s) else hash_id(s) for s in view["study_id"]]
     if "patient_id" in view.columns:
-        view["patient_id"] = [("" if not str(s).strip() or str(s) == "nan" else (s if ui.looks_hashed(str(s)) else ui.hash_id(str(s))))
+        view["patient_id"] = [("" if not str(s).strip() or str(s) == "nan" else (s if is_hashed_id(str(s)) else hash_id(str(s))))
                               for s in view["patient_id"]]
 view["_record_id"] = table["study_id"]
 

@@ -467,7 +467,8 @@ with r3:
 with st.expander("Notes and provenance"):
     notes = list(dict.fromkeys(list(summary.get("notes", [])) + list(pred.notes)))
     if not show_ids:
-        notes = [n.replace(str(summary.get("study_id", "")), shown_id) if summary.get("study_id") else n for n in notes]
+        notes = report.deidentified_notes(notes, (summary.get("study_id"), summary.get("patient_id"), pred.study_id),
+                                          shown_id)
     for n in notes:
         st.markdown(f"- {n}")
     tags = summary.get("tags") or {}
