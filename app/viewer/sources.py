@@ -20,10 +20,11 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
+from i2m2_med.data.layout import ANNOTATIONS_CSV, CLINICAL_CSV
 from viewer.settings import private_dir
 
 # ---- references ---------------------------------------------------------------------------------
@@ -77,7 +78,7 @@ def find_cohort(path: Path, stop: Path | None = None) -> Path | None:
     here = here if here.is_dir() else here.parent
     stop = Path(stop).resolve() if stop is not None else None
     for folder in [here, *here.parents]:
-        if (folder / "annotations" / "knee.csv").is_file() or (folder / "tabular.csv").is_file():
+        if (folder / ANNOTATIONS_CSV).is_file() or (folder / CLINICAL_CSV).is_file():
             return folder
         if stop is not None and folder.resolve() == stop:
             break
@@ -94,6 +95,7 @@ class StudyUnavailable(Exception):
 def _annotate(study: Any, cohort: Path) -> None:
     """Attach ``labels`` (S, 4) and ``boxes`` from ``cohort/annotations/knee.csv`` when it lists the
     study; a problem with the file becomes a note, never an error."""
+    from i2m2_med.data.layout import annotation_paths
     from i2m2_med.errors import AnnotationError
     from i2m2_med.io.annotations import (
         read_fastmri_plus,
@@ -102,13 +104,12 @@ def _annotate(study: Any, cohort: Path) -> None:
         volume_name,
     )
 
-    csv = cohort / "annotations" / "knee.csv"
-    if not csv.is_file():
+    csv, listing = annotation_paths(cohort, None)
+    if csv is None:
         return
-    listing = csv.with_name("knee_file_list.csv")
     name = volume_name(study.source) if study.format == "fastmri_h5" else str(study.study_id)
     try:
-        table = read_fastmri_plus(csv, listing if listing.is_file() else None)
+        table = read_fastmri_plus(csv, listing)
         study.labels = slice_labels(table, name, study.n_slices)
         boxes = read_fastmri_plus_boxes(csv)
         rows = boxes[boxes["file"] == name]
@@ -150,26 +151,25 @@ def open_study(ref: StudyRef) -> Any:
     return study
 
 
-def clinical_row(ref: StudyRef, study: Any) -> dict[str, Any] | None:
-    """The study's row of ``cohort/tabular.csv`` (by study id, or the file stem), or None."""
+def clinical_row(ref: StudyRef, study: Any) -> Mapping[str, Any] | None:
+    """The study's row of the cohort's clinical table (``tabular.csv``), found as ``diagnose`` and
+    training find it (:func:`i2m2_med.data.layout.clinical_row`: by study id, file name, then
+    patient id), or None."""
     if not ref.cohort:
         return None
-    csv = Path(ref.cohort) / "tabular.csv"
+    csv = Path(ref.cohort) / CLINICAL_CSV
     if not csv.is_file():
         return None
+    from i2m2_med.data.layout import clinical_row as lookup
     from i2m2_med.data.tabular import read_clinical_csv
     from i2m2_med.errors import AnnotationError
-    from i2m2_med.io.annotations import volume_name
 
     try:
         table = read_clinical_csv(csv)
     except AnnotationError as exc:
         study.notes.append(f"clinical table not used: {exc.reason}")
         return None
-    for key in (str(study.study_id), volume_name(study.source)):
-        if key in table:
-            return table[key]
-    return None
+    return lookup(table, study)
 
 
 # ---- the demo set ----------------------------------------------------------------------------------

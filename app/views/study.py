@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 from viewer import compute, figures, report, sources, ui
 
+from i2m2_med.data.layout import CLINICAL_CSV
 from i2m2_med.errors import I2M2Error
 from i2m2_med.evidence import agreement_matrix, contributions, driving_expert
 from i2m2_med.heads import HEADS, expert_short_title, expert_title, head_title
@@ -75,7 +76,7 @@ for m in ("magnitude", "phase", "tabular"):
 if pred.dropped_experts:
     items.append((f"not in product: {', '.join(pred.dropped_experts)}", "missing"))
 if summary.get("clinical_table"):
-    items.append(("clinical row from tabular.csv", ""))
+    items.append((f"clinical row from {CLINICAL_CSV}", ""))
 items.append((rule_text, ""))
 if ref.kind == "record":
     items.append(("from a batch result: no images", "withheld"))
