@@ -2,9 +2,9 @@
 
 For each study found (:func:`i2m2_med.io.discover.discover`): format, number of slices, the
 shape of one slice (k-space (640, W) / (C, 640, W), or image (H, W)), modalities present and
-missing, acquisition tags, the tabular feature vector (when :mod:`i2m2_med.data.tabular` is
-available; otherwise the raw tags it would be built from), labels from a fastMRI+ CSV when one
-is given, the reader's notes; then the files that could not be read, with their reasons.
+missing, acquisition tags, the tabular feature vector (:mod:`i2m2_med.data.tabular`, with the
+study's row of a clinical CSV when one is given), labels from a fastMRI+ CSV when one is given,
+the reader's notes; then the files that could not be read, with their reasons.
 
 The middle slice of every study is read as a check (a corrupt chunk or NaN/Inf there makes the
 study a problem); the other slices are not loaded.
@@ -25,14 +25,16 @@ found; 2 some files failed (the others are reported).
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
 from i2m2_med.atomic import json_safe
+from i2m2_med.data.layout import annotation_paths
+from i2m2_med.data.layout import clinical_row as clinical_row_of
+from i2m2_med.data.tabular import read_clinical_csv, tabular_features
 from i2m2_med.errors import AnnotationError, I2M2Error
 from i2m2_med.heads import HEADS
 from i2m2_med.io.discover import discover
@@ -49,45 +51,20 @@ _ACQUISITION_TAGS: tuple[str, ...] = (
 )
 
 
-def _tabular_module() -> Any | None:
-    import importlib
-
-    try:
-        tabular = importlib.import_module("i2m2_med.data.tabular")
-    except ModuleNotFoundError as exc:
-        if exc.name == "i2m2_med.data.tabular":
-            return None
-        raise
-    return tabular if hasattr(tabular, "tabular_features") else None
-
-
 def _read_clinical(path: Path) -> dict[str, dict[str, Any]]:
-    """Clinical CSV -> {study id: row}. The id column is ``study_id`` (else the first column)."""
-    import pandas as pd
-
-    try:
-        df = pd.read_csv(path, dtype={"study_id": str})
-    except FileNotFoundError:
-        raise AnnotationError(path, "no such file") from None
-    except Exception as exc:
-        raise AnnotationError(path, f"not a readable CSV ({type(exc).__name__}: {exc})") from None
-    if df.shape[1] == 0 or len(df) == 0:
+    """The clinical table (:func:`i2m2_med.data.tabular.read_clinical_csv`); one without rows is
+    refused, as a table that would match no study."""
+    table = read_clinical_csv(path)
+    if not table:
         raise AnnotationError(path, "clinical CSV has no rows")
-    key = "study_id" if "study_id" in df.columns else df.columns[0]
-    out: dict[str, dict[str, Any]] = {}
-    for row in df.to_dict(orient="records"):
-        sid = str(row.pop(key)).strip()
-        out[sid] = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
-    return out
+    return table
 
 
 def _read_annotations(path: Path) -> Any:
-    try:
-        from i2m2_med.io.annotations import read_fastmri_plus
-    except ModuleNotFoundError:
-        raise AnnotationError(path, "fastMRI+ annotation support is not installed") from None
-    file_list = path.with_name("knee_file_list.csv")
-    return read_fastmri_plus(path, file_list if file_list.is_file() else None)
+    from i2m2_med.io.annotations import read_fastmri_plus
+
+    csv, listing = annotation_paths(path.parent, path)
+    return read_fastmri_plus(csv, listing)
 
 
 def _labels(study: Study, table: Any) -> dict[str, Any]:
@@ -113,27 +90,21 @@ def _slice_shape(study: Study, sample: dict[str, np.ndarray]) -> dict[str, Any]:
     return {"image_shape": list(first.shape)}
 
 
-def _tabular(study: Study, clinical_row: dict[str, Any] | None, module: Any | None) -> dict[str, Any]:
-    if module is None:
-        raw = {k: study.tags[k] for k in TABULAR_TAGS if k in study.tags}
-        out: dict[str, Any] = {"available": False, "raw_tags": raw}
-        if clinical_row is not None:
-            out["clinical"] = clinical_row
-        return out
-    vector, names = module.tabular_features(study.tags, clinical_row)
+def _tabular(study: Study, clinical_row: Mapping[str, Any] | None) -> dict[str, Any]:
+    vector, names = tabular_features(study.tags, clinical_row)
     vector = np.asarray(vector, dtype=np.float64).ravel()
     return {"available": True, "names": list(names), "values": [float(v) for v in vector]}
 
 
-def summarise(study: Study, *, annotations: Any | None = None, clinical: dict[str, dict[str, Any]] | None = None,
-              tabular_module: Any | None = None) -> dict[str, Any]:
+def summarise(study: Study, *, annotations: Any | None = None, clinical: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """One study as a JSON-ready dict (see the module docstring). Reads the middle slice;
-    raises :class:`I2M2Error` when that fails."""
+    raises :class:`I2M2Error` when that fails. The clinical row is found as ``diagnose`` and
+    training find it (:func:`i2m2_med.data.layout.clinical_row`)."""
     middle = study.n_slices // 2
     sample = study.read_slice(middle)
     tags = study.tags
     missing_tags = [k for k in TABULAR_TAGS if k not in tags]
-    clinical_row = None if clinical is None else clinical.get(study.study_id)
+    clinical_row = None if clinical is None else clinical_row_of(clinical, study)
     entry: dict[str, Any] = {
         "study_id": study.study_id,
         "source": str(study.source),
@@ -147,7 +118,7 @@ def summarise(study: Study, *, annotations: Any | None = None, clinical: dict[st
         "patient": None if study.patient_id is None else hash_id(study.patient_id),
         "acquisition": {k: tags[k] for k in _ACQUISITION_TAGS if k in tags},
         "tags": tags,
-        "tabular": _tabular(study, clinical_row, tabular_module),
+        "tabular": _tabular(study, clinical_row),
         "labels": None if annotations is None else _labels(study, annotations),
         "notes": list(study.notes),
     }
@@ -171,11 +142,10 @@ def inspect_path(path: str | Path, annotations: str | Path | None = None,
     table = None if annotations is None else _read_annotations(Path(annotations))
     clinical_rows = None if clinical is None else _read_clinical(Path(clinical))
     found = discover(path)
-    module = _tabular_module()
     studies, problems = [], [(str(p), r) for p, r in found.problems]
     for study in found.studies:
         try:
-            studies.append(summarise(study, annotations=table, clinical=clinical_rows, tabular_module=module))
+            studies.append(summarise(study, annotations=table, clinical=clinical_rows))
         except I2M2Error as exc:
             problems.append((exc.where or str(study.source), exc.reason))
     problems.sort()
@@ -222,12 +192,7 @@ def _labels_text(labels: dict[str, Any] | None) -> str:
 
 
 def _tabular_text(tab: dict[str, Any]) -> str:
-    if tab["available"]:
-        return ", ".join(f"{n}={v:.4g}" for n, v in zip(tab["names"], tab["values"]))
-    text = "raw tags: " + (_fmt(tab["raw_tags"]) or "none")
-    if "clinical" in tab:
-        text += "; clinical: " + _fmt(tab["clinical"])
-    return text
+    return ", ".join(f"{n}={v:.4g}" for n, v in zip(tab["names"], tab["values"]))
 
 
 def render(report: dict[str, Any], console: Any) -> None:

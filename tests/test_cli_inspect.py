@@ -187,6 +187,27 @@ def test_clinical_rows(folder, tmp_path, capsys):
         assert h5["tabular"]["clinical"] == {"age": 54, "sex": "F", "bmi": 27.5}
 
 
+def test_clinical_rows_are_read_and_matched_as_diagnose_does(folder, tmp_path, capsys):
+    """The table is read by the library's reader and a row is found by study id, file name or
+    patient id -- the DICOM study's row is keyed by its patient id."""
+    clinical = tmp_path / "clinical.csv"
+    clinical.write_text("study_id,age_years,sex\nfile1000001.h5,54,F\nHOSP-778899,70,M\n")
+    rc, report, _ = _json(capsys, str(folder), "--clinical", str(clinical))
+    assert rc == 0
+    dcm, h5 = report["studies"]
+    assert h5["clinical_row"] is True and dcm["clinical_row"] is True
+    values = dict(zip(dcm["tabular"]["names"], dcm["tabular"]["values"]))
+    assert values["age_years"] == pytest.approx(0.70) and values["sex_male"] == 1.0  # the header says 61, F
+    text = main(["inspect", str(folder), "--clinical", str(clinical)])
+    assert text == 0 and "HOSP-778899" not in capsys.readouterr().out
+    for content, reason in (("id,age_years\nx,1\n", "no id column 'study_id'"), ("study_id,age_years\n", "no rows"),
+                            ("study_id,age_years\na,1\na,2\n", "appears more than once")):
+        clinical.write_text(content)
+        assert main(["inspect", str(folder), "--clinical", str(clinical)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and reason in err and err.count("\n") == 1 and "Traceback" not in err
+
+
 def _console_script() -> str:
     found = shutil.which("i2m2-med") or str(Path(sysconfig.get_path("scripts")) / "i2m2-med")
     if not Path(found).exists():
