@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from i2m2_med.data.layout import CLINICAL_CSV, clinical_row
 from i2m2_med.errors import I2M2Error, UsageError
 from i2m2_med.heads import HEADS
 from i2m2_med.privacy import hash_id, id_replacements, name_parts, name_replacements, scrub
@@ -61,8 +62,6 @@ LEADING_COLUMNS: tuple[str, ...] = (
     *(f"p_{h}" for h in HEADS),
 )
 PREDICTIONS_CSV = "predictions.csv"
-CLINICAL_CSV = "tabular.csv"
-"""The clinical table a cohort folder holds (the synthetic generator writes it; ``train`` reads it too)."""
 STUDIES_DIR = "studies"
 SR_DIR = "sr"
 _CSV_INTERVAL_S = 1.0
@@ -397,14 +396,6 @@ def process(item: Item, ctx: Context, on_batch: Callable[[int], None] | None = N
             record = _error_record(item, _reason(exc), ctx)
     write_json(_json_path(ctx.out_dir, item.out_id), record)
     return record
-
-
-def clinical_row(table: Any, study: Any) -> Any:
-    if table is None:
-        return None
-    from i2m2_med.data.layout import clinical_row as lookup
-
-    return lookup(table, study)
 
 
 # ---- the run ------------------------------------------------------------------------------------
