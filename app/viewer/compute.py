@@ -269,57 +269,6 @@ def expert_p(pred: Any) -> dict[str, np.ndarray]:
     return {t: np.exp(v[..., 1].astype(np.float64)) for t, v in pred.terms.items()}
 
 
-def prediction_from_record(doc: dict[str, Any]) -> Any:
-    """A :class:`~i2m2_med.inference.prediction.StudyPrediction` rebuilt from a ``diagnose`` per-study JSON
-    (terms per slice as written; the product recomputed by :func:`i2m2_med.models.combine`)."""
-    import torch
-
-    from i2m2_med.heads import HEADS
-    from i2m2_med.inference.prediction import StudyPrediction
-    from i2m2_med.models import combine
-
-    slices = doc.get("slices") or []
-    if not slices:
-        raise ValueError("the record has no slices")
-    names = list(doc.get("terms") or slices[0]["logp"].keys())
-    terms = {
-        t: np.asarray([[s["logp"][t][h] for h in HEADS] for s in slices], dtype=np.float32)
-        for t in names
-    }
-    combined = combine({t: torch.from_numpy(v) for t, v in terms.items()}).numpy().astype(np.float32)
-    p = np.exp(combined[..., 1]).astype(np.float32)
-    indices = np.asarray([int(s["index"]) for s in slices], dtype=np.int64)
-    study = doc.get("study") or {}
-    top_index = study.get("top_slice") or {}
-    pos = {int(i): k for k, i in enumerate(indices)}
-    top = np.asarray([pos.get(int(top_index.get(h, indices[int(np.argmax(p[:, j]))])), int(np.argmax(p[:, j])))
-                      for j, h in enumerate(HEADS)], dtype=np.int64)
-    contrib = study.get("contributions") or {}
-    contributions = {
-        t: np.asarray([float(contrib.get(t, {}).get(h) or 0.0) for h in HEADS], dtype=np.float64) for t in names
-    }
-    return StudyPrediction(
-        study_id=str(doc.get("study_id", "")),
-        source=str(doc.get("source", "")),
-        format=str(doc.get("format", "")),
-        model=dict(doc.get("model") or {}),
-        n_slices=len(slices),
-        modalities=list(doc.get("modalities") or []),
-        missing_modalities=list(doc.get("missing_modalities") or []),
-        excluded_modalities=list(doc.get("excluded_modalities") or []),
-        dropped_experts=list(doc.get("dropped_experts") or []),
-        aggregation=dict(doc.get("aggregation") or {}),
-        slices=indices,
-        terms=terms,
-        combined=combined,
-        p=p,
-        p_study=np.asarray([float(study.get("p", {}).get(h, np.nan)) for h in HEADS], dtype=np.float64),
-        top_slice=top,
-        contributions=contributions,
-        notes=list(doc.get("notes") or []),
-    )
-
-
 def read_record(path: str) -> dict[str, Any]:
     """A ``diagnose`` per-study JSON; ValueError with one line when it is not one."""
     try:
@@ -335,8 +284,10 @@ def read_record(path: str) -> dict[str, Any]:
 @st.cache_data(show_spinner=False, max_entries=64)
 def record_prediction(ref_key: str, _ref: StudyRef) -> tuple[Any, dict[str, Any]]:
     """The prediction and summary of a study opened from a ``diagnose`` JSON (no images)."""
+    from i2m2_med.inference.prediction import StudyPrediction
+
     doc = read_record(_ref.record or _ref.path)
-    pred = prediction_from_record(doc)
+    pred = StudyPrediction.from_json(doc)
     summary = {
         "study_id": pred.study_id, "patient_id": None, "format": pred.format, "n_slices": pred.n_slices,
         "modalities": list(pred.modalities), "missing": list(pred.missing_modalities), "labels": None,

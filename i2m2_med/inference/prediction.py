@@ -1,10 +1,11 @@
-"""The result of one study's inference (:class:`StudyPrediction`) and its JSON form.
+"""The result of one study's inference (:class:`StudyPrediction`) and its JSON form
+(:meth:`StudyPrediction.to_json`, read back by :meth:`StudyPrediction.from_json`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -106,3 +107,62 @@ class StudyPrediction:
             },
             "notes": list(self.notes),
         }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> "StudyPrediction":
+        """The prediction a per-study JSON of :meth:`to_json` describes (``diagnose`` writes it),
+        so that ``StudyPrediction.from_json(doc).to_json() == doc`` (up to the keys
+        ``diagnose`` adds, and ``software``, which names the version reading it).
+
+        Every field :meth:`to_json` writes comes back exactly (the log-probabilities as float32,
+        the study-level numbers as float64, each head's top slice as a position in ``slices``);
+        ``combined`` is recomputed from the terms (:func:`i2m2_med.models.combine`, as the model
+        combines them); ``tabular`` and ``seconds``, which the JSON does not hold, are empty / 0.
+
+        Raises ValueError naming what is wrong for a record that is not a successful prediction of
+        these heads (``status`` other than ``ok``, other heads, no slices, a top slice that is not
+        one of the slices); KeyError for a missing field.
+        """
+        import torch
+
+        from i2m2_med.models.product import combine
+
+        status = doc.get("status", "ok")
+        if status != "ok":
+            raise ValueError(f"not a prediction: status {status!r}" + (f" ({doc.get('error')})" if doc.get("error") else ""))
+        heads = list(doc.get("heads", HEADS))
+        if heads != list(HEADS):
+            raise ValueError(f"heads {heads} are not this version's {list(HEADS)}")
+        rows = doc["slices"]
+        if not rows:
+            raise ValueError("the record has no slices")
+        names = list(doc["terms"])
+        terms = {t: np.asarray([[r["logp"][t][h] for h in HEADS] for r in rows], dtype=np.float32) for t in names}
+        combined = combine({t: torch.from_numpy(v) for t, v in terms.items()}).numpy().astype(np.float32)
+        slices = np.asarray([int(r["index"]) for r in rows], dtype=np.int64)
+        position = {int(index): i for i, index in enumerate(slices)}
+        study = doc["study"]
+        missing_top = [h for h in HEADS if int(study["top_slice"][h]) not in position]
+        if missing_top:
+            raise ValueError(f"top slice of {', '.join(missing_top)} is not one of the record's slices")
+        return cls(
+            study_id=doc["study_id"],
+            source=doc["source"],
+            format=doc["format"],
+            model=dict(doc["model"]),
+            n_slices=int(doc["n_slices"]),
+            modalities=list(doc["modalities"]),
+            missing_modalities=list(doc["missing_modalities"]),
+            excluded_modalities=list(doc["excluded_modalities"]),
+            dropped_experts=list(doc["dropped_experts"]),
+            aggregation=dict(doc["aggregation"]),
+            slices=slices,
+            terms=terms,
+            combined=combined,
+            p=np.asarray([[r["p"][h] for h in HEADS] for r in rows], dtype=np.float32),
+            p_study=np.asarray([study["p"][h] for h in HEADS], dtype=np.float64),
+            top_slice=np.asarray([position[int(study["top_slice"][h])] for h in HEADS], dtype=np.int64),
+            contributions={t: np.asarray([v[h] for h in HEADS], dtype=np.float64)
+                           for t, v in study["contributions"].items()},
+            notes=list(doc["notes"]),
+        )
