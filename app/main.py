@@ -32,8 +32,9 @@ from viewer import ui  # noqa: E402
 ui.style()
 ui.banner()
 st.sidebar.toggle("Show identifiers from the files", key="show_ids",
-                  help="Off (default): study and patient ids are shown hashed (SHA-256, as `i2m2-med diagnose` writes "
-                       "them) and file paths are hidden, on every page and in the reports. Patient names are never read.")
+                  help="Off (default): study and patient ids are shown hashed as `i2m2-med diagnose` writes them (SHA-256, "
+                       "keyed by I2M2_ID_SALT when it is set) and file paths are hidden, on every page and in the "
+                       "reports. Patient names are never read.")
 page = st.navigation([
     st.Page("views/study.py", title="Study evidence", icon=":material/radiology:", default=True),
     st.Page("views/batch.py", title="Batch results", icon=":material/table_view:"),
