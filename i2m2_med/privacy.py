@@ -25,7 +25,7 @@ ANON = "anon"
 """What a part of a patient's name becomes in free text."""
 MIN_SECRET_CHARS = 3
 """Shorter ids and name parts are left in free text: they would match inside unrelated words."""
-_HASHED = re.compile(r"^[0-9a-f]{%d}(-[0-9]+)?$" % HASH_HEX)
+_HASHED = re.compile(rf"^[0-9a-f]{{{HASH_HEX}}}(-[0-9]+)?$")
 
 
 def id_salt() -> bytes | None:

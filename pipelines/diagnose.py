@@ -55,7 +55,13 @@ from typing import Any, Callable, Iterable, Sequence
 from i2m2_med.data.layout import CLINICAL_CSV, clinical_row
 from i2m2_med.errors import I2M2Error, UsageError
 from i2m2_med.heads import HEADS
-from i2m2_med.privacy import hash_id, id_replacements, name_parts, name_replacements, scrub
+from i2m2_med.privacy import (
+    hash_id,
+    id_replacements,
+    name_parts,
+    name_replacements,
+    scrub,
+)
 
 LEADING_COLUMNS: tuple[str, ...] = (
     "study_id", "source", "format", "status", "error", "n_slices",

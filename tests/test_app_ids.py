@@ -119,7 +119,14 @@ def test_report_diagnose_and_inspect_give_one_id_per_study(salt, folder, checkpo
 
 
 def test_the_scrubbing_rule():
-    from i2m2_med.privacy import ANON, id_replacements, is_hashed_id, name_parts, name_replacements, scrub
+    from i2m2_med.privacy import (
+        ANON,
+        id_replacements,
+        is_hashed_id,
+        name_parts,
+        name_replacements,
+        scrub,
+    )
 
     secrets = id_replacements(["PAT-1234", None, "", "ab"]) + name_replacements(name_parts("Doe^Jane"))
     assert secrets == [("PAT-1234", hash_id("PAT-1234")), ("Jane", ANON), ("Doe", ANON)]

@@ -15,7 +15,11 @@ import torch
 from i2m2_med.config import load_config
 from i2m2_med.data.cohort import load_cohort
 from i2m2_med.data.dataset import SliceDataset
-from i2m2_med.inference.streaming import ReadAhead, iter_slice_samples, modality_pipeline
+from i2m2_med.inference.streaming import (
+    ReadAhead,
+    iter_slice_samples,
+    modality_pipeline,
+)
 from i2m2_med.io.nifti import read_nifti
 from i2m2_med.io.study import IMAGE_MODALITIES
 from i2m2_med.synth import generate_cohort
