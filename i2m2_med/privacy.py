@@ -76,16 +76,21 @@ def name_replacements(parts: Iterable[str]) -> list[tuple[str, str]]:
 
 
 def scrub(text: str, replacements: Sequence[tuple[str, str]]) -> str:
-    """``text`` with each ``(raw, replacement)`` applied in order, ignoring case: a name part
-    (replacement ``"anon"``) where it stands as a whole word (``DOE_JANE`` -> ``anon_anon``), an id
-    wherever it occurs (``PAT-1.h5`` -> ``<hash>.h5``)."""
+    """``text`` with every ``(raw, replacement)`` applied, ignoring case: a name part (replacement
+    ``"anon"``) where it stands as a whole word (``DOE_JANE`` -> ``anon_anon``), an id wherever it
+    occurs (``PAT-1.h5`` -> ``<hash>.h5``). One pass over ``text``: where two could match at the
+    same place the earlier pair wins, and a replacement is never scrubbed again (a short id cannot
+    match inside the hash that replaced a longer one)."""
+    if not replacements:
+        return str(text)
+    alternatives = []
     for raw, replacement in replacements:
+        pattern = re.escape(raw)
         if replacement == ANON:
-            pattern = r"(?<![A-Za-z0-9])" + re.escape(raw) + r"(?![A-Za-z0-9])"
-        else:
-            pattern = re.escape(raw)
-        text = re.sub(pattern, lambda _m, r=replacement: r, text, flags=re.IGNORECASE)
-    return text
+            pattern = r"(?<![A-Za-z0-9])" + pattern + r"(?![A-Za-z0-9])"
+        alternatives.append(f"({pattern})")
+    combined = re.compile("|".join(alternatives), flags=re.IGNORECASE)
+    return combined.sub(lambda m: replacements[m.lastindex - 1][1], str(text))
 
 
 def scrub_ids(text: str, ids: Iterable[Any]) -> str:

@@ -133,5 +133,8 @@ def test_the_scrubbing_rule():
     text = scrub("DOE_JANE/pat-1234.h5: Jane's knee (Doesburg) ab", secrets)
     # ids anywhere and in any case; name parts as whole words only; ids too short to scrub are left
     assert text == f"anon_anon/{hash_id('PAT-1234')}.h5: anon's knee (Doesburg) ab"
+    # one pass: a short id made of hex digits is not found again inside the hash of a longer one
+    long_id = next(f"{i:07d}" for i in range(10**6) if "123" in hash_id(f"{i:07d}"))
+    assert scrub(f"{long_id} 123", id_replacements([long_id, "123"])) == f"{hash_id(long_id)} {hash_id('123')}"
     assert is_hashed_id(hash_id("x")) and is_hashed_id(hash_id("x") + "-2")
     assert not is_hashed_id("PAT-1234") and not is_hashed_id(hash_id("x").upper())
