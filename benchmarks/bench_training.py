@@ -137,7 +137,7 @@ def _mean_pathologies(metrics: dict[str, Any], term: str = "combined", level: st
 def run(ctx: Context) -> dict[str, Any]:
     import torch
 
-    from i2m2_med.training.fit import train
+    from i2m2_med.training.fit import TrainerOptions, train
 
     torch.set_num_threads(2)
     cohort, synth_seconds, cohort_note = _cohort(ctx)
@@ -155,10 +155,10 @@ def run(ctx: Context) -> dict[str, Any]:
             config=_config(changes),
             seed=0,
             warm_start=warm,
-            progress=False,
+            options=TrainerOptions(progress=False),
             epochs=1 if ctx.quick else None,
             n_boot=200 if ctx.quick else 1000,
-        )
+        ).metrics
         wall = time.perf_counter() - started
         stages = metrics["training"]["stages"]
         samples = sum(s["train_samples"] for s in stages)

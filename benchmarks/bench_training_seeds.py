@@ -56,7 +56,7 @@ def train_one(cohort: str, out: str, changes: dict, seed: int, quick: bool) -> d
     """One training run in a worker process (one torch thread); the figures this section reads."""
     import torch
 
-    from i2m2_med.training.fit import train
+    from i2m2_med.training.fit import TrainerOptions, train
 
     torch.set_num_threads(1)
     started = time.perf_counter()
@@ -64,8 +64,8 @@ def train_one(cohort: str, out: str, changes: dict, seed: int, quick: bool) -> d
         changes = {**changes, "training.warm_start_epochs": 1}
     metrics = train(
         Path(cohort), Path(out), variant="i2m2", config=_config(changes), seed=seed, warm_start=True,
-        progress=False, epochs=1 if quick else None, n_boot=200 if quick else 1000,
-    )
+        options=TrainerOptions(progress=False), epochs=1 if quick else None, n_boot=200 if quick else 1000,
+    ).metrics
     wall = time.perf_counter() - started
     stages = metrics["training"]["stages"]
     auroc, ci = _mean_pathologies(metrics)

@@ -22,7 +22,6 @@ import json
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
 
 DEMO_VOLUMES = 100
 """Volumes of the demo cohort: trains in a few minutes on 2 CPU cores with the cpu config."""
@@ -98,7 +97,7 @@ def run(
     from rich.console import Console
 
     from i2m2_med.errors import UsageError
-    from i2m2_med.training.fit import train
+    from i2m2_med.training.fit import TrainerOptions, train
     from pipelines.train import print_summary
 
     if volumes < 6:
@@ -121,7 +120,7 @@ def run(
         generate_cohort(cohort_dir, volumes, seed, regime=DEMO_REGIME, workers=DEMO_SYNTH_WORKERS)
     run_dir = out / "run"
     console.print(f"training {DEMO_VARIANT} ({DEMO_CONFIG} config) in {run_dir} ...")
-    metrics: dict[str, Any] = train(
+    result = train(
         cohort_dir,
         run_dir,
         variant=DEMO_VARIANT,
@@ -129,10 +128,10 @@ def run(
         epochs=epochs,
         seed=seed,
         warm_start=DEMO_WARM_START,
-        progress=progress,
+        options=TrainerOptions(progress=progress),
         extra={"command": command_line(volumes, seed), "demo_volumes": volumes, "regime": DEMO_REGIME},
     )
-    print_summary(metrics, run_dir)
+    print_summary(result.metrics, run_dir)
     if bundle_model:
         target = bundle(run_dir, volumes, seed)
         print(f"bundled demo model: {target}")

@@ -14,7 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
+from i2m2_med.errors import UsageError
 from i2m2_med.heads import HEADS
+from i2m2_med.training.options import TrainerOptions
 
 
 def _fmt(value: Any) -> str:
@@ -106,33 +108,36 @@ def run(
     n_boot: int = 1000,
 ) -> int:
     """Train and print the summary; returns the exit code (errors propagate to the CLI)."""
-    from i2m2_med.errors import UsageError
-    from i2m2_med.training.fit import train
-
     if not Path(data).is_dir():
         raise UsageError(data, "no such data folder")
-    metrics = train(
+    # Lightning loads with this import (seconds): only once the data folder is known to exist
+    from i2m2_med.training.fit import train
+
+    options = TrainerOptions(
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
+        progress=progress,
+        tensorboard=tensorboard,
+    )
+    result = train(
         data,
         out,
         variant=variant,
         config=config,
+        options=options,
         epochs=epochs,
         seed=seed,
-        devices=devices,
-        num_nodes=num_nodes,
-        strategy=strategy,
         warm_start=warm_start,
-        progress=progress,
         labels=labels,
         clinical=clinical,
         splits=splits,
         batch_size=batch_size,
         num_workers=num_workers,
-        tensorboard=tensorboard,
-        accelerator=accelerator,
         n_boot=n_boot,
     )
-    if "rank" not in metrics:
-        print_summary(metrics, Path(out))
+    if result is not None:  # only rank 0 of a multi-process run evaluates and prints
+        print_summary(result.metrics, Path(out))
         sys.stdout.flush()
     return 0

@@ -25,10 +25,10 @@ from i2m2_med.metrics.calibration import (
 )
 from i2m2_med.metrics.ranking import auroc
 from i2m2_med.models import build_model
-from i2m2_med.training.fit import train
+from i2m2_med.training.fit import TrainerOptions, train
 
 SMALL = load_config("cpu").with_updates(image_size=32)
-QUICK = dict(epochs=1, progress=False, n_boot=20, batch_size=8, limit_train_batches=2)
+QUICK = dict(epochs=1, n_boot=20, batch_size=8, options=TrainerOptions(progress=False, limit_train_batches=2))
 
 
 # ---- the fit ------------------------------------------------------------------------------------
@@ -166,9 +166,9 @@ def test_training_refits_the_prior_on_validation_without_changing_slice_auroc(ti
     fitted = train(tiny_cohort, tmp_path / "prior", variant="intra", config=SMALL, seed=4, **QUICK)
     plain = train(tiny_cohort, tmp_path / "none", variant="intra",
                   config=SMALL.with_updates(**{"training.calibration": "none"}), seed=4, **QUICK)
-    cal = fitted["calibration"]
+    cal = fitted.calibration
     assert cal["method"] == "prior" and cal["fitted_on"] == "val"
-    assert plain["calibration"]["offsets"] is None
+    assert plain.calibration["offsets"] is None
     on_disk = json.loads((tmp_path / "prior" / "metrics.json").read_text())
     assert on_disk["calibration"]["offsets"] == pytest.approx(cal["offsets"])
     fitted_heads = [h for h in HEADS if cal["per_head"][h]["fitted"]]

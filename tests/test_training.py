@@ -21,11 +21,11 @@ from i2m2_med.errors import ConfigError, UsageError
 from i2m2_med.heads import HEADS
 from i2m2_med.models import VARIANTS, I2M2Output, combine
 from i2m2_med.training.datamodule import I2M2DataModule
-from i2m2_med.training.fit import train
+from i2m2_med.training.fit import TrainerOptions, train
 from i2m2_med.training.module import experts_loss, product_loss
 from i2m2_med.training.results import oracle_from_manifest, predict_dataset
 
-QUICK = dict(epochs=1, progress=False, n_boot=20, batch_size=8, limit_train_batches=2)
+QUICK = dict(epochs=1, n_boot=20, batch_size=8, options=TrainerOptions(progress=False, limit_train_batches=2))
 SMALL = load_config("cpu").with_updates(image_size=32)
 """The cpu config at 32 x 32 pixels: the same networks, a quarter of the work."""
 
@@ -115,9 +115,10 @@ def test_oracle_is_read_from_the_manifest(tiny_cohort: Path) -> None:
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_every_variant_trains_and_writes_its_metrics(variant: str, tiny_cohort: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    metrics = train(tiny_cohort, run, variant=variant, config=SMALL, seed=3, **QUICK)
+    result = train(tiny_cohort, run, variant=variant, config=SMALL, seed=3, **QUICK)
     on_disk = json.loads((run / "metrics.json").read_text())
-    assert on_disk["variant"] == variant and on_disk["data_fingerprint"] == metrics["data_fingerprint"]
+    assert result is not None and result.to_json() == on_disk  # the typed result carries the file's content
+    assert on_disk["variant"] == variant == result.variant and on_disk["data_fingerprint"] == result.data_fingerprint
     experts = list(VARIANTS[variant])
     assert on_disk["experts"] == experts
     for split in ("val", "test"):
@@ -140,10 +141,13 @@ def test_every_variant_trains_and_writes_its_metrics(variant: str, tiny_cohort: 
         assert combined["mean_all"]["auroc"] is not None  # some head has both classes
     t = on_disk["training"]
     assert t["epochs_run"] == 1 and t["train_slices"] == 2 * 8 and t["samples_per_s"] > 0
+    assert (result.epochs_run, result.train_slices, result.samples_per_s) == (1, 16, t["samples_per_s"])
+    assert result.experts == tuple(experts) and result.checkpoint == run / "model.safetensors"
+    assert result.summary("test") == on_disk["test"]["summary"]["combined"]["slice"]
     assert on_disk["oracle_mean_pathologies"] == pytest.approx(1.0)
     assert on_disk["inference"]["test"]["slices_per_s"] > 0
     model, meta = load_checkpoint(run / "model.safetensors", expected_variant=variant)
-    assert meta.data_fingerprint == metrics["data_fingerprint"] and meta.n_tabular == 14
+    assert meta.data_fingerprint == result.data_fingerprint and meta.n_tabular == 14
     assert (run / "logs" / "product" / "metrics.csv").is_file()
     preds = pd.read_csv(run / "predictions.csv")
     assert len(preds) == combined["n"] + on_disk["val"]["combined"]["slice"]["n"]
@@ -163,20 +167,20 @@ def test_same_seed_same_model_other_seed_other_model(tiny_cohort: Path, tmp_path
     shas = []
     vals = []
     for i, seed in enumerate((5, 5, 6)):
-        metrics = train(tiny_cohort, tmp_path / f"run{i}", variant="intra", config=SMALL, seed=seed, **QUICK)
+        result = train(tiny_cohort, tmp_path / f"run{i}", variant="intra", config=SMALL, seed=seed, **QUICK)
         shas.append(read_checkpoint_meta(tmp_path / f"run{i}" / "model.safetensors").weights_sha256)
-        vals.append(metrics["val"]["summary"]["combined"]["slice"]["mean_all"])
+        vals.append(result.summary("val")["mean_all"])
     assert shas[0] == shas[1] and vals[0] == vals[1]
     assert shas[2] != shas[0]
 
 
 def test_warm_start_trains_the_experts_then_the_product(tiny_cohort: Path, tmp_path: Path) -> None:
     cfg = SMALL.with_updates(**{"training.warm_start_epochs": 1})
-    metrics = train(tiny_cohort, tmp_path / "run", variant="i2m2", config=cfg, warm_start=True, **QUICK)
-    stages = metrics["training"]["stages"]
-    assert [s["objective"] for s in stages] == ["experts", "product"]
-    assert stages[0]["history"][0]["objective"] == "experts"
-    assert metrics["training"]["warm_start"] is True and metrics["training"]["epochs_run"] == 2
+    result = train(tiny_cohort, tmp_path / "run", variant="i2m2", config=cfg, warm_start=True, **QUICK)
+    stages = result.stages
+    assert [s.objective for s in stages] == ["experts", "product"]
+    assert stages[0].history[0]["objective"] == "experts"
+    assert result.metrics["training"]["warm_start"] is True and result.epochs_run == 2 == sum(s.epochs_run for s in stages)
     meta = read_checkpoint_meta(tmp_path / "run" / "model.safetensors")
     assert meta.config.training.warm_start is True and meta.extra["warm_start"] is True
 
@@ -202,9 +206,11 @@ def test_bad_arguments_are_one_line_errors(tiny_cohort: Path, tmp_path: Path) ->
     with pytest.raises(UsageError, match="unknown variant"):
         train(tiny_cohort, tmp_path / "r", variant="fusion")
     with pytest.raises(UsageError, match="unknown strategy"):
-        train(tiny_cohort, tmp_path / "r", strategy="bogus")
+        train(tiny_cohort, tmp_path / "r", options=TrainerOptions(strategy="bogus"))
     with pytest.raises(UsageError, match="--devices"):
-        train(tiny_cohort, tmp_path / "r", devices=0)
+        train(tiny_cohort, tmp_path / "r", options=TrainerOptions(devices=0))
+    with pytest.raises(UsageError, match="--accelerator"):
+        train(tiny_cohort, tmp_path / "r", options=TrainerOptions(accelerator="abacus"))
     with pytest.raises(ConfigError, match="no such config file"):
         train(tiny_cohort, tmp_path / "r", config=str(tmp_path / "missing.yaml"))
     with pytest.raises(UsageError, match="no such data folder"):

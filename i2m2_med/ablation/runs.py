@@ -22,12 +22,16 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from i2m2_med import __version__
 from i2m2_med.atomic import write_json, write_text
 from i2m2_med.config import Config
+from i2m2_med.data.cohort import Cohort
+from i2m2_med.data.dataset import SliceDataset
 from i2m2_med.errors import I2M2Error
+from i2m2_med.training.options import TrainerOptions
+from i2m2_med.training.results import TrainResult
 
 RUN_MARKER = "ablation_run.json"
 CHECKPOINT_NAME = "model.safetensors"
@@ -98,10 +102,16 @@ def one_line_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
-def _training_summary(metrics: dict[str, Any]) -> dict[str, Any]:
-    t = metrics.get("training") or {}
-    keep = ("epochs_run", "best_epoch", "best_val_auroc_mean", "time_s", "train_time_s", "train_slices", "samples_per_s")
-    return {k: t.get(k) for k in keep}
+def _training_summary(result: TrainResult) -> dict[str, Any]:
+    return {
+        "epochs_run": result.epochs_run,
+        "best_epoch": result.best_epoch,
+        "best_val_auroc_mean": result.best_val_auroc_mean,
+        "time_s": result.time_s,
+        "train_time_s": result.train_time_s,
+        "train_slices": result.train_slices,
+        "samples_per_s": result.samples_per_s,
+    }
 
 
 def cached_run(run_dir: Path, key: str) -> dict[str, Any] | None:
@@ -124,8 +134,8 @@ def train_or_reuse(
     config: Config,
     data_fingerprint: str,
     *,
-    cohort: Any = None,
-    datasets: Any = None,
+    cohort: Cohort | None = None,
+    datasets: Mapping[str, SliceDataset] | None = None,
     train_n_boot: int = 50,
     progress: Progress | None = None,
 ) -> RunRecord:
@@ -134,6 +144,7 @@ def train_or_reuse(
     are passed to :func:`i2m2_med.training.fit.train`, so the runs of a grid share one transform
     cache. Never raises for a training failure (KeyboardInterrupt aside): the record says
     ``failed`` and why."""
+    # Lightning loads with this import (seconds): only when a run is not in the cache
     from i2m2_med.training.fit import train
 
     key = run_key(data_fingerprint, variant, seed, config)
@@ -145,16 +156,15 @@ def train_or_reuse(
         progress(f"training {variant} (seed {seed})")
     t0 = time.perf_counter()
     try:
-        metrics = train(
+        result = train(
             data_dir,
             run_dir,
             variant=variant,
             config=config,
+            options=TrainerOptions(accelerator="auto", progress=False),
             seed=int(seed),
-            progress=False,
             n_boot=int(train_n_boot),
             num_workers=0,
-            accelerator="auto",
             cohort=cohort,
             datasets=datasets,
         )
@@ -170,7 +180,8 @@ def train_or_reuse(
             pass
         return RunRecord(variant, int(seed), key, str(run_dir), "failed", reason, seconds)
     seconds = time.perf_counter() - t0
-    summary = _training_summary(metrics)
+    assert result is not None, "a single-process run always evaluates (rank 0)"
+    summary = _training_summary(result)
     write_json(
         run_dir / RUN_MARKER,
         {"key": key, "variant": variant, "seed": int(seed), "data_fingerprint": data_fingerprint,

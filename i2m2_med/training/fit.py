@@ -15,9 +15,9 @@ best weights on the validation and test splits (:mod:`.results`) and writes
 ``RUN_DIR/predictions.csv`` and ``RUN_DIR/config.yaml``; Lightning's CSV logs go to
 ``RUN_DIR/logs/``.
 
-Scale-out: ``devices``, ``num_nodes`` and ``strategy`` go to the Lightning Trainer. ``ddp``
-(one process per device, launched by re-running the command) is the recommended multi-device
-strategy.
+Scale-out: :class:`~.options.TrainerOptions` (``devices``, ``num_nodes``, ``strategy``,
+``accelerator``, ...) go to the Lightning Trainer. ``ddp`` (one process per device, launched by
+re-running the command) is the recommended multi-device strategy.
 """
 
 from __future__ import annotations
@@ -33,27 +33,29 @@ from typing import Any, Iterator, Mapping
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import EarlyStopping, TQDMProgressBar
+from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.strategies import StrategyRegistry
 
-from i2m2_med.atomic import json_safe
-from i2m2_med.config import Config, load_config
+from i2m2_med.atomic import json_safe, write_json, write_text
+from i2m2_med.checkpoint import save_checkpoint
+from i2m2_med.config import Config
 from i2m2_med.data.cohort import Cohort, data_fingerprint
 from i2m2_med.data.dataset import SliceDataset
 from i2m2_med.errors import UsageError
 from i2m2_med.heads import HEADS
 from i2m2_med.metrics.aggregation import aggregation_rule
 from i2m2_med.metrics.calibration import calibration_errors, fit_prior_offset
-from i2m2_med.models import (
-    I2M2Model,
-    build_model,
-    variant_experts,
-)
+from i2m2_med.models import I2M2Model, build_model, variant_experts
 from i2m2_med.training.datamodule import I2M2DataModule
 from i2m2_med.training.module import I2M2Module
+from i2m2_med.training.options import ACCELERATORS, TrainerOptions, resolve_config
 from i2m2_med.training.results import (
     CHECKPOINT_NAME,
     CONFIG_NAME,
     METRICS_NAME,
     PREDICTIONS_NAME,
+    TrainResult,
     _checkpoint_metrics,
     _write_predictions,
     oracle_from_manifest,
@@ -62,10 +64,11 @@ from i2m2_med.training.results import (
     prediction_metrics,
 )
 
-ACCELERATORS: tuple[str, ...] = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+__all__ = ["ACCELERATORS", "TrainResult", "TrainerOptions", "resolve_config", "train"]
 
 
-def _check_args(epochs: int | None, devices: int | str, num_nodes: int, strategy: str, seed: int, accelerator: str) -> None:
+def _check_args(epochs: int | None, seed: int, options: TrainerOptions) -> None:
+    devices = options.devices
     if epochs is not None and (isinstance(epochs, bool) or int(epochs) < 1):
         raise UsageError("--epochs", f"must be a positive integer, got {epochs}")
     if isinstance(devices, str):
@@ -73,14 +76,13 @@ def _check_args(epochs: int | None, devices: int | str, num_nodes: int, strategy
             raise UsageError("--devices", f"must be a positive integer or 'auto', got {devices!r}")
     elif int(devices) < 1:
         raise UsageError("--devices", f"must be a positive integer, got {devices}")
-    if int(num_nodes) < 1:
-        raise UsageError("--num-nodes", f"must be a positive integer, got {num_nodes}")
+    if int(options.num_nodes) < 1:
+        raise UsageError("--num-nodes", f"must be a positive integer, got {options.num_nodes}")
     if int(seed) < 0:
         raise UsageError("--seed", f"must be a non-negative integer, got {seed}")
-    if accelerator not in ACCELERATORS:
-        raise UsageError("--accelerator", f"unknown accelerator {accelerator!r}; expected one of {', '.join(ACCELERATORS)}")
-    from pytorch_lightning.strategies import StrategyRegistry
-
+    if options.accelerator not in ACCELERATORS:
+        raise UsageError("--accelerator", f"unknown accelerator {options.accelerator!r}; expected one of {', '.join(ACCELERATORS)}")
+    strategy = options.strategy
     if strategy != "auto" and strategy not in StrategyRegistry.available_strategies():
         known = ", ".join(["auto", "ddp", "ddp_spawn", "ddp_fork", "fsdp", "deepspeed"])
         raise UsageError("--strategy", f"unknown strategy {strategy!r}; e.g. {known}")
@@ -123,67 +125,50 @@ def _quiet_lightning(progress: bool) -> Iterator[None]:
 def _trainer(
     out_dir: Path,
     config: Config,
+    options: TrainerOptions,
+    *,
+    stage: str,
     max_epochs: int,
-    devices: int | str,
-    num_nodes: int,
-    strategy: str,
-    progress: bool,
     early_stopping: bool,
     n_train_batches: int,
-    name: str,
-    tensorboard: bool,
-    accelerator: str,
-    limit_train_batches: int | float | None = None,
 ) -> pl.Trainer:
-    from pytorch_lightning.callbacks import EarlyStopping, TQDMProgressBar
-    from pytorch_lightning.loggers import CSVLogger
-
+    """The Lightning Trainer of one fitting stage (``stage`` names its log folders)."""
     loggers: list[Any] = [
-        CSVLogger(str(out_dir), name="logs", version=name, flush_logs_every_n_steps=max(1, n_train_batches))
+        CSVLogger(str(out_dir), name="logs", version=stage, flush_logs_every_n_steps=max(1, n_train_batches))
     ]
-    if tensorboard:
+    if options.tensorboard:
         try:
+            # optional: tensorboard may not be installed, which only --tensorboard needs to know
             from pytorch_lightning.loggers import TensorBoardLogger
 
-            loggers.append(TensorBoardLogger(str(out_dir), name="tensorboard", version=name))
+            loggers.append(TensorBoardLogger(str(out_dir), name="tensorboard", version=stage))
         except ModuleNotFoundError as exc:
             raise UsageError("--tensorboard", f"TensorBoard is not installed ({exc.name})") from None
     callbacks: list[Any] = []
     if early_stopping:
         es = config.training.early_stopping
         callbacks.append(EarlyStopping(monitor=es.monitor, mode=es.mode, patience=es.patience, check_finite=True))
-    if progress:
+    if options.progress:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, n_train_batches // 20)))
     return pl.Trainer(
-        accelerator=accelerator,
-        devices=devices,
-        num_nodes=num_nodes,
-        strategy=strategy,
+        accelerator=options.accelerator,
+        devices=options.devices,
+        num_nodes=options.num_nodes,
+        strategy=options.strategy,
         max_epochs=max_epochs,
         precision=_precision(config),
         logger=loggers,
         callbacks=callbacks,
         enable_checkpointing=False,
-        enable_progress_bar=progress,
+        enable_progress_bar=options.progress,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         log_every_n_steps=max(1, min(50, n_train_batches)),
         gradient_clip_val=config.optim.gradient_clip_val,
         deterministic=True if not torch.cuda.is_available() else "warn",
         default_root_dir=str(out_dir),
-        limit_train_batches=limit_train_batches,
+        limit_train_batches=options.limit_train_batches,
     )
-
-
-def resolve_config(config: str | os.PathLike | Config, epochs: int | None, seed: int, warm_start: bool | None) -> Config:
-    """The config with the command line's epochs, seed and warm-start applied (and re-validated)."""
-    cfg = config if isinstance(config, Config) else load_config(config)
-    updates: dict[str, Any] = {"training.seed": int(seed)}
-    if epochs is not None:
-        updates["training.max_epochs"] = int(epochs)
-    if warm_start is not None:
-        updates["training.warm_start"] = bool(warm_start)
-    return cfg.with_updates(**updates)
 
 
 def train(
@@ -191,28 +176,22 @@ def train(
     out_dir: str | os.PathLike,
     variant: str = "i2m2",
     config: str | os.PathLike | Config = "cpu",
+    options: TrainerOptions | None = None,
+    *,
     epochs: int | None = None,
     seed: int = 0,
-    devices: int | str = 1,
-    num_nodes: int = 1,
-    strategy: str = "auto",
     warm_start: bool | None = None,
-    progress: bool = True,
-    *,
+    n_boot: int = 1000,
+    extra: Mapping[str, Any] | None = None,
     labels: str | os.PathLike | None = None,
     clinical: str | os.PathLike | None = None,
     splits: str | os.PathLike | None = None,
     batch_size: int | None = None,
     num_workers: int | None = None,
     cache_size: int | None = None,
-    n_boot: int = 1000,
-    tensorboard: bool = False,
-    accelerator: str = "auto",
     cohort: Cohort | None = None,
-    extra: Mapping[str, Any] | None = None,
-    limit_train_batches: int | float | None = None,
     datasets: Mapping[str, SliceDataset] | None = None,
-) -> dict[str, Any]:
+) -> TrainResult | None:
     """Train ``variant`` on the cohort under ``data_dir``; write the run to ``out_dir``.
 
     Args:
@@ -222,27 +201,28 @@ def train(
             ``config.yaml``, ``logs/``.
         variant: ``mag``, ``phase``, ``tab``, ``intra``, ``inter``, ``i2m2``, ``i2m2-notab``.
         config: ``"cpu"``, ``"paper"``, a YAML path or a Config.
+        options: how Lightning runs the fit: accelerator, devices, nodes, strategy, progress bars,
+            logging (:class:`~.options.TrainerOptions`; its defaults when None).
         epochs: overrides ``training.max_epochs``; seed: ``seed_everything`` and the shuffle.
-        devices, num_nodes, strategy: Lightning's (``strategy="ddp"`` for several devices).
         warm_start: train the experts alone first, then the product (None: the config's choice).
-        progress: progress bars (Lightning's, via tqdm).
         n_boot: bootstrap replicates of the confidence intervals.
-        limit_train_batches: Lightning's, to shorten epochs (smoke tests, quick checks).
+        extra: JSON-able values written under ``extra`` in ``metrics.json``.
+        labels, clinical, splits: label, clinical and split files other than ``data_dir``'s own.
+        batch_size, num_workers, cache_size: override the config's.
         cohort: an already loaded cohort (then ``data_dir`` only names it).
         datasets: already built :class:`~i2m2_med.data.dataset.SliceDataset` of ``cohort`` by split
             name (same ``image_size``), used instead of new ones -- with their caches, so runs that
             share them (an ablation grid) transform each slice once.
 
-    Returns the metrics dict written to ``metrics.json`` on the global rank 0 process; other
-    ranks of a multi-process run return ``{"rank": r}``.
+    Returns the :class:`~.results.TrainResult` (its ``metrics`` exactly as written to
+    ``metrics.json``) on the global rank 0 process; None on the other ranks of a multi-process
+    run (only rank 0 evaluates and writes).
 
     Raises UsageError / ConfigError for bad arguments (one line), and the data layer's errors for
     unreadable data.
     """
-    from i2m2_med.atomic import write_json, write_text
-    from i2m2_med.checkpoint import save_checkpoint
-
-    _check_args(epochs, devices, num_nodes, strategy, seed, accelerator)
+    options = options if options is not None else TrainerOptions()
+    _check_args(epochs, seed, options)
     variant_experts(variant)
     cfg = resolve_config(config, epochs, seed, warm_start)
     config_label = config if isinstance(config, str) else (str(config) if not isinstance(config, Config) else cfg.name)
@@ -274,20 +254,20 @@ def train(
     t_start = time.perf_counter()
     cpu_start = time.process_time()
     stages: list[dict[str, Any]] = []
-    with _quiet_lightning(progress):
+    with _quiet_lightning(options.progress):
         if cfg.training.warm_start:
             ws_epochs = cfg.training.warm_start_epochs
             module = I2M2Module(model, cfg, dm.class_weights, objective="experts", max_epochs=ws_epochs)
-            trainer = _trainer(out, cfg, ws_epochs, devices, num_nodes, strategy, progress, False,
-                               n_train_batches, "warm_start", tensorboard, accelerator, limit_train_batches)
+            trainer = _trainer(out, cfg, options, stage="warm_start", max_epochs=ws_epochs, early_stopping=False,
+                               n_train_batches=n_train_batches)
             t0 = time.perf_counter()
             trainer.fit(module, datamodule=dm)
             stages.append(_stage_record("experts", module, trainer, time.perf_counter() - t0))
             model = module.model
         module = I2M2Module(model, cfg, dm.class_weights, objective="product",
                             lr_scale=cfg.training.finetune_lr_scale if cfg.training.warm_start else 1.0)
-        trainer = _trainer(out, cfg, cfg.training.max_epochs, devices, num_nodes, strategy, progress, True,
-                           n_train_batches, "product", tensorboard, accelerator, limit_train_batches)
+        trainer = _trainer(out, cfg, options, stage="product", max_epochs=cfg.training.max_epochs, early_stopping=True,
+                           n_train_batches=n_train_batches)
         t0 = time.perf_counter()
         trainer.fit(module, datamodule=dm)
         stages.append(_stage_record("product", module, trainer, time.perf_counter() - t0))
@@ -296,9 +276,9 @@ def train(
     model = module.model
 
     if trainer.global_rank != 0:
-        return {"rank": int(trainer.global_rank)}
+        return None
 
-    device = torch.device("cuda") if (torch.cuda.is_available() and accelerator != "cpu") else torch.device("cpu")
+    device = torch.device("cuda") if (torch.cuda.is_available() and options.accelerator != "cpu") else torch.device("cpu")
     model = model.to(device).eval()
     eval_batch = max(dm.batch_size, 64)
     calibration = _refit_prior(model, cfg, dm, eval_batch, device)
@@ -359,9 +339,9 @@ def train(
             "train_slices": train_slices,
             "samples_per_s": (train_slices / train_seconds) if train_seconds > 0 else None,
             "world_size": int(trainer.world_size),
-            "devices": devices,
-            "num_nodes": int(num_nodes),
-            "strategy": strategy,
+            "devices": options.devices,
+            "num_nodes": int(options.num_nodes),
+            "strategy": options.strategy,
             "accelerator": type(trainer.accelerator).__name__,
             "precision": _precision(cfg),
             "batch_size": dm.batch_size,
@@ -397,10 +377,10 @@ def train(
     _write_predictions(out / PREDICTIONS_NAME, predictions)
     metrics = json_safe(metrics)
     write_json(out / METRICS_NAME, metrics)
-    return metrics
+    return TrainResult.from_metrics(out, metrics)
 
 
-def _refit_prior(model: I2M2Model, cfg: Config, dm: "I2M2DataModule", batch_size: int, device: torch.device) -> dict[str, Any]:
+def _refit_prior(model: I2M2Model, cfg: Config, dm: I2M2DataModule, batch_size: int, device: torch.device) -> dict[str, Any]:
     """``training.calibration: prior``: fit the prior offset of the trained product on the
     validation slices (:func:`i2m2_med.metrics.calibration.fit_prior_offset`) and set it on ``model``.
     Returns the JSON-ready record for ``metrics.json`` (offsets None when nothing was fitted)."""
@@ -438,7 +418,7 @@ def _stage_record(objective: str, module: I2M2Module, trainer: pl.Trainer, secon
         "epochs_run": int(trainer.current_epoch),
         "best_epoch": best_epoch,
         "best_val_auroc_mean": best,
-        "stopped_early": bool(getattr(trainer, "should_stop", False)) and int(trainer.current_epoch) < int(trainer.max_epochs or 0),
+        "stopped_early": bool(trainer.should_stop) and int(trainer.current_epoch) < int(trainer.max_epochs or 0),
         "seconds": seconds,
         "train_seconds": module.train_seconds,
         "val_seconds": module.val_seconds,

@@ -1,27 +1,30 @@
-"""What a run is evaluated on and what it writes: the predictions of a split, their slice-,
+"""What a run is evaluated on and what it gives back: the predictions of a split, their slice-,
 study- and in-view metrics (:func:`i2m2_med.metrics.tables.metrics_table`), the label-noise
-ceiling read from a synthetic cohort's manifest, and the file names of a run folder.
+ceiling read from a synthetic cohort's manifest, the file names of a run folder and
+:class:`TrainResult`, the typed result of :func:`i2m2_med.training.fit.train`.
 """
 
 from __future__ import annotations
 
+import copy
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from i2m2_med.atomic import json_safe
+from i2m2_med.atomic import atomic_path, json_safe
 from i2m2_med.data.cohort import in_view_rows
 from i2m2_med.data.dataset import SliceDataset, collate_samples
 from i2m2_med.heads import HEADS, PATHOLOGY_HEADS
 from i2m2_med.metrics.aggregation import aggregation_rule
-from i2m2_med.models import (
-    I2M2Model,
-)
+from i2m2_med.metrics.tables import in_view_metrics, metrics_table
+from i2m2_med.models import I2M2Model
 
 CHECKPOINT_NAME = "model.safetensors"
 
@@ -33,6 +36,119 @@ PREDICTIONS_NAME = "predictions.csv"
 
 
 CONFIG_NAME = "config.yaml"
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """One fitting stage of a run: an entry of ``training.stages`` in ``metrics.json``.
+
+    ``objective``: ``"experts"`` (the warm start) or ``"product"``; ``best_epoch`` and
+    ``best_val_auroc_mean``: the epoch whose weights were kept and its validation mean AUROC (None
+    when no validation ran); ``seconds``: the whole stage, ``train_seconds`` / ``val_seconds`` its
+    training and validation loops; ``train_samples``: slices seen in training over all processes;
+    ``history``: one record per validation epoch.
+    """
+
+    objective: str
+    epochs_run: int
+    best_epoch: int | None
+    best_val_auroc_mean: float | None
+    stopped_early: bool
+    seconds: float
+    train_seconds: float
+    val_seconds: float
+    train_samples: int
+    history: tuple[Mapping[str, Any], ...]
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> "StageResult":
+        return cls(
+            objective=str(record["objective"]),
+            epochs_run=int(record["epochs_run"]),
+            best_epoch=None if record["best_epoch"] is None else int(record["best_epoch"]),
+            best_val_auroc_mean=_float_or_none(record["best_val_auroc_mean"]),
+            stopped_early=bool(record["stopped_early"]),
+            seconds=float(record["seconds"]),
+            train_seconds=float(record["train_seconds"]),
+            val_seconds=float(record["val_seconds"]),
+            train_samples=int(record["train_samples"]),
+            history=tuple(record["history"]),
+        )
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`~i2m2_med.training.fit.train` gives back on the process that evaluates.
+
+    ``metrics`` is exactly the content of ``RUN_DIR/metrics.json`` (:meth:`to_json` returns a
+    copy); the other fields are the parts of it that callers read, typed. Field names follow the
+    JSON keys: ``epochs_run`` ... ``samples_per_s`` are those of ``training``;
+    ``test_mean_pathologies`` maps a level (``slice``, ``study``, ``in_view``) to the combined
+    test AUROC over ACL/MTEAR/CART; ``calibration`` is the record of the prior refitted after
+    training (offsets None when nothing was fitted).
+    """
+
+    run_dir: Path
+    metrics: Mapping[str, Any]
+    variant: str
+    experts: tuple[str, ...]
+    seed: int
+    data_fingerprint: str
+    stages: tuple[StageResult, ...]
+    epochs_run: int
+    best_epoch: int | None
+    best_val_auroc_mean: float | None
+    time_s: float
+    train_time_s: float
+    train_slices: int
+    samples_per_s: float | None
+    oracle_mean_pathologies: float | None
+    test_mean_pathologies: Mapping[str, float | None]
+    calibration: Mapping[str, Any]
+
+    @classmethod
+    def from_metrics(cls, run_dir: str | Path, metrics: Mapping[str, Any]) -> "TrainResult":
+        """The result of the run in ``run_dir`` from its (JSON-ready) ``metrics.json`` content."""
+        t = metrics["training"]
+        return cls(
+            run_dir=Path(run_dir),
+            metrics=metrics,
+            variant=str(metrics["variant"]),
+            experts=tuple(metrics["experts"]),
+            seed=int(metrics["seed"]),
+            data_fingerprint=str(metrics["data_fingerprint"]),
+            stages=tuple(StageResult.from_json(s) for s in t["stages"]),
+            epochs_run=int(t["epochs_run"]),
+            best_epoch=None if t["best_epoch"] is None else int(t["best_epoch"]),
+            best_val_auroc_mean=_float_or_none(t["best_val_auroc_mean"]),
+            time_s=float(t["time_s"]),
+            train_time_s=float(t["train_time_s"]),
+            train_slices=int(t["train_slices"]),
+            samples_per_s=_float_or_none(t["samples_per_s"]),
+            oracle_mean_pathologies=_float_or_none(metrics["oracle_mean_pathologies"]),
+            test_mean_pathologies={k: _float_or_none(v) for k, v in metrics["test_mean_pathologies"].items()},
+            calibration=metrics["calibration"],
+        )
+
+    @property
+    def checkpoint(self) -> Path:
+        """``RUN_DIR/model.safetensors``."""
+        return self.run_dir / CHECKPOINT_NAME
+
+    def summary(self, split: str, term: str = "combined", level: str = "slice") -> Mapping[str, Any] | None:
+        """The AUROC row of ``term`` (``combined`` or an expert) on ``split`` at ``level``: each
+        head, ``mean_pathologies`` (with ``_ci``) and ``mean_all``; None when the split is empty
+        or the level undefined."""
+        block = self.metrics.get(split) or {}
+        return ((block.get("summary") or {}).get(term) or {}).get(level)
+
+    def to_json(self) -> dict[str, Any]:
+        """The content of ``metrics.json`` (a copy)."""
+        return copy.deepcopy(dict(self.metrics))
 
 
 @torch.no_grad()
@@ -139,8 +255,6 @@ def prediction_metrics(
     Returns ``{"combined": table, "experts": {name: table}, "summary": {name: {...}}}``; an
     expert that did not count for some slices is scored on the others (``n`` says how many).
     """
-    from i2m2_med.metrics.tables import in_view_metrics, metrics_table
-
     rule_name, k = aggregation_rule(rule)
     y = np.asarray(pred["labels"], dtype=np.float64)
     ids = np.asarray(pred["study_id"]).astype(str)
@@ -222,10 +336,6 @@ def _checkpoint_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
 def _write_predictions(path: Path, predictions: Mapping[str, Mapping[str, Any]]) -> None:
     """One row per slice of val and test: split, study_id, slice, y_<head>, p_<head> (combined)
     and p_<expert>_<head>."""
-    import pandas as pd
-
-    from i2m2_med.atomic import atomic_path
-
     frames = []
     for split, pred in predictions.items():
         data: dict[str, Any] = {"split": split, "study_id": pred["study_id"].astype(str), "slice": pred["slice"]}

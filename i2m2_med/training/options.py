@@ -1,0 +1,52 @@
+"""What a training run is asked for beyond its data and config: the Lightning Trainer's options
+(:class:`TrainerOptions`) and the command line's overrides of the config (:func:`resolve_config`).
+
+A light module (no Lightning import), so the command line and the ablation can build both
+without paying for Lightning.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from i2m2_med.config import Config, load_config
+
+ACCELERATORS: tuple[str, ...] = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+
+
+@dataclass(frozen=True)
+class TrainerOptions:
+    """How Lightning runs a fit; none of it changes what a single-process run learns.
+
+    Attributes:
+        accelerator: Lightning's (one of :data:`ACCELERATORS`).
+        devices: devices (processes) per node, or ``"auto"``.
+        num_nodes: nodes of a multi-node run.
+        strategy: Lightning's (``"ddp"`` for several devices: one process per device, launched by
+            re-running the command).
+        progress: progress bars (Lightning's, via tqdm) and Lightning's informational logs.
+        tensorboard: also log to ``RUN_DIR/tensorboard/`` (needs tensorboard installed); the
+            CSV logs in ``RUN_DIR/logs/`` are always written.
+        limit_train_batches: Lightning's, to shorten epochs (smoke tests, quick checks).
+    """
+
+    accelerator: str = "auto"
+    devices: int | str = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    progress: bool = True
+    tensorboard: bool = False
+    limit_train_batches: int | float | None = None
+
+
+def resolve_config(config: str | os.PathLike | Config, epochs: int | None, seed: int, warm_start: bool | None) -> Config:
+    """The config with the command line's epochs, seed and warm-start applied (and re-validated)."""
+    cfg = config if isinstance(config, Config) else load_config(config)
+    updates: dict[str, Any] = {"training.seed": int(seed)}
+    if epochs is not None:
+        updates["training.max_epochs"] = int(epochs)
+    if warm_start is not None:
+        updates["training.warm_start"] = bool(warm_start)
+    return cfg.with_updates(**updates)
