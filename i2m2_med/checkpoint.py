@@ -34,6 +34,7 @@ from i2m2_med.atomic import write_bytes
 from i2m2_med.config import Config, config_from_dict
 from i2m2_med.errors import CheckpointError, ConfigError, UsageError
 from i2m2_med.heads import HEADS
+from i2m2_med.models.registry import VARIANTS, I2M2Model, build_model
 
 FORMAT = "i2m2-med-checkpoint"
 FORMAT_VERSION = "1"
@@ -101,16 +102,14 @@ def _fingerprint(weights_hex: str, config: Config, variant: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:FINGERPRINT_CHARS]
 
 
-def model_fingerprint(model: torch.nn.Module, config: Config | None = None) -> str:
-    """Short hex fingerprint of a model: SHA-256 of its weights, variant and config (12 chars).
+def model_fingerprint(model: I2M2Model, config: Config | None = None) -> str:
+    """Short hex fingerprint of a model: SHA-256 of its weights, variant and config (12 chars;
+    ``config``: the model's own when None).
 
     Equal to ``CheckpointMeta.fingerprint`` of a checkpoint of the same model.
     """
-    cfg = config if config is not None else getattr(model, "config", None)
-    if cfg is None:
-        raise UsageError("model_fingerprint", "the model carries no config; pass config=")
-    variant = getattr(model, "variant", "")
-    return _fingerprint(weights_sha256(model.state_dict()), cfg, variant)
+    cfg = config if config is not None else model.config
+    return _fingerprint(weights_sha256(model.state_dict()), cfg, model.variant)
 
 
 def _file_sha(weights_hex: str, meta_json: str) -> str:
@@ -146,7 +145,7 @@ def _jsonable(obj: Any) -> Any:
 
 def save_checkpoint(
     path: str | os.PathLike,
-    model: torch.nn.Module,
+    model: I2M2Model,
     config: Config,
     variant: str,
     n_tabular: int,
@@ -159,8 +158,8 @@ def save_checkpoint(
 
     Args:
         path: target file (conventionally ``*.safetensors``); parent folders are created.
-        model: the :class:`~i2m2_med.models.registry.I2M2Model` (any nn.Module whose structure
-            ``build_model(variant, config, n_tabular)`` reproduces).
+        model: the :class:`~i2m2_med.models.registry.I2M2Model` of ``variant`` (its structure is
+            what ``build_model(variant, config, n_tabular)`` reproduces on loading).
         config: the configuration the model was built and trained with.
         variant: the variant name (``i2m2``, ``mag``, ...).
         n_tabular: number of tabular features; ``tabular_names`` must have that length.
@@ -172,9 +171,8 @@ def save_checkpoint(
     """
     if len(tabular_names) != n_tabular:
         raise UsageError(path, f"{len(tabular_names)} tabular names for n_tabular={n_tabular}")
-    model_variant = getattr(model, "variant", variant)
-    if model_variant != variant:
-        raise UsageError(path, f"model is variant {model_variant!r}, not {variant!r}")
+    if model.variant != variant:
+        raise UsageError(path, f"model is variant {model.variant!r}, not {variant!r}")
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     w_sha = weights_sha256(state)
     meta = {
@@ -283,7 +281,7 @@ def load_checkpoint(
     expected_variant: str | None = None,
     expected_n_tabular: int | None = None,
     map_location: str | torch.device = "cpu",
-) -> tuple["torch.nn.Module", CheckpointMeta]:
+) -> tuple[I2M2Model, CheckpointMeta]:
     """Load a checkpoint written by :func:`save_checkpoint`: ``(model in eval mode, meta)``.
 
     Refuses, with CheckpointError(path, reason): a missing, truncated or corrupt file; a file that
@@ -291,8 +289,6 @@ def load_checkpoint(
     config; weights whose names or shapes do not match the variant; a variant or tabular width
     other than ``expected_variant`` / ``expected_n_tabular`` when given.
     """
-    from i2m2_med.models.registry import VARIANTS, build_model
-
     p = Path(path)
     state, meta, sha, config = _read(p)
     variant = meta["variant"]
@@ -306,7 +302,7 @@ def load_checkpoint(
         model = build_model(variant, config, meta["n_tabular"])
     except (UsageError, ValueError) as exc:
         raise CheckpointError(p, f"cannot build variant {variant!r} from the checkpoint's config: {exc}") from None
-    if "prior_offset" in state and hasattr(model, "set_prior_offset"):
+    if "prior_offset" in state:
         model.set_prior_offset(torch.zeros(len(HEADS)))  # shape checked and value loaded below
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))

@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 import torch
 
+from i2m2_med import demo_model_path
+from i2m2_med.checkpoint import CheckpointMeta, load_checkpoint
+from i2m2_med.data.tabular import TABULAR_FEATURES
 from i2m2_med.errors import CheckpointError
+from i2m2_med.models import I2M2Model
 
 #: Checkpoint file names looked for, in order, when a run folder is given.
 CHECKPOINT_NAMES: tuple[str, ...] = ("model.safetensors", "best.safetensors", "checkpoint.safetensors", "last.safetensors")
@@ -21,14 +25,8 @@ def resolve_checkpoint(path: str | os.PathLike | None = None) -> Path:
     (``model.safetensors``, ``best.safetensors``, ... or the only ``*.safetensors`` there), or,
     for ``None``, the bundled demo model. Raises :class:`CheckpointError` when none is found."""
     if path is None:
-        import i2m2_med
-
-        finder = getattr(i2m2_med, "demo_model_path", None)
-        if callable(finder):
-            path = finder()
-        else:
-            path = Path(i2m2_med.__file__).parent / "assets" / "demo_model"
-        if path is None or not Path(path).exists():
+        path = demo_model_path()
+        if not path.exists():
             raise CheckpointError(path, "the bundled demo model is missing; run `i2m2-med demo` to build it")
     p = Path(path)
     if p.is_file():
@@ -47,7 +45,7 @@ def resolve_checkpoint(path: str | os.PathLike | None = None) -> Path:
     raise CheckpointError(p, "no such checkpoint file or run folder")
 
 
-def load_model(path: str | os.PathLike | None = None, map_location: str | torch.device = "cpu") -> tuple[torch.nn.Module, Any]:
+def load_model(path: str | os.PathLike | None = None, map_location: str | torch.device = "cpu") -> tuple[I2M2Model, CheckpointMeta]:
     """Load a checkpoint for inference: ``(model in eval mode, CheckpointMeta)``.
 
     ``path``: a checkpoint file, a training run folder holding one, or ``None`` for the bundled
@@ -55,8 +53,6 @@ def load_model(path: str | os.PathLike | None = None, map_location: str | torch.
     :class:`~i2m2_med.errors.CheckpointError` (file and reason, one line). The weights are put in
     channels-last memory format (see :func:`channels_last`).
     """
-    from i2m2_med.checkpoint import load_checkpoint
-
     model, meta = load_checkpoint(resolve_checkpoint(path), map_location=map_location)
     return model.to(memory_format=torch.channels_last), meta
 
@@ -72,27 +68,24 @@ def channels_last(model: torch.nn.Module) -> bool:
     return False
 
 
-#: The config's slice -> study rule names as ``(rule, k)`` of
-def model_info(meta: Any) -> dict[str, str]:
+def model_info(meta: CheckpointMeta) -> dict[str, str]:
     """``{"fingerprint", "variant", "version"}`` of a checkpoint (version: the i2m2-med version
     that wrote it)."""
     return {
         "fingerprint": str(meta.fingerprint),
         "variant": str(meta.variant),
-        "version": str(getattr(meta, "project_version", "") or ""),
+        "version": str(meta.project_version),
     }
 
 
-def tabular_columns(meta: Any) -> list[str] | dict[str, float] | None:
+def tabular_columns(meta: CheckpointMeta) -> list[str] | dict[str, float] | None:
     """The ``columns`` argument of :func:`i2m2_med.data.tabular.tabular_features` that reproduces the
     checkpoint's feature vector: ``extra["tabular_columns"]`` when the checkpoint declares it,
     else the extra clinical columns named in ``tabular_names`` (divisor 1), else None (the
     standard features only)."""
-    declared = (getattr(meta, "extra", None) or {}).get("tabular_columns")
+    declared = meta.extra.get("tabular_columns")
     if declared:
         return dict(declared) if isinstance(declared, Mapping) else list(declared)
-    from i2m2_med.data.tabular import TABULAR_FEATURES
-
-    names = list(getattr(meta, "tabular_names", []) or [])
+    names = list(meta.tabular_names)
     extra = [n for n in names[::2] if n not in TABULAR_FEATURES]
     return extra or None

@@ -37,13 +37,16 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
+from i2m2_med.checkpoint import CheckpointMeta
+from i2m2_med.data.tabular import tabular_features
 from i2m2_med.errors import TransformError, UsageError
 from i2m2_med.heads import HEADS
 from i2m2_med.inference.loading import channels_last, model_info, tabular_columns
 from i2m2_med.inference.prediction import StudyPrediction
 from i2m2_med.inference.streaming import iter_slice_samples, modality_pipeline
 from i2m2_med.io.study import IMAGE_MODALITIES, Study
-from i2m2_med.metrics.aggregation import aggregation_rule
+from i2m2_med.metrics.aggregation import aggregate_study, aggregation_rule, top_slice
+from i2m2_med.models import I2M2Model
 
 DEFAULT_BATCH_SIZE = 32
 
@@ -56,14 +59,14 @@ DROPPABLE: tuple[str, ...] = ("magnitude", "phase", "tabular")
 TERM_ORDER: tuple[str, ...] = ("magnitude", "phase", "tabular", "joint", "prior")
 
 
-def study_tabular(study: Study, meta: Any, clinical_row: Any = None) -> tuple[np.ndarray | None, dict[str, float]]:
+def study_tabular(
+    study: Study, meta: CheckpointMeta, clinical_row: Mapping[str, Any] | None = None
+) -> tuple[np.ndarray | None, dict[str, float]]:
     """The study's tabular vector ``(F,)`` float32 in the checkpoint's feature order (None when
     the model takes no tabular input) and the same as a name -> value dict."""
-    names = list(getattr(meta, "tabular_names", []) or [])
+    names = list(meta.tabular_names)
     if not names:
         return None, {}
-    from i2m2_med.data.tabular import tabular_features
-
     vec, got = tabular_features(study.tags, clinical_row, columns=tabular_columns(meta))
     vec = np.asarray(vec, dtype=np.float32).reshape(-1)
     got = list(got)
@@ -112,10 +115,10 @@ def _selected_slices(p: np.ndarray, rule: str, k: int) -> list[np.ndarray]:
 
 
 def predict_study(
-    model: torch.nn.Module,
-    meta: Any,
+    model: I2M2Model,
+    meta: CheckpointMeta,
     study: Study,
-    clinical_row: Any = None,
+    clinical_row: Mapping[str, Any] | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     drop_modalities: Iterable[str] = (),
     workers: int = 0,
@@ -207,7 +210,7 @@ def predict_study(
                 raise UsageError(study.source, f"the sample stream gave {count} slices for {len(indices)}")
     finally:
         model.train(was_training)
-        closer = getattr(study.slice_reader, "close", None)
+        closer = getattr(study.slice_reader, "close", None)  # readers that hold a file open have one
         if callable(closer):
             closer()
 
@@ -215,8 +218,6 @@ def predict_study(
     terms = {t: np.concatenate(term_chunks[t], axis=0).astype(np.float32) for t in names}
     combined = np.concatenate(combined_chunks, axis=0).astype(np.float32)
     p = np.exp(combined[..., 1]).astype(np.float32)
-    from i2m2_med.metrics.aggregation import aggregate_study, top_slice
-
     p_study = np.asarray(aggregate_study(p, rule, k) if rule == "mean_top_k" else aggregate_study(p, rule), dtype=np.float64)
     top = np.asarray(top_slice(p), dtype=np.int64)
     chosen = _selected_slices(p, rule, k)

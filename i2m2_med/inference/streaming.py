@@ -25,6 +25,8 @@ def modality_pipeline(image_size: int) -> Callable[[dict], dict]:
     with _PIPELINE_LOCK:
         pipe = _PIPELINES.get(int(image_size))
         if pipe is None:
+            # MONAI loads with this import (seconds): only once a pipeline is built, not when a
+            # caller (diagnose, the app) imports this module before a model is even loaded
             from i2m2_med.transforms.dictionary import build_modality_pipeline
 
             pipe = _PIPELINES[int(image_size)] = build_modality_pipeline(int(image_size))
