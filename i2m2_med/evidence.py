@@ -1,5 +1,10 @@
 """Per-expert evidence of the product of experts.
 
+One module, although a little over 500 lines: its three readings of a decision -- each expert's
+additive contribution, where an image expert looks, what the tabular expert reads -- answer the
+one question the app and the reports ask (which expert decided, and on what) and share the
+expert and head lookups.
+
 The I2M2 combination is, per head, ``log p(y|x) = sum_e log p_e(y|x) - logsumexp_y(...)``, so its
 log-odds are exactly the sum of the experts' log-odds:
 
@@ -7,13 +12,13 @@ log-odds are exactly the sum of the experts' log-odds:
 
 (the normaliser cancels). Each expert's term ``log p_e(1) - log p_e(0)`` is therefore its additive
 *contribution* to the decision, in nats of log-odds. Everything here reads the model's output
-contract (:class:`i2m2_med.models.product.I2M2Output`): ``terms`` (dict expert -> log-probabilities
-``[B, H, 2]``, the prior included when the model uses one; a dropped expert is absent),
-``combined`` (``[B, H, 2]``) and the optional ``mask`` (expert -> bool ``[B]``: the expert ran but
-is excluded for the samples where it is False, e.g. its modality is missing there). An excluded
-expert contributes 0 for those samples, exactly as in the product. Inputs may be torch tensors or
-numpy arrays; outputs are numpy float64 / int64 arrays. Nothing here imports torch at import
-time.
+contract (:class:`i2m2_med.models.product.I2M2Output`, or anything shaped like it:
+:class:`ModelOutput`): ``terms`` (dict expert -> log-probabilities ``[B, H, 2]``, the prior
+included when the model uses one; a dropped expert is absent), ``combined`` (``[B, H, 2]``) and
+the optional ``mask`` (expert -> bool ``[B]``: the expert ran but is excluded for the samples
+where it is False, e.g. its modality is missing there). An excluded expert contributes 0 for
+those samples, exactly as in the product. Inputs may be torch tensors or numpy arrays; outputs
+are numpy float64 / int64 arrays. Nothing here imports torch at import time.
 
 Where each expert looks, and what the tabular expert reads (these two run the model, so they
 import torch and MONAI when called):
@@ -27,18 +32,43 @@ import torch and MONAI when called):
 
 from __future__ import annotations
 
+import copy
 import warnings
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
 from i2m2_med.errors import UndefinedMetricError, UsageError
 from i2m2_med.heads import HEADS
 
+if TYPE_CHECKING:  # the models import torch, which this module only loads when a function needs it
+    from i2m2_med.models import I2M2Model
+
 EXPERT_ORDER: tuple[str, ...] = ("magnitude", "phase", "tabular", "joint", "prior")
 """Canonical order of the terms in every output of this module (unknown names follow, sorted)."""
 
 PRIOR = "prior"
+
+
+class ModelOutput(Protocol):
+    """What the evidence of a product is read from: a model's
+    :class:`~i2m2_med.models.product.I2M2Output`, a study's
+    :class:`~i2m2_med.inference.prediction.StudyPrediction`, the ablation's
+    ``Predictions.output()``, or any object with these attributes. The arrays are numpy arrays or
+    torch tensors. A ``mask`` attribute (expert -> bool ``[B]``) is read when present: only a
+    model's own output excludes experts for some samples."""
+
+    @property
+    def terms(self) -> Mapping[str, Any]:
+        """expert -> log-probabilities ``[B, H, 2]``."""
+
+    @property
+    def combined(self) -> Any:
+        """The normalised product's log-probabilities ``[B, H, 2]``."""
+
+
+Evidence = ModelOutput | Mapping[str, Any]
+"""A model output, or its terms alone as a mapping (expert -> ``[B, H, 2]``)."""
 
 
 class DrivingExperts(NamedTuple):
@@ -92,9 +122,9 @@ def _to_numpy(x: Any, name: str) -> np.ndarray:
     return arr
 
 
-def _terms(output: Any) -> dict[str, np.ndarray]:
+def _terms(output: Evidence) -> dict[str, np.ndarray]:
     """The terms of an output object (``.terms``) or of a plain mapping, in canonical order."""
-    raw = getattr(output, "terms", output)
+    raw = output if isinstance(output, Mapping) else output.terms
     if not isinstance(raw, Mapping) or not raw:
         raise UsageError("terms", "expected a model output with a non-empty terms dict (expert -> [B, H, 2])")
     names = sorted(raw, key=lambda n: (EXPERT_ORDER.index(n) if n in EXPERT_ORDER else len(EXPERT_ORDER), n))
@@ -105,9 +135,9 @@ def _terms(output: Any) -> dict[str, np.ndarray]:
     return terms
 
 
-def _masks(output: Any, terms: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _masks(output: Evidence, terms: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """expert -> bool (B,): where the expert takes part (all True unless the output masks it)."""
-    raw = getattr(output, "mask", None) or {}
+    raw = getattr(output, "mask", None) or {}  # optional: see ModelOutput
     n = next(iter(terms.values())).shape[0]
     out = {}
     for name in terms:
@@ -130,7 +160,7 @@ def _log_odds(logp: np.ndarray) -> np.ndarray:
         return logp[..., 1] - logp[..., 0]
 
 
-def contributions(output: Any, include_prior: bool = True) -> dict[str, np.ndarray]:
+def contributions(output: Evidence, include_prior: bool = True) -> dict[str, np.ndarray]:
     """Each term's log-odds contribution ``log p_e(1) - log p_e(0)``: expert -> (B, H) float64,
     0 for the samples where the output's ``mask`` excludes the expert.
 
@@ -146,9 +176,9 @@ def contributions(output: Any, include_prior: bool = True) -> dict[str, np.ndarr
     }
 
 
-def combined_log_odds(output: Any) -> np.ndarray:
+def combined_log_odds(output: Evidence) -> np.ndarray:
     """Log-odds of the combined prediction, (B, H) float64, from ``output.combined`` [B, H, 2]."""
-    combined = getattr(output, "combined", None)
+    combined = None if isinstance(output, Mapping) else output.combined
     if combined is None:
         raise UsageError("combined", "the model output has no combined log-probabilities")
     return _log_odds(_to_numpy(combined, "combined"))
@@ -162,7 +192,7 @@ def _thresholds(threshold: float | Sequence[float], n_heads: int) -> np.ndarray:
 
 
 def driving_expert(
-    output: Any, threshold: float | Sequence[float] = 0.5, include_prior: bool = True
+    output: Evidence, threshold: float | Sequence[float] = 0.5, include_prior: bool = True
 ) -> DrivingExperts:
     """The expert that drives each combined decision.
 
@@ -208,7 +238,7 @@ def driving_frequency(driving: DrivingExperts, heads: Sequence[str] = HEADS) -> 
     return out
 
 
-def agreement_matrix(output: Any, include_prior: bool = False) -> Agreement:
+def agreement_matrix(output: Evidence, include_prior: bool = False) -> Agreement:
     """Pairwise agreement of the experts' own decisions (see :class:`Agreement`).
 
     The prior is left out by default: it sees no input, so its decision is the same for every
@@ -249,12 +279,11 @@ def _head_index(head: int | str) -> int:
     return index
 
 
-def _expert_module(model: Any, expert: str) -> Any:
-    experts = getattr(model, "experts", None)
-    if experts is None or expert not in experts:
-        have = ", ".join(getattr(model, "expert_names", ()) or ()) or "none"
+def _expert_module(model: I2M2Model, expert: str) -> Any:
+    if expert not in model.experts:
+        have = ", ".join(model.expert_names) or "none"
         raise UsageError(f"expert {expert!r}", f"the model has no such expert (it has: {have})")
-    return experts[expert]
+    return model.experts[expert]
 
 
 def _image_tensor(sample: Mapping[str, Any], modality: str, expert: str) -> Any:
@@ -272,12 +301,10 @@ def _image_tensor(sample: Mapping[str, Any], modality: str, expert: str) -> Any:
     return x
 
 
-def _log_odds_network(model: Any, sample: Mapping[str, Any], expert: str) -> tuple[Any, Any, str]:
+def _log_odds_network(model: I2M2Model, sample: Mapping[str, Any], expert: str) -> tuple[Any, Any, str]:
     """``(network, input [1, C, H, W], name of its last backbone stage)`` where the network maps
     the expert's image input to its log-odds ``[B, 4]``. The network holds a private copy of the
     expert, so hooks placed on it never touch the caller's model."""
-    import copy
-
     import torch
     from torch import nn
 
@@ -287,7 +314,7 @@ def _log_odds_network(model: Any, sample: Mapping[str, Any], expert: str) -> tup
     if expert == "joint":
         x = torch.cat([_image_tensor(sample, "magnitude", expert), _image_tensor(sample, "phase", expert)], dim=0)
         tab = None
-        if getattr(module, "uses_tabular", False):
+        if module.uses_tabular:
             t = sample.get("tabular")
             if t is None:
                 raise UsageError("expert 'joint'", "this joint model fuses the tabular vector; the sample has none")
@@ -316,7 +343,7 @@ def _log_odds_network(model: Any, sample: Mapping[str, Any], expert: str) -> tup
 
 
 def saliency(
-    model: Any,
+    model: I2M2Model,
     sample: Mapping[str, Any],
     expert: str,
     head: int | str,
@@ -426,7 +453,7 @@ class TabularAttribution(NamedTuple):
 
 
 def tabular_attributions(
-    model: Any,
+    model: I2M2Model,
     tabular: Any,
     names: Sequence[str] | None = None,
     baseline: Any = None,
