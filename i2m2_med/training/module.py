@@ -34,21 +34,18 @@ from i2m2_med.config import Config
 from i2m2_med.data.augment import BatchAugment
 from i2m2_med.errors import UsageError
 from i2m2_med.heads import HEADS
-from i2m2_med.models import (
-    I2M2Model,
-    nll,
-    per_expert_param_groups,
-)
+from i2m2_med.metrics.ranking import auroc_result
+from i2m2_med.models import I2M2Model, I2M2Output, nll, per_expert_param_groups
 
 OBJECTIVES: tuple[str, ...] = ("product", "experts")
 
 
-def product_loss(out: Any, labels: Tensor, weights: Tensor | None) -> Tensor:
+def product_loss(out: I2M2Output, labels: Tensor, weights: Tensor | None) -> Tensor:
     """Class-weighted NLL of the normalised product, averaged over the heads (scalar)."""
     return nll(out.combined, labels, weights) / labels.shape[1]
 
 
-def experts_loss(out: Any, labels: Tensor, weights: Tensor | None) -> Tensor:
+def experts_loss(out: I2M2Output, labels: Tensor, weights: Tensor | None) -> Tensor:
     """Mean over the terms of each term's own class-weighted NLL (averaged over heads); a term
     masked out for some samples (absent modality) counts only on the others."""
     losses = []
@@ -68,8 +65,6 @@ def experts_loss(out: Any, labels: Tensor, weights: Tensor | None) -> Tensor:
 
 def _mean_auroc(y: np.ndarray, p: np.ndarray, heads: Sequence[int]) -> tuple[float | None, list[float | None]]:
     """Per-head slice AUROC (None where undefined or where p has NaN) and their mean."""
-    from i2m2_med.metrics.ranking import auroc_result
-
     per: list[float | None] = []
     for h in range(y.shape[1]):
         ok = np.isfinite(p[:, h])
@@ -131,14 +126,15 @@ class I2M2Module(pl.LightningModule):
         self._loss_n = 0
         self._t_epoch = 0.0
         self._t_val = 0.0
+        self._val_in_epoch = 0.0
         aug = config.training.augment
         self.augment = BatchAugment(aug.flip_p, aug.max_shift, seed=config.training.seed)
 
-    def forward(self, batch: Mapping[str, Any]) -> Any:
+    def forward(self, batch: Mapping[str, Any]) -> I2M2Output:
         return self.model(batch)
 
     # -- training --
-    def _loss(self, out: Any, labels: Tensor) -> Tensor:
+    def _loss(self, out: I2M2Output, labels: Tensor) -> Tensor:
         if self.objective == "product":
             return product_loss(out, labels, self.class_weights)
         return experts_loss(out, labels, self.class_weights)
@@ -173,7 +169,7 @@ class I2M2Module(pl.LightningModule):
         self._val = []
         self._t_val = time.perf_counter()
 
-    def _probabilities(self, out: Any) -> Tensor:
+    def _probabilities(self, out: I2M2Output) -> Tensor:
         """[B, 1 + E, 4]: combined p(y=1), then each expert's own (NaN where it did not count)."""
         b = out.combined.shape[0]
         cols = [out.p1().float()]
@@ -242,7 +238,7 @@ class I2M2Module(pl.LightningModule):
             self.log("best_epoch", float(self.best_epoch), sync_dist=True)
         elapsed = time.perf_counter() - self._t_val
         self.val_seconds += elapsed
-        self._val_in_epoch = getattr(self, "_val_in_epoch", 0.0) + elapsed
+        self._val_in_epoch += elapsed
 
     def on_fit_end(self) -> None:
         if self.best_state is not None:
