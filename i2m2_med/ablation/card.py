@@ -6,18 +6,20 @@ from __future__ import annotations
 
 import os
 import platform
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+import torch
 
 from i2m2_med import __version__
 from i2m2_med.ablation.runs import RunRecord
 from i2m2_med.ablation.settings import AblationSettings
+from i2m2_med.config import Config
 
 
 def software_versions() -> dict[str, str]:
     """Versions of Python, the platform and the packages the results depend on."""
-    from importlib import metadata
-
     out = {"i2m2-med": __version__, "python": platform.python_version(), "platform": platform.platform()}
     for name in ("torch", "numpy", "scipy", "pandas", "monai", "fastmri", "pytorch-lightning", "torchmetrics", "safetensors",
                  "h5py", "pydicom", "nibabel", "scikit-learn", "plotly"):
@@ -51,10 +53,8 @@ def _git_commit(root: Path) -> str | None:
         return None
 
 
-def model_card(data: Mapping[str, Any], settings: AblationSettings, config: Any, command: str, runs: Sequence[RunRecord]) -> dict[str, Any]:
+def model_card(data: Mapping[str, Any], settings: AblationSettings, config: Config, command: str, runs: Sequence[RunRecord]) -> dict[str, Any]:
     """A model-card section in the spirit of TRIPOD+AI and CLAIM (JSON; the report renders it)."""
-    import torch
-
     synthetic = bool(data.get("synthetic"))
     manifest = data.get("manifest") or {}
     if synthetic:

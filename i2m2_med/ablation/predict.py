@@ -12,7 +12,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -20,9 +20,10 @@ from torch.utils.data import DataLoader
 
 from i2m2_med.ablation.conditions import Condition, drop_from_batch
 from i2m2_med.atomic import atomic_path
-from i2m2_med.data.dataset import collate_samples
+from i2m2_med.data.dataset import SliceDataset, collate_samples
 from i2m2_med.errors import I2M2Error, UsageError
 from i2m2_med.heads import HEADS
+from i2m2_med.models import I2M2Model, I2M2Output
 
 H = len(HEADS)
 
@@ -129,7 +130,7 @@ class _Accumulator:
         self.batches = 0
         self.reason: str | None = None
 
-    def add(self, batch: Mapping[str, Any], out: Any) -> None:
+    def add(self, batch: Mapping[str, Any], out: I2M2Output) -> None:
         b = int(out.combined.shape[0])
         combined = out.combined.detach().double().cpu().numpy()
         for name in list(self.terms) + [n for n in out.terms if n not in self.terms]:
@@ -175,14 +176,14 @@ class _Accumulator:
 
 @torch.no_grad()
 def predict_models(
-    models: Mapping[str, torch.nn.Module],
-    dataset: Any,
+    models: Mapping[str, I2M2Model],
+    dataset: SliceDataset,
     views: Sequence[Condition],
     batch_size: int = 64,
     device: str | torch.device = "cpu",
     note: str | None = None,
     progress: Callable[[int, int], None] | None = None,
-    view_models: Mapping[str, Any] | None = None,
+    view_models: Mapping[str, Iterable[str]] | None = None,
 ) -> dict[tuple[str, str], Predictions]:
     """Run every model on every slice of ``dataset`` under each view.
 
@@ -210,7 +211,7 @@ def predict_models(
                     if a is None or a.reason is not None:
                         continue
                     try:
-                        out = model.predict(vb) if hasattr(model, "predict") else model(vb)
+                        out = model.predict(vb)
                     except UsageError as exc:
                         a.reason = f"not applicable: {exc.reason}"
                         continue

@@ -23,13 +23,19 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 
+from i2m2_med.ablation.predict import Predictions
 from i2m2_med.ablation.stats import MIN_UNITS_PER_CLASS
-from i2m2_med.errors import UsageError
-from i2m2_med.heads import HEADS
+from i2m2_med.data.cohort import in_view_rows
+from i2m2_med.errors import I2M2Error, UsageError
+from i2m2_med.heads import HEADS, PATHOLOGY_HEADS
+from i2m2_med.metrics.ranking import auroc_result
+from i2m2_med.metrics.tables import in_view_metrics
+from i2m2_med.synth import generate_cohort
 
 REGIMES: tuple[str, ...] = ("intra", "inter", "mixed")
 TARGET_TOLERANCE = 0.01
@@ -66,8 +72,6 @@ def ensure_regime_cohort(root: str | os.PathLike, regime: str, n_volumes: int, s
                          progress: Progress | None = None, n_slices: int | None = None) -> Path:
     """The folder of the regime's cohort, generated unless a complete one is already there
     (``n_slices``: a fixed number of slices per volume, None for the generator's default)."""
-    from i2m2_med.synth import generate_cohort
-
     path = regime_cohort_dir(root, regime, n_volumes, seed, label_noise, n_slices)
     if cohort_is_complete(path, regime, n_volumes, seed, label_noise):
         return path
@@ -79,16 +83,11 @@ def ensure_regime_cohort(root: str | os.PathLike, regime: str, n_volumes: int, s
     return path
 
 
-def oracle_ceiling(cohort_dir: str | os.PathLike, study_ids: Any, split: str = "test") -> dict[str, Any]:
+def oracle_ceiling(cohort_dir: str | os.PathLike, study_ids: Sequence[str] | np.ndarray, split: str = "test") -> dict[str, Any]:
     """The oracle ceiling on the slices of ``study_ids``: per head, the AUROC of the true
     findings (``<head>_true`` of ``slice_labels.csv``) as scores against the annotated labels
     (``<head>``), and their mean over ACL/MTEAR/CART. ``{"value": None, "reason"}`` without
     ``slice_labels.csv``."""
-    import pandas as pd
-
-    from i2m2_med.heads import PATHOLOGY_HEADS
-    from i2m2_med.metrics.ranking import auroc_result
-
     path = Path(cohort_dir) / "slice_labels.csv"
     if not path.is_file():
         return {"value": None, "reason": f"no slice_labels.csv in {cohort_dir}: the true findings are unknown"}
@@ -108,17 +107,13 @@ def oracle_ceiling(cohort_dir: str | os.PathLike, study_ids: Any, split: str = "
     }
 
 
-def in_view_block(ensembles: Mapping[str, Any], in_view: Mapping[str, np.ndarray] | None, n_boot: int, alpha: float,
+def in_view_block(ensembles: Mapping[str, Predictions], in_view: Mapping[str, np.ndarray] | None, n_boot: int, alpha: float,
                   seed: int) -> dict[str, Any]:
     """Per variant, the in-view mean AUROC over ACL/MTEAR/CART of its seed ensemble's test
     predictions (:func:`i2m2_med.metrics.tables.in_view_metrics`: each head on the slices where its
     anatomy is in view, so a finding must beat its mimics and the slice position gives nothing),
     with a CI that resamples studies. ``{"value": None, "reason"}`` without the cohort's episode
     table."""
-    from i2m2_med.data.cohort import in_view_rows
-    from i2m2_med.errors import I2M2Error
-    from i2m2_med.metrics.tables import in_view_metrics
-
     if in_view is None:
         return {"value": None, "reason": "the cohort has no episodes.csv (where each head's anatomy is in view)"}
     out: dict[str, Any] = {}
@@ -201,7 +196,7 @@ def regime_targets(per_regime: Mapping[str, Mapping[str, Any]], tolerance: float
     return out
 
 
-def check_regimes(regimes: Any) -> tuple[str, ...]:
+def check_regimes(regimes: Iterable[str]) -> tuple[str, ...]:
     out = tuple(regimes)
     bad = [r for r in out if r not in REGIMES]
     if bad:

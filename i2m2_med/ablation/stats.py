@@ -15,6 +15,12 @@ import numpy as np
 
 from i2m2_med.ablation.predict import Predictions
 from i2m2_med.errors import UndefinedMetricError, UsageError
+from i2m2_med.evidence import (
+    agreement_matrix,
+    contributions,
+    driving_expert,
+    driving_frequency,
+)
 from i2m2_med.heads import HEADS, PATHOLOGY_HEADS
 from i2m2_med.metrics.aggregation import study_level
 from i2m2_med.metrics.paired import compare_auroc
@@ -362,13 +368,6 @@ def evidence_summary(per_seed: Sequence[Predictions], threshold: float = 0.5) ->
     experts' own decisions agree (:func:`i2m2_med.evidence.agreement_matrix`), averaged over
     seeds; ``mean_abs_contribution``: head -> expert -> mean |log-odds contribution| (nats).
     """
-    from i2m2_med.evidence import (
-        agreement_matrix,
-        contributions,
-        driving_expert,
-        driving_frequency,
-    )
-
     usable = [p for p in per_seed if p.ok and p.n > 0]
     if not usable:
         reasons = sorted({p.reason for p in per_seed if p.reason}) or ["empty test split: no slices to explain"]
