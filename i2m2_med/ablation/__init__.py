@@ -8,8 +8,10 @@ and :func:`default_settings`.
 Modules: ``settings`` (the grid and presets), ``runs`` (training runs cached by data fingerprint,
 variant, seed and config), ``conditions`` (test-time conditions of the robustness study),
 ``predict`` (many models on the same slices, every expert's terms), ``stats`` (tables, seed
-summaries, paired tests, ROC, evidence, robustness), ``regimes`` (the regime study), ``card``
-(the model card), ``tables`` (the CSV tables), ``runner`` (everything end to end).
+summaries, paired tests, ROC, evidence, robustness), ``grid`` (train, load and predict the
+grid of one cohort), ``analysis`` (every statistic of a grid, the data description), ``regimes``
+(the regime study's cohorts and targets), ``card`` (the model card), ``tables`` (the CSV
+tables), ``runner`` (everything end to end, the regime study included).
 """
 
 from i2m2_med.ablation.conditions import Condition, robustness_conditions

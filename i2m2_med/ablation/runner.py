@@ -33,15 +33,10 @@ import numpy as np
 from i2m2_med.ablation import conditions as cond
 from i2m2_med.ablation import regimes as reg
 from i2m2_med.ablation import stats
+from i2m2_med.ablation.analysis import analyse_grid, describe_data
 from i2m2_med.ablation.card import model_card
-from i2m2_med.ablation.predict import (
-    Predictions,
-    ensemble,
-    error_reason,
-    predict_models,
-    try_load,
-)
-from i2m2_med.ablation.runs import RunRecord, train_or_reuse
+from i2m2_med.ablation.grid import GridResult, run_grid
+from i2m2_med.ablation.predict import Predictions, ensemble, error_reason
 from i2m2_med.ablation.settings import (
     REFERENCE_VARIANT,
     REGIME_VARIANTS,
@@ -49,369 +44,21 @@ from i2m2_med.ablation.settings import (
 )
 from i2m2_med.ablation.tables import tables, write_tables
 from i2m2_med.atomic import write_json
-from i2m2_med.errors import CheckpointError, UsageError
+from i2m2_med.config import Config, load_config
+from i2m2_med.data.cohort import Cohort, data_fingerprint, load_cohort
+from i2m2_med.errors import UsageError
 from i2m2_med.heads import HEADS
+from i2m2_med.metrics.aggregation import aggregation_rule
 
 RESULTS_SCHEMA = "i2m2-med-ablation/1"
-EVAL_DIR = "ablation_eval"
-EVAL_VERSION = "e2"
-"""Part of the cached prediction file names: changes when what a condition does changes."""
 Progress = Callable[[str], None]
-
-
-# ---- grid: train, load, predict ----------------------------------------------------------------
-
-
-class GridResult:
-    """The runs of one grid on one cohort and their predictions.
-
-    ``records``: (variant, seed) -> :class:`RunRecord`; ``preds``: (variant, seed, split,
-    condition name) -> :class:`Predictions`; ``notes``: condition name -> what it left out.
-    """
-
-    def __init__(self) -> None:
-        self.records: dict[tuple[str, int], RunRecord] = {}
-        self.preds: dict[tuple[str, int, str, str], Predictions] = {}
-        self.notes: dict[str, str] = {}
-        self.eval_seconds = 0.0
-        self.train_seconds = 0.0
-
-    def ok_seeds(self, variant: str) -> list[int]:
-        return sorted(s for (v, s), r in self.records.items() if v == variant and r.ok)
-
-    def get(self, variant: str, seed: int, split: str, condition: str = "clean") -> Predictions | None:
-        return self.preds.get((variant, seed, split, condition))
-
-
-def _eval_path(record: RunRecord, split: str, condition: str, condition_seed: int) -> Path:
-    safe = condition.replace(":", "_").replace(".", "p")
-    return Path(record.run_dir) / EVAL_DIR / f"{split}__{safe}__c{int(condition_seed)}__{EVAL_VERSION}.npz"
-
-
-def run_grid(
-    cohort: Any,
-    data_dir: Path,
-    runs_dir: Path,
-    variants: Sequence[str],
-    seeds: Sequence[int],
-    base_config: Any,
-    epochs: int | None,
-    fingerprint: str,
-    settings: AblationSettings,
-    *,
-    robustness: Sequence[cond.Condition] = (),
-    robustness_seeds: Sequence[int] = (),
-    progress: Progress | None = None,
-) -> GridResult:
-    """Train or reuse every (variant, seed), then predict validation and test (clean) and, for
-    the runs of ``robustness_seeds``, the test split under each ``robustness`` condition."""
-    from i2m2_med.checkpoint import load_checkpoint
-    from i2m2_med.data.dataset import SliceDataset
-    from i2m2_med.training.fit import resolve_config
-
-    grid = GridResult()
-    t0 = time.perf_counter()
-    image_size = int(base_config.image_size)
-    cache_size = int(base_config.training.cache_size)
-    shared = {split: SliceDataset(cohort, split, image_size=image_size, cache_size=cache_size) for split in ("train", "val", "test")}
-    for variant in variants:
-        for seed in seeds:
-            try:
-                cfg = resolve_config(base_config, epochs, seed, None)
-            except Exception as exc:  # a config that cannot be resolved fails this run only
-                grid.records[(variant, seed)] = RunRecord(variant, seed, "", "", "failed", error_reason(exc))
-                continue
-            grid.records[(variant, seed)] = train_or_reuse(
-                data_dir, runs_dir, variant, seed, cfg, fingerprint, cohort=cohort, datasets=shared,
-                train_n_boot=settings.train_n_boot, progress=progress,
-            )
-    grid.train_seconds = time.perf_counter() - t0
-
-    t1 = time.perf_counter()
-    import torch
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    models: dict[str, Any] = {}
-    rid_of: dict[str, tuple[str, int]] = {}
-    for (variant, seed), record in grid.records.items():
-        if not record.ok:
-            continue
-        try:
-            model, _ = load_checkpoint(record.checkpoint, expected_variant=variant, map_location=device)
-        except CheckpointError as exc:
-            record.status, record.reason = "failed", f"checkpoint unusable: {exc.one_line()}"
-            continue
-        rid = f"{variant}#{seed}"
-        models[rid] = model
-        rid_of[rid] = (variant, seed)
-
-    robust_rids = {rid for rid, (v, s) in rid_of.items() if s in set(robustness_seeds)}
-    drop_views = [c for c in robustness if c.kind == "drop"]
-    data_conditions = [c for c in robustness if c.needs_own_data]
-    jobs: list[tuple[str, cond.Condition, list[cond.Condition], set[str]]] = [
-        ("val", cond.CLEAN, [cond.CLEAN], set(models)),
-        ("test", cond.CLEAN, [cond.CLEAN, *drop_views], set(models)),
-        *[("test", c, [c], robust_rids) for c in data_conditions],
-    ]
-    for split, condition, views, rids in jobs:
-        if not rids:
-            continue
-        needed: dict[str, set[str]] = {}
-        for view in views:
-            wanted = rids if view.name == "clean" else (rids & robust_rids)
-            for rid in wanted:
-                record = grid.records[rid_of[rid]]
-                cached = try_load(_eval_path(record, split, view.name, settings.condition_seed))
-                if cached is not None:
-                    v, s = rid_of[rid]
-                    grid.preds[(v, s, split, view.name)] = cached
-                    if cached.note:
-                        grid.notes[view.name] = cached.note
-                else:
-                    needed.setdefault(view.name, set()).add(rid)
-        if not needed:
-            continue
-        if progress:
-            progress(f"predicting {split} ({condition.label}) with {len({r for s in needed.values() for r in s})} model(s)")
-        try:
-            if condition.kind == "clean":
-                dataset, note = shared[split], None
-            else:
-                dataset, note = cond.condition_dataset(cohort, split, image_size, condition, settings.condition_seed)
-        except Exception as exc:  # the condition cannot be built for this data: say so for each model
-            reason = f"not evaluated: {error_reason(exc)}"
-            for view_name, rids_here in needed.items():
-                for rid in rids_here:
-                    v, s = rid_of[rid]
-                    grid.preds[(v, s, split, view_name)] = Predictions.empty(reason)
-            continue
-        if note:
-            grid.notes[condition.name] = note
-        run_views = [v for v in views if v.name in needed]
-        union = sorted(set().union(*needed.values()))
-        if len(dataset) == 0 and condition.kind == "undersample":
-            out = {(rid, v.name): Predictions.empty("not applicable: no k-space study in the test split", note) for rid in union for v in run_views}
-        else:
-            try:
-                out = predict_models({rid: models[rid] for rid in union}, dataset, run_views, settings.eval_batch_size, note=note,
-                                     view_models=needed, device=device)
-            except Exception as exc:
-                reason = f"not evaluated: {error_reason(exc)}"
-                out = {(rid, v.name): Predictions.empty(reason, note) for rid in union for v in run_views}
-        for (rid, view_name), pred in out.items():
-            if rid not in needed.get(view_name, set()):
-                continue
-            v, s = rid_of[rid]
-            grid.preds[(v, s, split, view_name)] = pred
-            if not pred.reason or pred.reason.startswith("not applicable"):
-                try:
-                    pred.save(_eval_path(grid.records[(v, s)], split, view_name, settings.condition_seed))
-                except OSError:
-                    pass
-    grid.eval_seconds = time.perf_counter() - t1
-    return grid
-
-
-# ---- analysis of a grid -------------------------------------------------------------------------
-
-
-def _variant_status(grid: GridResult, variant: str, seeds: Sequence[int]) -> dict[str, Any]:
-    recs = [grid.records[(variant, s)] for s in seeds if (variant, s) in grid.records]
-    failed = [{"seed": r.seed, "reason": r.reason} for r in recs if not r.ok]
-    ok = [r.seed for r in recs if r.ok]
-    status = "ok" if not failed else ("failed" if not ok else "partial")
-    out: dict[str, Any] = {"status": status, "seeds": ok, "failed": failed}
-    if status == "failed":
-        reasons = sorted({f["reason"] for f in failed})
-        out["reason"] = f"failed to train: {reasons[0]}" if len(reasons) == 1 else "failed to train: " + "; ".join(reasons)
-    elif status == "partial":
-        out["note"] = f"{len(ok)} of {len(recs)} seeds trained; the others failed"
-    return out
-
-
-def _training_stats(grid: GridResult, variant: str) -> dict[str, Any]:
-    recs = [r for (v, _), r in grid.records.items() if v == variant and r.ok]
-    def mean_of(key: str) -> float | None:
-        vals = [r.training.get(key) for r in recs if isinstance(r.training.get(key), (int, float))]
-        return float(np.mean(vals)) if vals else None
-    return {
-        "runs": len(recs),
-        "epochs_run_mean": mean_of("epochs_run"),
-        "best_val_auroc_mean": mean_of("best_val_auroc_mean"),
-        "train_time_s_mean": mean_of("time_s"),
-        "samples_per_s_mean": mean_of("samples_per_s"),
-        "trained_now": sum(r.status == "trained" for r in recs),
-        "reused_from_cache": sum(r.status == "cached" for r in recs),
-    }
-
-
-def analyse_grid(
-    grid: GridResult,
-    variants: Sequence[str],
-    seeds: Sequence[int],
-    settings: AblationSettings,
-    agg_rule: str,
-    k: int,
-    *,
-    robustness: Sequence[cond.Condition] = (),
-    robustness_seeds: Sequence[int] = (),
-    with_tables: bool = True,
-) -> dict[str, Any]:
-    """Every statistic of one grid (see the module docstring for the seed ensembles)."""
-    from i2m2_med.models import VARIANT_TITLES, VARIANTS
-
-    out: dict[str, Any] = {"variants": {}, "comparisons": {}, "roc": {}}
-    ens_test: dict[str, Predictions] = {}
-    for variant in variants:
-        status = _variant_status(grid, variant, seeds)
-        entry: dict[str, Any] = {
-            "title": VARIANT_TITLES.get(variant, variant),
-            "experts": list(VARIANTS.get(variant, ())),
-            **status,
-            "training": _training_stats(grid, variant),
-        }
-        ok = status["seeds"]
-        per_seed: dict[str, Any] = {}
-        tests, vals = [], []
-        for s in ok:
-            t = grid.get(variant, s, "test") or Predictions.empty("no test predictions")
-            vpred = grid.get(variant, s, "val") or Predictions.empty("no validation predictions")
-            tests.append(t)
-            vals.append(vpred)
-            per_seed[str(s)] = stats.point_aurocs(t, agg_rule, k)
-        entry["per_seed"] = per_seed
-        entry["seed_summary"] = stats.seed_summary(list(per_seed.values())) if per_seed else None
-        if ok:
-            et, ev = ensemble(tests), ensemble(vals)
-            ens_test[variant] = et
-            entry["ensemble_of"] = len([t for t in tests if t.ok])
-            entry["test_slices"] = et.n
-            if with_tables:
-                entry["table"] = stats.variant_table(
-                    et, ev, agg_rule=agg_rule, k=k, operating_rule=settings.operating_rule,
-                    n_boot=settings.n_boot, alpha=settings.alpha, seed=settings.stat_seed, n_bins=settings.n_bins,
-                )
-            out["roc"][variant] = stats.roc_curves(et, agg_rule, k)
-        else:
-            entry["table"] = {"value": None, "reason": status.get("reason")}
-            out["roc"][variant] = {"value": None, "reason": status.get("reason")}
-        out["variants"][variant] = entry
-
-    ref = REFERENCE_VARIANT
-    for variant in variants:
-        if variant == ref:
-            continue
-        if ref not in ens_test:
-            why = out["variants"].get(ref, {}).get("reason") if ref in out["variants"] else f"the reference variant {ref} is not in the grid"
-            out["comparisons"][variant] = {"value": None, "reason": f"no reference: {why}"}
-        elif variant not in ens_test:
-            out["comparisons"][variant] = {"value": None, "reason": out["variants"][variant].get("reason") or "no predictions"}
-        else:
-            out["comparisons"][variant] = stats.compare_to_reference(
-                ens_test[ref], ens_test[variant], agg_rule=agg_rule, k=k, n_boot=settings.n_boot,
-                alpha=settings.alpha, seed=settings.stat_seed,
-            )
-
-    if ref in variants:
-        ref_preds = [grid.get(ref, s, "test") or Predictions.empty("no test predictions") for s in grid.ok_seeds(ref)]
-        if ref_preds:
-            out["evidence"] = stats.evidence_summary(ref_preds)
-        else:
-            out["evidence"] = {"value": None, "reason": out["variants"][ref].get("reason") or "the reference variant has no model"}
-    else:
-        out["evidence"] = {"value": None, "reason": f"the reference variant {ref} is not in the grid"}
-
-    if robustness:
-        rob: dict[str, Any] = {"conditions": [c.to_dict() for c in robustness], "notes": dict(grid.notes),
-                               "seeds": list(robustness_seeds), "variants": {}}
-        for variant in variants:
-            seeds_here = [s for s in grid.ok_seeds(variant) if s in set(robustness_seeds)]
-            if not seeds_here:
-                rob["variants"][variant] = {"value": None, "reason": out["variants"][variant].get("reason") or "no trained seed in the robustness seeds"}
-                continue
-            clean = [stats.point_aurocs(grid.get(variant, s, "test") or Predictions.empty("no test predictions"), agg_rule, k) for s in seeds_here]
-            per_condition: dict[str, list[dict[str, Any]]] = {}
-            for c in robustness:
-                results = []
-                for s in seeds_here:
-                    pred = grid.get(variant, s, "test", c.name)
-                    if pred is None:
-                        results.append({"reason": "not evaluated"})
-                    elif not pred.ok:
-                        results.append({"reason": pred.reason})
-                    else:
-                        results.append(stats.point_aurocs(pred, agg_rule, k))
-                per_condition[c.name] = results
-            rob["variants"][variant] = stats.robustness_summary(per_condition, clean)
-        out["robustness"] = rob
-    return out
-
-
-# ---- data description ---------------------------------------------------------------------------
-
-
-def describe_data(cohort: Any, data_dir: Path, agg_rule: str, k: int) -> dict[str, Any]:
-    """Source, formats, splits, prevalence (slice and study level) and problems of the cohort."""
-    from collections import Counter
-
-    summary = cohort.summary()
-    splits: dict[str, Any] = {}
-    problems: list[dict[str, str]] = []
-    for split in ("train", "val", "test"):
-        studies = cohort.studies_in(split)
-        n_slices = sum(s.n_slices for s in studies)
-        slice_pos = np.zeros(len(HEADS), dtype=np.int64)
-        study_pos = np.zeros(len(HEADS), dtype=np.int64)
-        for s in studies:
-            lab = cohort.labels[s.study_id] > 0.5
-            slice_pos += lab.sum(axis=0)
-            study_pos += lab.any(axis=0)
-        block = {
-            "studies": len(studies),
-            "subjects": len({cohort.subjects[s.study_id] for s in studies}),
-            "slices": int(n_slices),
-            "positive_slices": dict(zip(HEADS, slice_pos.tolist())),
-            "positive_studies": dict(zip(HEADS, study_pos.tolist())),
-            "slice_prevalence": {h: (float(slice_pos[i] / n_slices) if n_slices else None) for i, h in enumerate(HEADS)},
-            "study_prevalence": {h: (float(study_pos[i] / len(studies)) if studies else None) for i, h in enumerate(HEADS)},
-        }
-        splits[split] = block
-        if not studies:
-            problems.append({"where": f"{split} split", "reason": f"empty {split} split: no study"})
-        elif split in ("val", "test"):
-            for i, h in enumerate(HEADS):
-                if study_pos[i] == 0:
-                    problems.append({"where": f"{split} split, {h.upper()}", "reason": f"no positives for {h.upper()} in the {split} split (0 of {len(studies)} studies): its {split} metrics are undefined"})
-    manifest = cohort.manifest
-    formats = Counter(s.format for s in cohort.studies)
-    domains = Counter(s.domain for s in cohort.studies)
-    out = {
-        "root": str(data_dir),
-        "synthetic": manifest is not None and str(manifest.get("generator", "")).startswith("i2m2_med.synth"),
-        "formats": dict(formats),
-        "domains": dict(domains),
-        "studies": len(cohort.studies),
-        "subjects": len(set(cohort.subjects.values())),
-        "tabular_features": list(cohort.tabular_names),
-        "label_source": summary.get("label_source"),
-        "split_source": summary.get("split_source"),
-        "splits": splits,
-        "aggregation": {"rule": agg_rule, "k": k},
-        "left_out": [{"where": str(p), "reason": r} for p, r in cohort.problems],
-        "problems": problems,
-    }
-    if manifest is not None:
-        keep = ("generator", "generator_version", "seed", "regime", "label_noise", "multicoil", "counts", "oracle_ceiling_auroc",
-                "episode_bayes_auroc")
-        out["manifest"] = {k2: manifest.get(k2) for k2 in keep if k2 in manifest}
-    return out
 
 
 # ---- the regime study ----------------------------------------------------------------------------
 
 
 def regime_block(
-    cohort: Any,
+    cohort: Cohort,
     path: Path,
     grid: GridResult,
     seeds: Sequence[int],
@@ -472,20 +119,18 @@ def regime_block(
 
 def run_regime_study(
     settings: AblationSettings,
-    base_config: Any,
+    base_config: Config,
     cohorts_dir: Path,
     runs_dir: Path,
     agg_rule: str,
     k: int,
     progress: Progress | None = None,
-    reuse: Mapping[str, tuple[Any, Path, GridResult, Sequence[int]]] | None = None,
+    reuse: Mapping[str, tuple[Cohort, Path, GridResult, Sequence[int]]] | None = None,
 ) -> dict[str, Any]:
     """Generate (or reuse) the regime cohorts, train the regime variants on each, and compare
     them (see :mod:`i2m2_med.ablation.regimes`). ``reuse``: regime -> (cohort, folder, grid,
     seeds) of a grid already trained on a cohort of that regime (the ablated cohort itself when
     it is synthetic), used instead of generating one."""
-    from i2m2_med.data.cohort import data_fingerprint, load_cohort
-
     t0 = time.perf_counter()
     seeds = list(range(settings.regime_seeds))
     per_regime: dict[str, Any] = {}
@@ -555,10 +200,6 @@ def run_ablation(
     folder, no labelled study, an unreadable config); a variant that fails to train, an empty
     split or a head without positives are reported in the results with their reasons.
     """
-    from i2m2_med.config import load_config
-    from i2m2_med.data.cohort import data_fingerprint, load_cohort
-    from i2m2_med.metrics.aggregation import aggregation_rule
-
     settings = settings or AblationSettings()
     t_start = time.perf_counter()
     cpu_start = time.process_time()
@@ -665,4 +306,4 @@ def _targets(results: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["GridResult", "analyse_grid", "describe_data", "regime_block", "run_ablation", "run_grid", "run_regime_study"]
+__all__ = ["regime_block", "run_ablation", "run_regime_study"]
