@@ -19,6 +19,11 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from i2m2_med.ablation import default_settings, run_ablation
+from i2m2_med.atomic import write_text
+from i2m2_med.errors import UsageError
+from pipelines.report.ablation import render_report
+
 
 def command_line(argv: Sequence[str] | None = None) -> str:
     """The exact command that is running, for the model card."""
@@ -33,9 +38,6 @@ def command_line(argv: Sequence[str] | None = None) -> str:
 
 def write_report(results: Mapping[str, Any], out: Path) -> Path:
     """Render ``results`` into ``out/report.html`` (atomically); returns the path."""
-    from i2m2_med.atomic import write_text
-    from pipelines.report.ablation import render_report
-
     path = Path(out) / "report.html"
     write_text(path, render_report(results))
     return path
@@ -104,9 +106,6 @@ def run(
 ) -> int:
     """Run the ablation, write the report; returns the exit code (fatal errors propagate as
     :class:`~i2m2_med.errors.I2M2Error` for the CLI to print in one line)."""
-    from i2m2_med.ablation import default_settings, run_ablation
-    from i2m2_med.errors import UsageError
-
     if not Path(data).is_dir():
         raise UsageError(data, "no such data folder")
     names: list[str] | None = None
