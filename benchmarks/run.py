@@ -8,8 +8,10 @@ Sections are modules ``benchmarks/bench_<name>.py`` registered in :data:`SECTION
 :mod:`benchmarks.common` for what a section returns). Running some sections updates those in
 the JSON and keeps the others as they were last measured (each section records its machine and
 date), so a section measured elsewhere -- the GPU one -- survives a CPU-only run. The markdown
-is regenerated from the whole JSON every time. Exit code 0, or 1 when a section failed (its
-error is recorded and shown).
+is regenerated from the whole JSON every time, followed by the hand-written
+``benchmarks/removed_options.md`` (the figures of options that were measured and then removed,
+whose sections no longer produce them). Exit code 0, or 1 when a section failed (its error is
+recorded and shown).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ SECTIONS: dict[str, str] = {
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MD = REPO / "BENCHMARKS.md"
 DEFAULT_JSON = REPO / "benchmarks" / "results.json"
+REMOVED_OPTIONS_MD = REPO / "benchmarks" / "removed_options.md"
 SCHEMA = 1
 
 
@@ -95,7 +98,7 @@ def _spread(st: dict[str, Any]) -> tuple[str, str]:
 
 
 def render_markdown(results: dict[str, Any]) -> str:
-    """BENCHMARKS.md from the results JSON."""
+    """BENCHMARKS.md from the results JSON, then :data:`REMOVED_OPTIONS_MD` as it is written."""
     lines = [
         "# Benchmarks",
         "",
@@ -183,6 +186,7 @@ def render_markdown(results: dict[str, Any]) -> str:
             "`python -m benchmarks.gpu_section --merge gpu_results.json` adds it here with the card's name and date.",
             "",
         ]
+    lines += [REMOVED_OPTIONS_MD.read_text(encoding="utf-8").strip(), ""]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -4,11 +4,9 @@
    together, half shows in either alone) under ``OUT/cohort``;
 2. train the ``cpu`` configuration of the ``i2m2`` variant on it (``OUT/run``) with the warm start
    (each expert trained alone first, then the product fine-tuned end to end): of the recipes
-   measured on this cohort (end to end, warm start, warm start without the high-pass phase, without
-   augmentation, with the joint model's SWI channel, at 128 px through a patchify stem: the
-   training section of BENCHMARKS.md) it had the best validation AUROC, and it keeps the best
-   mean validation AUROC over training seeds 0-2 against the 128 px patchify stem and the joint
-   model's Hadamard fusion (the training-seeds section);
+   measured on this cohort (end to end, warm start, warm start without the high-pass phase or
+   without augmentation: the training section of BENCHMARKS.md; and the options measured and
+   removed since, listed there) it has the best validation AUROC;
 3. bundle the model into the package, ``i2m2_med/assets/demo_model/``: ``model.safetensors``,
    ``metrics.json`` and ``command.txt`` (the command that reproduces it) -- the model that
    ``diagnose`` and the app use when the user names none.

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from i2m2_med.config import load_config
-from i2m2_med.errors import ConfigError, UsageError
+from i2m2_med.errors import UsageError
 from i2m2_med.models import (
     VARIANTS,
     I2M2Model,
@@ -361,12 +359,9 @@ def test_phase_filter_config_reaches_the_phase_expert_and_the_joint_model(tiny):
         tiny.with_updates(**{"model.phase_input.filter": "lowpass"})
 
 
-@pytest.mark.parametrize(
-    "kernel, stride, size, side",
-    [(3, 1, 64, 64), (3, 2, 64, 32), (4, 4, 128, 32), (3, 3, 96, 32), (5, 4, 128, 32)],
-)
-def test_stem_kernel_sets_stage0_side_and_flops(kernel, stride, size, side):
-    cfg = load_config("cpu").model.image_expert.model_copy(update={"stem_kernel": kernel, "stem_stride": stride})
+@pytest.mark.parametrize("stride, size, side", [(1, 64, 64), (2, 64, 32), (2, 63, 32)])
+def test_stem_stride_sets_stage0_side_and_flops(stride, size, side):
+    cfg = load_config("cpu").model.image_expert.model_copy(update={"stem_stride": stride})
     with torch.device("meta"):
         expert = ImageExpert(1, cfg)
         assert expert.backbone.stem(torch.empty(1, 1, size, size)).shape[-1] == side
@@ -374,71 +369,4 @@ def test_stem_kernel_sets_stage0_side_and_flops(kernel, stride, size, side):
             expert(torch.empty(1, 1, size, size))
     assert counter.get_total_flops() == image_expert_flops(cfg, size)
     assert cfg.feature_size(size) == -(-side // 8)  # three halving stages after stage 0
-    if kernel == stride:
-        assert expert.backbone.stem.padding == (0, 0)  # patchify: non-overlapping patches
-
-
-def test_swi_channel_is_magnitude_times_the_symmetric_phase_mask(tiny):
-    from i2m2_med.models.experts import swi_image
-
-    magnitude = torch.tensor([[[[2.0, 2.0, 2.0, 0.5]]]])
-    phase = torch.tensor([[[[0.0, math.pi / 2, -math.pi / 2, -math.pi]]]])
-    # mask = 1 - |phase| / pi: 1, 0.5, 0.5, 0; to the 4th power: 1, 1/16, 1/16, 0
-    assert torch.allclose(swi_image(magnitude, phase, 4), torch.tensor([[[[2.0, 0.125, 0.125, 0.0]]]]))
-    assert torch.allclose(swi_image(magnitude, phase, 1), torch.tensor([[[[2.0, 1.0, 1.0, 0.0]]]]))
-
-    cfg = tiny.with_updates(**{"model.joint.swi_channel": True, "model.joint.swi_power": 2})
-    torch.manual_seed(0)
-    joint = JointModel(cfg.model.image_expert, cfg.model.joint, N_TAB).eval()
-    assert joint.backbone.stem.in_channels == 3
-    batch = _batch()
-    # the third channel is what the stem sees: feeding it by hand gives the same logits
-    seen = []
-    hook = joint.backbone.stem.register_forward_hook(lambda m, args, out: seen.append(args[0]))
-    logits = joint(batch["magnitude"], batch["phase"], batch["tabular"])
-    hook.remove()
-    assert logits.shape == (B, 4, 2)
-    expected = swi_image(batch["magnitude"], batch["phase"], 2)
-    assert torch.allclose(seen[0][:, 2:], expected)
-    assert torch.allclose(seen[0][:, :2], torch.cat([batch["magnitude"], batch["phase"]], 1))
-    plain = JointModel(tiny.model.image_expert, tiny.model.joint, N_TAB)
-    assert plain.backbone.stem.in_channels == 2  # the reference's two channels by default
-
-
-def test_hadamard_fusion_keeps_the_streams_apart_until_their_product(tiny):
-    """image_fusion: hadamard: magnitude and phase go through separate stems and stage 0; what the
-    1x1 fusion sees is [m, p, m * p] with m a function of the magnitude alone, p of the phase
-    alone; the joint model trains; combining it with the SWI channel is refused."""
-    cfg = tiny.with_updates(**{"model.joint.image_fusion": "hadamard"})
-    torch.manual_seed(0)
-    joint = JointModel(cfg.model.image_expert, cfg.model.joint, N_TAB).eval()
-    assert joint.backbone.stem.in_channels == 1 and joint.backbone.stem_b.in_channels == 1
-    width = cfg.model.image_expert.widths[0]
-    seen: list[Tensor] = []
-    hook = joint.backbone.fuse.register_forward_hook(lambda m, args, out: seen.append(args[0].detach()))
-    batch = _batch()
-    other_phase = _batch(seed=1)["phase"]
-    other_mag = _batch(seed=2)["magnitude"]
-    logits = joint(batch["magnitude"], batch["phase"], batch["tabular"])
-    joint(batch["magnitude"], other_phase, batch["tabular"])
-    joint(other_mag, batch["phase"], batch["tabular"])
-    hook.remove()
-    assert logits.shape == (B, 4, 2)
-    base, new_phase, new_mag = seen
-    m, p, mp = base[:, :width], base[:, width:2 * width], base[:, 2 * width:]
-    assert bool((m >= 0).all() and (p >= 0).all())  # pre-activated detector maps
-    assert torch.allclose(mp, m * p)
-    assert torch.equal(new_phase[:, :width], m) and not torch.allclose(new_phase[:, width:2 * width], p)
-    assert torch.equal(new_mag[:, width:2 * width], p) and not torch.allclose(new_mag[:, :width], m)
-    # the product term follows the new phase stream's maps
-    assert torch.allclose(new_phase[:, 2 * width:], m * new_phase[:, width:2 * width])
-
-    before, after = _fit(build_model("inter", cfg, N_TAB), cfg, batch)
-    assert after < 0.7 * before, (before, after)
-
-    with pytest.raises(ConfigError, match="swi_channel"):
-        tiny.with_updates(**{"model.joint.image_fusion": "hadamard", "model.joint.swi_channel": True})
-    with pytest.raises(ConfigError, match="image_fusion"):
-        tiny.with_updates(**{"model.joint.image_fusion": "late"})
-    plain = JointModel(tiny.model.image_expert, tiny.model.joint, N_TAB)
-    assert not plain.backbone.hadamard and not hasattr(plain.backbone, "stem_b")  # early fusion by default
+    assert expert.backbone.stem.kernel_size == (3, 3) and expert.backbone.stem.padding == (1, 1)

@@ -42,18 +42,6 @@ from i2m2_med.metrics.aggregation import CONFIG_RULES
 SHIPPED_CONFIGS: tuple[str, ...] = ("cpu", "paper")
 
 
-def stem_padding(kernel: int, stride: int) -> int:
-    """Zero padding of the stem: 1 for the reference's 3x3 (stride 1 or 2), 0 for a patchify
-    stem (kernel = stride), so that the output side is ``ceil(side / stride)`` for sides the
-    stride divides."""
-    return max(0, (kernel - stride + 1) // 2)
-
-
-def stem_output_side(side: int, kernel: int, stride: int) -> int:
-    """Side of the stem's output for an input of ``side`` pixels."""
-    return (side + 2 * stem_padding(kernel, stride) - kernel) // stride + 1
-
-
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -61,8 +49,8 @@ class _Strict(BaseModel):
 class ImageExpertConfig(_Strict):
     """A pre-activation ResNet image expert (also the backbone of the joint model).
 
-    Stem: ``Conv2d(in_channels, stem_width, stem_kernel, stride=stem_stride)``, no max-pool; padding
-    1 for the reference's 3x3, none for a patchify stem (``stem_kernel == stem_stride``).
+    Stem: a 3x3 ``Conv2d(in_channels, stem_width, 3, stride=stem_stride, padding=1)``, no max-pool;
+    ``stem_stride`` 1 (the reference) or 2 (stage 0 at half the input's side).
     Stage ``i`` has ``blocks[i]`` pre-activation basic blocks of width ``widths[i]``; stage 0 keeps
     the resolution, every later stage halves it (stride 2 in its first block). Normalisation is
     ``GroupNorm(groups, C)``. The last feature map is average-pooled to ``pool_size x pool_size``,
@@ -72,8 +60,7 @@ class ImageExpertConfig(_Strict):
 
     kind: Literal["preact_resnet"] = "preact_resnet"
     stem_width: int = Field(64, ge=1)
-    stem_stride: int = Field(1, ge=1, le=8)
-    stem_kernel: int = Field(3, ge=1, le=8)
+    stem_stride: int = Field(1, ge=1, le=2)
     blocks: list[int] = Field(default_factory=lambda: [2, 2, 2, 2], min_length=1, max_length=8)
     widths: list[int] = Field(default_factory=lambda: [64, 128, 256, 512], min_length=1, max_length=8)
     norm: Literal["group"] = "group"
@@ -95,7 +82,7 @@ class ImageExpertConfig(_Strict):
 
     def feature_size(self, image_size: int) -> int:
         """Side (pixels) of the last stage's feature map for an ``image_size`` input."""
-        side = stem_output_side(image_size, self.stem_kernel, self.stem_stride)
+        side = -(-image_size // self.stem_stride)
         for _ in self.widths[1:]:
             side = -(-side // 2)
         return side
@@ -123,37 +110,10 @@ class JointConfig(_Strict):
     * ``concat``: the tabular embedding is concatenated to the pooled image features before the
       heads;
     * ``none``: no tabular input (also what the ``i2m2-notab`` variant uses).
-
-    ``swi_channel``: a third input channel, the susceptibility-weighted image (Haacke's SWI)
-    ``magnitude * mask(phase) ** swi_power`` of the phase the joint model sees (the high-pass
-    phase when ``phase_input`` says so), with the symmetric mask ``max(0, 1 - |phase| / pi)``
-    (tissue of either susceptibility sign is darkened). It is the clinical fusion of the two
-    modalities, and its difference from the magnitude channel, ``magnitude * (1 - mask ** n)``, is
-    a pixel-wise product of the two: where a magnitude change and a phase change sit together, a
-    single convolution sees it. Off in the reference (``paper``), which stacks magnitude and
-    phase only.
-
-    ``image_fusion``: how magnitude and phase meet. ``early`` (the reference): stacked as input
-    channels of one backbone. ``hadamard``: two streams, each with its own stem and stage 0, joined
-    after stage 0 as ``[m, p, m * p]`` (1x1 convolution; see
-    :class:`~i2m2_med.models.preact_resnet.PreActResNet`), so that a magnitude feature and a phase
-    feature on the same pixel multiply -- the co-location the inter-modality evidence lives in.
-    Not combinable with ``swi_channel`` (which is a third early-fusion channel). On the demo cohort,
-    over training seeds 0-2, it did not beat early fusion on validation (training-seeds section of
-    BENCHMARKS.md), so both shipped configs use ``early``.
     """
 
     tabular_fusion: Literal["film", "concat", "none"] = "film"
     tabular_hidden: int = Field(32, ge=1)
-    swi_channel: bool = False
-    swi_power: int = Field(4, ge=1, le=8)
-    image_fusion: Literal["early", "hadamard"] = "early"
-
-    @model_validator(mode="after")
-    def _fusion_and_swi(self) -> "JointConfig":
-        if self.image_fusion == "hadamard" and self.swi_channel:
-            raise ValueError("swi_channel is an early-fusion input channel; it cannot be combined with image_fusion: hadamard")
-        return self
 
 
 class PhaseInputConfig(_Strict):

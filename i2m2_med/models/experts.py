@@ -7,8 +7,6 @@ log-probabilities and combines them.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
@@ -24,7 +22,7 @@ def _heads_layer(in_features: int, n_heads: int) -> nn.Linear:
     return nn.Linear(in_features, n_heads * N_CLASSES)
 
 
-def _backbone(in_channels: int, cfg: ImageExpertConfig, hadamard: bool = False) -> PreActResNet:
+def _backbone(in_channels: int, cfg: ImageExpertConfig) -> PreActResNet:
     return PreActResNet(
         in_channels=in_channels,
         stem_width=cfg.stem_width,
@@ -34,8 +32,6 @@ def _backbone(in_channels: int, cfg: ImageExpertConfig, hadamard: bool = False) 
         pool_size=cfg.pool_size,
         stem_stride=cfg.stem_stride,
         final_norm=cfg.final_norm,
-        stem_kernel=cfg.stem_kernel,
-        hadamard=hadamard,
     )
 
 
@@ -84,17 +80,9 @@ class TabularExpert(nn.Module):
         return self.head(self.mlp(t)).view(t.shape[0], self.n_heads, N_CLASSES)
 
 
-def swi_image(magnitude: Tensor, phase: Tensor, power: int) -> Tensor:
-    """Susceptibility-weighted image ``magnitude * max(0, 1 - |phase| / pi) ** power`` (the
-    symmetric phase mask; ``phase`` in radians, ideally high-pass filtered)."""
-    mask = (1.0 - phase.abs() / math.pi).clamp_min(0.0)
-    return magnitude * mask.pow(power)
-
-
 class JointModel(nn.Module):
     """The inter-modality model: magnitude and phase stacked as input channels of one
-    PreActResNet (early fusion, as in the reference; or two streams joined after stage 0 with
-    their Hadamard product, ``image_fusion: hadamard``), with the tabular vector fused by FiLM or
+    PreActResNet (early fusion, as in the reference), with the tabular vector fused by FiLM or
     concatenation (``JointConfig``), or not at all when ``n_tabular == 0`` or fusion is ``none``.
 
     * FiLM: ``e = ReLU(Linear(t))`` (``tabular_hidden`` units); for every stage ``i`` a linear map
@@ -120,9 +108,7 @@ class JointModel(nn.Module):
         self.phase_filter = phase_filter if phase_filter is not None else nn.Identity()
         self.fusion = joint_cfg.tabular_fusion if n_tabular > 0 else "none"
         self.uses_tabular = self.fusion != "none"
-        self.swi_power = int(joint_cfg.swi_power) if joint_cfg.swi_channel else None
-        self.backbone = _backbone(2 if self.swi_power is None else 3, image_cfg,
-                                  hadamard=joint_cfg.image_fusion == "hadamard")
+        self.backbone = _backbone(2, image_cfg)
         self.dropout = nn.Dropout(image_cfg.dropout)
         features = self.backbone.feature_dim
         self.tabular_embed: nn.Module | None = None
@@ -141,11 +127,7 @@ class JointModel(nn.Module):
         self.head = _heads_layer(features, heads)
 
     def forward(self, magnitude: Tensor, phase: Tensor, tabular: Tensor | None = None) -> Tensor:
-        phase = self.phase_filter(phase)
-        channels = [magnitude, phase]
-        if self.swi_power is not None:
-            channels.append(swi_image(magnitude, phase, self.swi_power))
-        x = torch.cat(channels, dim=1)  # [B, 2 or 3, H, W]: magnitude, phase[, SWI]
+        x = torch.cat([magnitude, self.phase_filter(phase)], dim=1)  # [B, 2, H, W]
         if not self.uses_tabular:
             features = self.backbone(x)
         else:
@@ -161,10 +143,8 @@ class JointModel(nn.Module):
         return logits.view(x.shape[0], self.n_heads, N_CLASSES)
 
 
-
 def image_expert_flops(cfg: ImageExpertConfig, image_size: int, in_channels: int = 1, heads: int = len(HEADS)) -> int:
     """Analytic forward FLOPs (2 per multiply-accumulate) of one image expert on one slice."""
     return preact_resnet_flops(
         in_channels, image_size, cfg.stem_width, cfg.blocks, cfg.widths, cfg.pool_size, cfg.stem_stride, heads * N_CLASSES,
-        stem_kernel=cfg.stem_kernel,
     )
