@@ -25,11 +25,10 @@ def test_paper_config_is_the_reference():
     c = load_config("paper")
     e = c.model.image_expert
     assert c.image_size == 320
-    assert (e.kind, e.stem_width, e.stem_stride) == ("preact_resnet", 64, 1)
+    assert (e.stem_width, e.stem_stride) == (64, 1)
     assert e.blocks == [2, 2, 2, 2] and e.widths == [64, 128, 256, 512]
-    assert (e.norm, e.groups, e.pool_size, e.final_norm) == ("group", 32, 10, False)
+    assert (e.groups, e.pool_size, e.final_norm) == (32, 10, False)
     o = c.optim
-    assert o.optimizer == "adamw"
     assert (o.magnitude.lr, o.magnitude.weight_decay) == (1e-5, 1e-3)
     assert (o.phase.lr, o.phase.weight_decay) == (1e-4, 1e-1)
     assert (o.joint.lr, o.joint.weight_decay) == (1e-4, 1e-2)
@@ -54,6 +53,23 @@ def test_load_from_path_equals_name_and_round_trips(tmp_path):
     assert config_from_dict(by_name.to_dict()) == by_name
     again = load_config(_write(tmp_path, by_name.to_yaml(), "again.yaml"))
     assert again == by_name
+
+
+def test_retired_keys_load_at_their_one_value_only(tmp_path):
+    """Keys removed because they allowed one value (or an option that is gone, at its "off"
+    value) still load, so older YAML files and checkpoints do; any other value is refused."""
+    data = _cpu_dict()
+    data["model"]["image_expert"].update(kind="preact_resnet", norm="group", stem_kernel=3)
+    data["model"]["joint"].update(swi_channel=False, swi_power=4, image_fusion="early")
+    data["optim"]["optimizer"] = "adamw"
+    assert load_config(_write(tmp_path, data)) == load_config("cpu")
+    assert "kind" in data["model"]["image_expert"]  # the caller's dict is left as it was
+    for section, key, value in [("image_expert", "stem_kernel", 4), ("joint", "swi_channel", True),
+                                ("joint", "image_fusion", "hadamard"), ("image_expert", "norm", "batch")]:
+        bad = _cpu_dict()
+        bad["model"][section][key] = value
+        with pytest.raises(ConfigError, match=f"model.{section}.{key}: unknown key"):
+            load_config(_write(tmp_path, bad))
 
 
 def test_scientific_notation_without_dot_is_a_float(tmp_path):

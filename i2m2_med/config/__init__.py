@@ -20,6 +20,7 @@ YAML 1.1 reads as a string) is read as a number.
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from importlib import resources
@@ -58,12 +59,10 @@ class ImageExpertConfig(_Strict):
     ``final_norm`` adds a GroupNorm + ReLU before the pool (the reference has none).
     """
 
-    kind: Literal["preact_resnet"] = "preact_resnet"
     stem_width: int = Field(64, ge=1)
     stem_stride: int = Field(1, ge=1, le=2)
     blocks: list[int] = Field(default_factory=lambda: [2, 2, 2, 2], min_length=1, max_length=8)
     widths: list[int] = Field(default_factory=lambda: [64, 128, 256, 512], min_length=1, max_length=8)
-    norm: Literal["group"] = "group"
     groups: int = Field(32, ge=1)
     pool_size: int = Field(10, ge=1)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
@@ -147,7 +146,6 @@ class OptimSettings(_Strict):
 class OptimConfig(_Strict):
     """AdamW with one parameter group per expert (see ``models.registry.per_expert_param_groups``)."""
 
-    optimizer: Literal["adamw"] = "adamw"
     betas: list[float] = Field(default_factory=lambda: [0.9, 0.999], min_length=2, max_length=2)
     magnitude: OptimSettings = OptimSettings(lr=1e-5, weight_decay=1e-3)
     phase: OptimSettings = OptimSettings(lr=1e-4, weight_decay=1e-1)
@@ -299,12 +297,37 @@ def _format_error(err: dict[str, Any]) -> str:
     return f"{loc}: {msg}" if loc else msg
 
 
+#: Removed keys -> the value that meant what the config means without them. A file or a
+#: checkpoint's config that still carries one at that value loads as before; any other value is
+#: an unknown key.
+RETIRED_KEYS: dict[tuple[str, ...], Any] = {
+    ("model", "image_expert", "kind"): "preact_resnet",
+    ("model", "image_expert", "norm"): "group",
+    ("model", "image_expert", "stem_kernel"): 3,
+    ("model", "joint", "swi_channel"): False,
+    ("model", "joint", "swi_power"): 4,
+    ("model", "joint", "image_fusion"): "early",
+    ("optim", "optimizer"): "adamw",
+}
+
+
+def _without_retired_keys(data: dict[str, Any]) -> dict[str, Any]:
+    data = copy.deepcopy(data)
+    for path, value in RETIRED_KEYS.items():
+        node: Any = data
+        for part in path[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and path[-1] in node and type(node[path[-1]]) is type(value) and node[path[-1]] == value:
+            del node[path[-1]]
+    return data
+
+
 def config_from_dict(data: Any, where: str | os.PathLike = "config") -> Config:
     """Validate a plain dict (as read from YAML) into a :class:`Config`; ConfigError otherwise."""
     if not isinstance(data, dict):
         raise ConfigError(where, f"expected a mapping of config keys at the top level, got {type(data).__name__}")
     try:
-        return Config.model_validate(data)
+        return Config.model_validate(_without_retired_keys(data))
     except ValidationError as exc:
         errors = exc.errors()
         first = _format_error(errors[0])
