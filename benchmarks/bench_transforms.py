@@ -7,10 +7,11 @@ cache) and produces magnitude and phase of the centred, cropped image:
 * ``i2m2_slice``   -- this project, slice by slice as the dataset does it:
   ``read_fastmri_h5`` + ``Study.read_slice`` (a direct read of the slice's bytes, checked for
   NaN/Inf) + ``kspace_to_modalities``;
-* ``i2m2_volume``  -- this project, volume by volume: ``read_fastmri_h5`` +
-  ``iter_volume_modalities`` (blocks of 8 slices spread over one thread per core, the next
-  block queued before a block is waited for; each thread reads its slice with a direct read
-  into its own buffer and transforms it there, in place; the images are checked for NaN/Inf
+* ``i2m2_volume``  -- a volume-by-volume path built from this project's per-slice functions
+  (``benchmarks/volume_modalities.py``; no production path reads volume by volume):
+  ``read_fastmri_h5`` + ``iter_volume_modalities`` (blocks of 8 slices spread over one thread
+  per core, the next block queued before a block is waited for; each thread reads its slice with
+  a direct read into its own buffer and transforms it; the images are checked for NaN/Inf
   instead of the k-space);
 * ``i2m2_no_io``   -- ``kspace_to_modalities`` on the preloaded volumes (no I/O);
 * ``fastmri_slice``  -- ``fastmri.data.SliceDataset`` with a transform doing ``to_tensor`` +
@@ -129,11 +130,9 @@ def make_paths(files: list[Path], volumes: list[np.ndarray]) -> dict[str, Callab
     from monai.networks.blocks.fft_utils_t import ifftn_centered_t
     from monai.transforms import CenterSpatialCrop
 
+    from benchmarks.volume_modalities import iter_volume_modalities
     from i2m2_med.io.fastmri_h5 import read_fastmri_h5
-    from i2m2_med.transforms.modalities import (
-        iter_volume_modalities,
-        kspace_to_modalities,
-    )
+    from i2m2_med.transforms.modalities import kspace_to_modalities
 
     root = files[0].parent
     dataset = SliceDataset(root, challenge="singlecoil", transform=_fastmri_slice_transform)
@@ -202,7 +201,7 @@ LABELS = {
     "bare_volume": "bare limit: scipy.fft.ifft2(workers=-1), whole volumes, no I/O",
     "bare_slices": "bare limit: scipy.fft.ifft2(workers=-1), slice by slice, no I/O",
     "i2m2_no_io": "i2m2-med kspace_to_modalities, whole volumes, no I/O",
-    "i2m2_volume": "i2m2-med iter_volume_modalities (a direct read and the transform of a slice per thread), volume by volume",
+    "i2m2_volume": "volume path of i2m2-med's per-slice functions (a direct read and the transform of a slice per thread), volume by volume",
     "i2m2_slice": "i2m2-med read_fastmri_h5 + read_slice + kspace_to_modalities, slice by slice",
     "fastmri_volume": "fastmri to_tensor + ifft2c + complex_center_crop + abs/angle, whole volumes",
     "fastmri_slice": "fastmri SliceDataset + the same transform, slice by slice",

@@ -8,7 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from i2m2_med.errors import TransformError
+from i2m2_med.transforms.modalities import kspace_to_modalities
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -339,3 +343,133 @@ def test_ablation_regime_notes_carry_the_claim_margins_and_in_view() -> None:
     notes = regime_notes(results)
     assert notes[0].endswith("no verdict: too few test studies of a class.")
     assert regime_notes({}) == []
+
+
+# ---- the whole-volume path that the transforms section times ---------------------------------
+
+
+def _kspace(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64)
+
+
+@pytest.mark.parametrize("shape, block", [((11, 96, 72), 4), ((3, 2, 96, 72), 8), ((5, 96, 72), 1)])
+def test_iter_volume_modalities_equals_slice_by_slice(tmp_path, shape, block):
+    from i2m2_med.io.fastmri_h5 import read_fastmri_h5, write_fastmri_h5
+    from i2m2_med.io.ismrmrd import HeaderParams, build_header
+    from benchmarks.volume_modalities import iter_volume_modalities
+
+    k = _kspace(shape, seed=len(shape) + block)
+    path = tmp_path / "vol.h5"
+    coils = shape[1] if len(shape) == 4 else 1
+    write_fastmri_h5(path, k, build_header(HeaderParams(encoded_y=shape[-1], n_slices=shape[0], n_coils=coils)))
+    study = read_fastmri_h5(path)
+    assert study.slice_reader.direct
+    starts, mags, phases = [], [], []
+    for start, out in iter_volume_modalities(study, (64, 64), block=block):
+        starts.append(start)
+        assert out["magnitude"].shape[1:] == (64, 64) and out["magnitude"].dtype == np.float32
+        mags.append(out["magnitude"])
+        phases.append(out["phase"])
+    assert starts == list(range(0, shape[0], block))
+    mag, phase = np.concatenate(mags), np.concatenate(phases)
+    assert mag.shape == (shape[0], 64, 64)
+    for i in range(shape[0]):
+        ref = kspace_to_modalities(k[i], (64, 64), coils=len(shape) == 4)
+        np.testing.assert_allclose(mag[i], ref["magnitude"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(phase[i], ref["phase"], rtol=1e-5, atol=1e-5)
+    study.slice_reader.close()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_iter_volume_modalities_names_the_bad_slice_of_a_direct_read_file(tmp_path, workers):
+    """The volume path skips the reader's NaN/Inf pass and checks the images instead: the
+    error still names the file and the slice, with the reader's count; a finite slice whose
+    image overflows float32 is a TransformError, not a NaN report."""
+    from i2m2_med.errors import StudyReadError
+    from i2m2_med.io.fastmri_h5 import read_fastmri_h5, write_fastmri_h5
+    from i2m2_med.io.ismrmrd import HeaderParams, build_header
+    from benchmarks.volume_modalities import iter_volume_modalities
+
+    k = _kspace((7, 96, 72), seed=21)
+    k[5, 40, 7] = np.nan
+    k[5, 2, 70] = -np.inf
+    path = tmp_path / "nan.h5"
+    write_fastmri_h5(path, k, build_header(HeaderParams(encoded_y=72, n_slices=7)))
+    study = read_fastmri_h5(path)
+    assert study.slice_reader.direct
+    blocks = iter_volume_modalities(study, (64, 64), block=4, workers=workers)
+    start, first = next(blocks)
+    assert start == 0 and np.isfinite(first["magnitude"]).all()
+    with pytest.raises(StudyReadError) as info:
+        next(blocks)
+    msg = info.value.one_line()
+    assert str(path) in msg and "slice 5: k-space contains 2 NaN/Inf values" in msg
+    study.slice_reader.close()
+
+    huge = np.full((2, 96, 72), 3e38 + 3e38j, np.complex64)
+    path = tmp_path / "huge.h5"
+    write_fastmri_h5(path, huge, build_header(HeaderParams(encoded_y=72, n_slices=2)))
+    study = read_fastmri_h5(path)
+    with pytest.raises(TransformError, match="slice 0: the image overflows float32"):
+        list(iter_volume_modalities(study, (64, 64), workers=workers))
+    study.slice_reader.close()
+
+
+def test_iter_volume_modalities_without_block_reads_and_bad_studies(tmp_path):
+    from pathlib import Path
+
+    from i2m2_med.errors import StudyReadError
+    from i2m2_med.io.study import Study
+    from benchmarks.volume_modalities import iter_volume_modalities
+
+    k = _kspace((5, 64, 48), seed=9)
+
+    def reader(i: int) -> dict:
+        if i == 3:
+            raise StudyReadError("mem.h5", "slice 3: k-space contains 1 NaN/Inf values")
+        return {"kspace": k[i]}
+
+    study = Study("mem", Path("mem.h5"), "fastmri_h5", "kspace", 5, ("magnitude", "phase"), reader)
+    blocks = iter_volume_modalities(study, (32, 32), block=2)
+    first = next(blocks)
+    assert first[0] == 0
+    np.testing.assert_allclose(first[1]["magnitude"][1], kspace_to_modalities(k[1], (32, 32))["magnitude"], rtol=1e-6)
+    with pytest.raises(StudyReadError, match="slice 3"):
+        list(blocks)
+    image = Study("img", Path("img.nii.gz"), "nifti", "image", 2, ("magnitude",), lambda i: {})
+    with pytest.raises(TransformError, match="not a k-space study"):
+        next(iter_volume_modalities(image))
+
+
+def test_iter_volume_modalities_closed_early_leaves_nothing_running():
+    """With two workers the next block is queued before a block is yielded; closing the
+    generator cancels what has not started and waits for what has, so no slice is read after
+    close returns, and slices of later blocks are never read."""
+    import threading
+    import time
+    from pathlib import Path
+
+    from i2m2_med.io.study import Study
+    from benchmarks.volume_modalities import iter_volume_modalities
+
+    k = _kspace((24, 64, 48), seed=33)
+    reads: list[int] = []
+    lock = threading.Lock()
+
+    def reader(i: int) -> dict:
+        time.sleep(0.01)
+        with lock:
+            reads.append(i)
+        return {"kspace": k[i]}
+
+    study = Study("slow", Path("slow.h5"), "fastmri_h5", "kspace", 24, ("magnitude", "phase"), reader)
+    blocks = iter_volume_modalities(study, (32, 32), block=4, workers=2)
+    start, out = next(blocks)
+    assert start == 0 and out["magnitude"].shape == (4, 32, 32)
+    blocks.close()
+    with lock:
+        done = sorted(reads)
+    time.sleep(0.1)
+    assert sorted(reads) == done  # nothing read after close
+    assert set(range(4)) <= set(done) and max(done) < 8  # block 0 and at most the queued block 1

@@ -4,8 +4,7 @@ Array functions (numpy / torch in, the same out; no MONAI):
 
 * :mod:`.fft` -- the centred, cropped, orthonormal inverse 2-D FFT (fastMRI's ``ifft2c`` numbers);
 * :mod:`.coils` -- multicoil combination (root-sum-of-squares magnitude, sensitivity-weighted phase);
-* :mod:`.modalities` -- :func:`~.modalities.kspace_to_modalities` (the core) and
-  :func:`~.modalities.iter_volume_modalities` (whole volumes, read and transformed by thread);
+* :mod:`.modalities` -- :func:`~.modalities.kspace_to_modalities` (the core);
 * :mod:`.subsample` -- fastMRI-style column masks;
 * :mod:`.intensity` -- magnitude normalisation;
 * :mod:`.geometry` -- centre crop / pad and resizing of the planes.

@@ -4,23 +4,18 @@
 320 x 320 (zero-fill where the image is narrower), multicoil combination (:mod:`.coils`),
 magnitude ``|x|`` and phase ``angle(x)`` in radians, float32. The phase's arctangent uses
 torch's vectorised float32 ``atan2``.
-
-:func:`iter_volume_modalities` is the fast way through whole fastMRI volumes: each thread reads
-its slice with a direct read into its own buffer and transforms it, and the next block of slices
-is queued before one is waited for.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor, wait
-from typing import Any, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import scipy.fft as sfft
 import torch
 
-from i2m2_med.errors import StudyReadError, TransformError
+from i2m2_med.errors import TransformError
 from i2m2_med.transforms.coils import (
     LOWRES_HALF_WIDTH,
     _lowres_matrices,
@@ -48,11 +43,10 @@ def _slice_modalities(
     phase: np.ndarray,
     workers: int,
     pool: ThreadPoolExecutor | None = None,
-    overwrite_k: bool = False,
 ) -> None:
     """One singlecoil slice (R, W) complex64 -> magnitude and phase (crop) float32, written
-    into ``mag`` and ``phase``. The readout FFT runs in place, on ``k`` itself when
-    ``overwrite_k`` (``k`` is scratch: a read buffer), else on a per-thread copy of it.
+    into ``mag`` and ``phase``. The readout FFT runs in place on a per-thread copy of ``k``
+    (``k`` itself is left as it was).
 
     Even R and W (every fastMRI size): the readout axis is transformed for every column
     (``workers`` threads), then the kept rows -- one or two contiguous row blocks, the window
@@ -75,13 +69,10 @@ def _slice_modalities(
         phase[r0:r1, c0:c1] = z.real
         _atan2_inplace(im, phase[r0:r1, c0:c1])
         return
-    if not overwrite_k:
-        # the caller's k-space is left as it is: a per-thread copy is transformed in place
-        # (copy and in-place FFT together cost less than the out-of-place FFT)
-        scratch = _buffer(k.shape, np.complex64, "kscratch")
-        np.copyto(scratch, k)
-        k = scratch
-    y = sfft.ifft(k, axis=0, norm="ortho", workers=workers, overwrite_x=True)
+    # copy and in-place FFT together cost less than the out-of-place FFT
+    scratch = _buffer(k.shape, np.complex64, "kscratch")
+    np.copyto(scratch, k)
+    y = sfft.ifft(scratch, axis=0, norm="ortho", workers=workers, overwrite_x=True)
     sign = _sign_plane(ramp_r, ramp_c)
     col_blocks = _wrapped_blocks(mc, n_cols, cols)
     parts = max(1, workers if pool is not None else 1)
@@ -170,15 +161,13 @@ def _check_crop(crop: Any, where: str | None) -> tuple[int, int]:
     return h, w
 
 
-def _raise_non_finite(k: np.ndarray, where: str | None, index: int | None = None,
-                      nan_error: type[Exception] = TransformError) -> None:
-    """Why the image of ``k`` is not finite: ``nan_error`` counting the NaN/Inf values of the
-    k-space, or a :class:`TransformError` for an overflow; ``index`` names the slice."""
-    at = "" if index is None else f"slice {index}: "
+def _raise_non_finite(k: np.ndarray, where: str | None) -> None:
+    """Why the image of ``k`` is not finite: NaN/Inf values in the k-space (counted), or an
+    overflow."""
     bad = int((~np.isfinite(k)).sum())
     if bad:
-        raise nan_error(where, f"{at}k-space contains {bad} NaN/Inf values")
-    raise TransformError(where, f"{at}the image overflows float32 (k-space values too large)")
+        raise TransformError(where, f"k-space contains {bad} NaN/Inf values")
+    raise TransformError(where, "the image overflows float32 (k-space values too large)")
 
 
 def kspace_to_modalities(
@@ -233,107 +222,6 @@ def kspace_to_modalities(
         device = kspace.device
         return {"magnitude": torch.from_numpy(mag).to(device), "phase": torch.from_numpy(phase).to(device)}
     return {"magnitude": mag, "phase": phase}
-
-
-#: Slices per block of :func:`iter_volume_modalities`.
-VOLUME_BLOCK = 8
-
-
-def iter_volume_modalities(
-    study: Any,
-    crop: tuple[int, int] = DEFAULT_CROP,
-    *,
-    block: int = VOLUME_BLOCK,
-    workers: int | None = None,
-) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-    """Every slice of a k-space study as magnitude and phase, block by block, the fast way
-    through a whole volume: yields ``(first_slice, {"magnitude": (n, h, w), "phase": (n, h,
-    w)})`` float32 for consecutive blocks of at most ``block`` slices.
-
-    The slices of a block are spread over ``workers`` threads (default: all cores of this
-    process); each thread reads its slice into its own buffer and transforms it with one-thread
-    FFTs, so one thread's read runs beside the other threads' transforms and every core is busy
-    with a whole slice (no thread waits for a separate reader). fastMRI h5 studies are read
-    with the reader's ``read_block`` (direct reads that do not hold the interpreter lock, see
-    :class:`i2m2_med.io.fastmri_h5.FastMRISliceReader`), without its separate NaN/Inf pass:
-    NaN/Inf k-space reaches every pixel of the slice's image, so the image is checked instead
-    and the k-space of a slice whose image is not finite is counted for the error. Other
-    k-space studies are read with ``read_slice``. With more than one worker the next block is
-    queued before a block is waited for, so no core idles at block ends and the next block is
-    computed while the caller uses the one yielded. Memory: one k-space slice per thread and
-    two blocks. Errors: :class:`~i2m2_med.errors.StudyReadError` for a slice that
-    cannot be read or holds NaN/Inf values (naming the slice, as the reader does), and
-    :class:`TransformError` otherwise.
-    """
-    where = str(getattr(study, "source", None))
-    if getattr(study, "domain", None) != "kspace":
-        raise TransformError(where, "not a k-space study: no k-space to transform")
-    crop = _check_crop(crop, where)
-    block = max(1, int(block))
-    workers = cpu_count() if workers is None else max(1, int(workers))
-    n = int(study.n_slices)
-    reader = study.slice_reader
-    read_block = getattr(reader, "read_block", None)
-    shape = tuple(reader.slice_shape) if read_block is not None else None  # opens the file here
-
-    def read(i: int) -> np.ndarray:
-        if read_block is not None:
-            buf = _buffer((1, *shape), np.complex64, "kslice")
-            return read_block(i, i + 1, out=buf, check_finite=False)[0]
-        arr, _ = _as_numpy_kspace(study.read_slice(i)["kspace"], f"{where}: slice {i}")
-        return arr
-
-    def one(i: int, mag: np.ndarray, phase: np.ndarray) -> None:
-        k = read(i)
-        if k.ndim == 2:
-            # the thread's read buffer is scratch: its readout FFT runs in place
-            _slice_modalities(k, crop, mag, phase, 1, overwrite_k=read_block is not None)
-        elif k.ndim == 3:
-            m, p = _multicoil(k[None], crop, 1)
-            mag[...], phase[...] = m[0], p[0]
-        else:
-            raise TransformError(where, f"slice {i}: k-space of shape {tuple(k.shape)}; expected (640, W) or (C, 640, W)")
-        if not np.isfinite(mag.sum(dtype=np.float64)):
-            if read_block is not None:  # the buffer was overwritten: read the slice again
-                k = read_block(i, i + 1)[0]  # NaN/Inf: the reader's StudyReadError, naming the slice
-            _raise_non_finite(k, where, i, nan_error=StudyReadError)
-
-    def new_block(b0: int) -> tuple[int, np.ndarray, np.ndarray]:
-        b1 = min(n, b0 + block)
-        return b1, np.empty((b1 - b0, *crop), dtype=np.float32), np.empty((b1 - b0, *crop), dtype=np.float32)
-
-    if workers == 1:
-        for b0 in range(0, n, block):
-            b1, mag, phase = new_block(b0)
-            for i in range(b0, b1):
-                one(i, mag[i - b0], phase[i - b0])
-            yield b0, {"magnitude": mag, "phase": phase}
-        return
-
-    pool = _pool(workers)
-
-    def submit(b0: int) -> tuple[int, np.ndarray, np.ndarray, list[Future]]:
-        b1, mag, phase = new_block(b0)
-        return b0, mag, phase, [pool.submit(one, i, mag[i - b0], phase[i - b0]) for i in range(b0, b1)]
-
-    starts = iter(range(0, n, block))
-    queued: deque[tuple[int, np.ndarray, np.ndarray, list[Future]]] = deque()
-    try:
-        while True:
-            while len(queued) < 2 and (b0 := next(starts, None)) is not None:
-                queued.append(submit(b0))  # the block after the one waited for is queued too
-            if not queued:
-                return
-            b0, mag, phase, futures = queued[0]
-            for fut in futures:
-                fut.result()  # the first failing slice, in slice order
-            queued.popleft()
-            yield b0, {"magnitude": mag, "phase": phase}
-    finally:  # closed early or failed: nothing of this study is left running
-        left = [fut for *_, futures in queued for fut in futures]
-        for fut in left:
-            fut.cancel()
-        wait(left)
 
 
 def _kspace_to_modalities_torch(
