@@ -63,18 +63,6 @@ def summarise(values: list[float]) -> dict[str, Any]:
     }
 
 
-def timed(fn: Callable[[], Any]) -> float:
-    """Wall-clock seconds of one call of ``fn`` (garbage collected before, not during)."""
-    gc.collect()
-    gc.disable()
-    try:
-        start = time.perf_counter()
-        fn()
-        return time.perf_counter() - start
-    finally:
-        gc.enable()
-
-
 def timed_wall_cpu(fn: Callable[[], Any]) -> tuple[float, float]:
     """(wall-clock seconds, CPU seconds of this process, all threads) of one call of ``fn``."""
     gc.collect()

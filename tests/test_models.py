@@ -246,18 +246,6 @@ def test_param_groups_cover_every_parameter_once_with_the_expert_settings(tiny):
     assert list(out.terms) == ["magnitude", "phase", "tabular", "joint", "prior"]
 
 
-def test_warm_start_copies_shared_experts(tiny):
-    mag = _model("mag", tiny, seed=1).eval()
-    full = _model("i2m2", tiny, seed=2).eval()
-    batch = _batch()
-    assert not torch.allclose(full(batch).terms["magnitude"], mag(batch).terms["magnitude"])
-    assert full.load_experts_from(mag) == ["magnitude"]
-    assert torch.allclose(full(batch).terms["magnitude"], mag(batch).terms["magnitude"])
-    notab_joint = _model("i2m2-notab", tiny)
-    with pytest.raises(UsageError, match="cannot warm-start"):
-        full.load_experts_from(notab_joint, ("joint",))  # no FiLM layers there
-
-
 def test_paper_architecture_counts_and_one_training_step():
     paper = load_config("paper")
     torch.manual_seed(0)

@@ -26,9 +26,7 @@ list of per-sample dicts. The expert then runs on the whole batch, but its term 
 those samples (``I2M2Output.mask``); a sample left with no expert raises UsageError.
 
 State-dict keys are ``experts.<name>.*`` (and ``prior.logits``; ``prior_offset`` once the prior
-has been refitted after training, see :meth:`I2M2Model.set_prior_offset`) in every variant, so an
-expert trained alone (e.g. variant ``mag``) loads into the same expert of ``i2m2`` (warm start,
-see :meth:`I2M2Model.load_experts_from`).
+has been refitted after training, see :meth:`I2M2Model.set_prior_offset`) in every variant.
 """
 
 from __future__ import annotations
@@ -297,20 +295,6 @@ class I2M2Model(nn.Module):
             return self.forward(batch).detach()
         finally:
             self.train(was_training)
-
-    # ---- warm start ------------------------------------------------------------------------
-
-    def load_experts_from(self, other: "I2M2Model", experts: tuple[str, ...] | None = None) -> list[str]:
-        """Copy the weights of experts shared with ``other`` (same name, same shapes), e.g. from a
-        ``mag`` model into ``i2m2``. Returns the names copied; UsageError on a shape mismatch."""
-        names = [e for e in (experts or self.expert_names) if e in self.experts and e in other.experts]
-        for name in names:
-            try:
-                self.experts[name].load_state_dict(other.experts[name].state_dict(), strict=True)
-            except RuntimeError as exc:
-                first = str(exc).strip().splitlines()
-                raise UsageError(f"expert {name!r}", f"cannot warm-start from variant {other.variant!r}: {first[-1] if first else exc}") from None
-        return names
 
 
 def build_model(variant: str, config: Config, n_tabular: int) -> I2M2Model:
