@@ -32,7 +32,7 @@ from benchmarks.common import Context
 
 TITLE = "Training seeds: spread of the I2M2 recipes over training seeds (models-issue target)"
 
-#: (label, changes to the cpu config); every recipe is the i2m2 variant with the warm start
+#: (label, changes to the demo config); every recipe is the i2m2 variant
 RECIPES_FULL: tuple[tuple[str, dict], ...] = (("demo recipe", {}),)
 RECIPES_QUICK: tuple[tuple[str, dict], ...] = RECIPES_FULL
 SEEDS_FULL = (0, 1, 2)
@@ -51,7 +51,7 @@ def train_one(cohort: str, out: str, changes: dict, seed: int, quick: bool) -> d
     if quick:
         changes = {**changes, "training.warm_start_epochs": 1}
     metrics = train(
-        Path(cohort), Path(out), variant="i2m2", config=_config(changes), seed=seed, warm_start=True,
+        Path(cohort), Path(out), variant="i2m2", config=_config("demo", changes), seed=seed,
         options=TrainerOptions(progress=False), epochs=1 if quick else None, n_boot=200 if quick else 1000,
     ).metrics
     wall = time.perf_counter() - started
@@ -144,7 +144,7 @@ def run(ctx: Context) -> dict[str, Any]:
     return {
         "repeats": len(seeds),
         "description": " ".join(" ".join(__doc__.split("\n\n")[:3]).split()) if __doc__ else "",
-        "params": {"config": "cpu", "variant": "i2m2", "warm_start": True, "seeds": list(seeds), "workers": WORKERS,
+        "params": {"config": "demo", "variant": "i2m2", "seeds": list(seeds), "workers": WORKERS,
                    "torch_threads_per_run": 1, "recipes": {label: changes for label, changes in recipes},
                    "results": results, "chosen_on_validation": chosen},
         "figures": figures,

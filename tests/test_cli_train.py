@@ -113,20 +113,22 @@ def test_demo_bundle_writes_model_metrics_and_command(tmp_path: Path) -> None:
     target = demo.bundle(run, 40, 3, target=tmp_path / "bundle")
     assert (target / "model.safetensors").read_bytes() == b"weights"
     assert json.loads((target / "metrics.json").read_text()) == {"variant": "i2m2"}
-    assert "i2m2-med demo --volumes 40 --seed 3" in (target / "command.txt").read_text()
+    command = (target / "command.txt").read_text()
+    assert "i2m2-med demo --volumes 40 --seed 3" in command and "i2m2_med/config/demo.yaml" in command
     assert i2m2_med.demo_model_path() == REPO / "i2m2_med" / "assets" / "demo_model" / "model.safetensors"
 
 
 def test_bundled_demo_model_loads_when_present() -> None:
     import i2m2_med
     from i2m2_med.checkpoint import load_checkpoint
+    from i2m2_med.config import load_config
 
     path = i2m2_med.demo_model_path()
     if not path.is_file():
         pytest.skip("the demo model is not bundled in this checkout (run `i2m2-med demo`)")
     model, meta = load_checkpoint(path)
     metrics = json.loads((path.parent / "metrics.json").read_text())
-    assert meta.variant == "i2m2" and meta.config.name == "cpu"
+    assert meta.variant == "i2m2" and meta.config == load_config("demo").with_updates(**{"training.seed": meta.config.training.seed})
     assert metrics["variant"] == "i2m2" and metrics["data_fingerprint"] == meta.data_fingerprint
     assert "i2m2-med demo" in (path.parent / "command.txt").read_text()
     assert path.stat().st_size < 8_000_000

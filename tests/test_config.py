@@ -47,6 +47,14 @@ def test_cpu_config_is_compact_with_the_same_structure():
     assert cpu.model.image_expert.pool_size == 2
 
 
+def test_demo_config_is_the_cpu_config_with_the_warm_start():
+    """The bundled model's recipe is a config file alone: cpu.yaml plus the warm start."""
+    cpu, demo = load_config("cpu"), load_config("demo")
+    assert (cpu.training.warm_start, demo.training.warm_start) == (False, True)
+    assert demo.training.warm_start_epochs == 8
+    assert demo == cpu.with_updates(name="demo", **{"training.warm_start": True})
+
+
 def test_load_from_path_equals_name_and_round_trips(tmp_path):
     by_name = load_config("cpu")
     assert load_config(shipped_config_path("cpu")) == by_name

@@ -1,17 +1,19 @@
 """Model and training configuration: validated pydantic models loaded from YAML.
 
-Two configurations ship with the library, beside this module (``i2m2_med/config/*.yaml``):
+Three configurations ship with the library, beside this module (``i2m2_med/config/*.yaml``):
 
 * ``paper`` -- faithful to the I2M2 knee reference: PreActResNet-18 experts (3x3 stride-1 stem,
   no max-pool, GroupNorm(32), blocks [2, 2, 2, 2], widths 64-512, adaptive average pool to
   10x10, linear heads), 320x320 input, AdamW with the reference's per-expert learning rates and
   weight decays, batch 16, early stopping (patience 5) on the mean validation AUROC.
 * ``cpu`` -- the same structure, compact (lower resolution and width), trains on 2 CPU cores in
-  minutes; the embedded default. Two departures from the reference, chosen on validation: the
-  homodyne high-pass phase as the phase input (:class:`PhaseInputConfig`) and training-time
-  flips and shifts (:class:`AugmentConfig`).
+  minutes; the default of ``train`` and ``ablate``. Two departures from the reference, chosen on
+  validation: the homodyne high-pass phase as the phase input (:class:`PhaseInputConfig`) and
+  training-time flips and shifts (:class:`AugmentConfig`).
+* ``demo`` -- ``cpu`` with the warm start (``training.warm_start``): the recipe of the bundled
+  demo model, which ``i2m2-med demo`` trains.
 
-:func:`load_config` takes ``"cpu"``, ``"paper"`` or a path to a YAML file. Every key is checked:
+:func:`load_config` takes ``"cpu"``, ``"demo"``, ``"paper"`` or a path to a YAML file. Every key is checked:
 an unknown key or an ill-typed value raises :class:`~i2m2_med.errors.ConfigError` with one line
 ``<file>: <key.path>: <what was expected>``. Types are strict (no silent ``"3"`` -> 3, no
 ``1`` -> ``True``); an integer is accepted where a float is expected, and YAML's ``1e-5`` (which
@@ -40,7 +42,7 @@ from pydantic import (
 from i2m2_med.errors import ConfigError
 from i2m2_med.metrics.aggregation import CONFIG_RULES
 
-SHIPPED_CONFIGS: tuple[str, ...] = ("cpu", "paper")
+SHIPPED_CONFIGS: tuple[str, ...] = ("cpu", "demo", "paper")
 
 
 class _Strict(BaseModel):
@@ -336,14 +338,14 @@ def config_from_dict(data: Any, where: str | os.PathLike = "config") -> Config:
 
 
 def shipped_config_path(name: str) -> Path:
-    """Path of a shipped config (``cpu`` or ``paper``): the YAML file beside this module."""
+    """Path of a shipped config (one of :data:`SHIPPED_CONFIGS`): the YAML file beside this module."""
     if name not in SHIPPED_CONFIGS:
         raise ConfigError(name, f"unknown config name; expected one of {', '.join(SHIPPED_CONFIGS)} or a YAML file path")
     return Path(str(resources.files(__name__).joinpath(f"{name}.yaml")))
 
 
 def load_config(name_or_path: str | os.PathLike) -> Config:
-    """``"cpu"`` / ``"paper"`` (the shipped configs) or a path to a YAML file -> a validated Config.
+    """A shipped config's name (:data:`SHIPPED_CONFIGS`) or a path to a YAML file -> a validated Config.
 
     Raises ConfigError(file, "<key.path>: <expected>") for a missing or unreadable file, invalid
     YAML, an unknown key or an ill-typed value.
