@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from i2m2_med.errors import UsageError
-from i2m2_med.metrics.baselines import fit_position_prior, position_baseline, position_scores, relative_position
+from i2m2_med.metrics.baselines import (
+    fit_position_prior,
+    position_baseline,
+    position_scores,
+    relative_position,
+)
 from i2m2_med.metrics.ranking import auroc
 
 

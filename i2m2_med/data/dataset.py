@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from i2m2_med.data.cache import TensorCache
 from i2m2_med.data.cohort import Cohort
 from i2m2_med.data.sample import image_sample
 from i2m2_med.errors import TransformError, UsageError
@@ -55,6 +56,9 @@ class SliceDataset(Dataset):
             random undersampling without a seed would be frozen by the cache, so the cache is
             off in that case.
         studies: optional explicit list of studies (of the cohort) instead of ``split``.
+        tensor_cache: optional :class:`~i2m2_med.data.cache.TensorCache` at ``image_size``: the
+            images then come from its memory-mapped entries (built on first use) instead of the
+            files, and the in-memory cache is not used. Ignored with ``undersample``.
 
     Picklable (DataLoader workers, spawn): the cache and the pipeline are not pickled; each
     process builds its own.
@@ -69,6 +73,7 @@ class SliceDataset(Dataset):
         undersample: Any = None,
         seed: int | None = None,
         studies: Sequence[Study] | None = None,
+        tensor_cache: TensorCache | None = None,
     ):
         if int(cache_size) < 0:
             raise UsageError("cache_size", f"must be >= 0, got {cache_size}")
@@ -78,7 +83,10 @@ class SliceDataset(Dataset):
         self.image_size = int(image_size)
         self.undersample = undersample
         self.seed = seed
-        self.cache_size = int(cache_size) if (undersample is None or seed is not None) else 0
+        if tensor_cache is not None and tensor_cache.image_size != self.image_size:
+            raise UsageError("tensor_cache", f"holds {tensor_cache.image_size} px images, the dataset needs {self.image_size}")
+        self.tensor_cache = tensor_cache if undersample is None else None
+        self.cache_size = int(cache_size) if (undersample is None or seed is not None) and self.tensor_cache is None else 0
         chosen = list(studies) if studies is not None else cohort.studies_in(split)
         self.studies: list[Study] = chosen
         self.labels = [np.asarray(cohort.labels[s.study_id], dtype=np.float32) for s in chosen]
@@ -152,7 +160,10 @@ class SliceDataset(Dataset):
     def _load(self, index: int) -> dict[str, Any]:
         s, k = (int(v) for v in self.items[index])
         study = self.studies[s]
-        sample = image_sample(study, k, self.pipeline)
+        if self.tensor_cache is not None:
+            sample = self.tensor_cache.sample(study, k)
+        else:
+            sample = image_sample(study, k, self.pipeline)
         present = sample["present"]
         sample["tabular"] = torch.from_numpy(self.tabular[s].copy())
         present["tabular"] = bool(self.tabular[s].size > 0)
