@@ -568,3 +568,45 @@ def test_metrics_table_reports_undefined_heads_and_empty_split():
     assert empty["study"]["mean_all"]["reason"] == "AUROC undefined for every head: empty test split: no studies to compute AUROC"
     no_ids = tables.metrics_table(y, p, n_boot=10)
     assert no_ids["study"] is None and "study ids" in no_ids["study_reason"]
+
+
+# ---- clustering by subject ------------------------------------------------------------------
+
+
+def test_two_studies_of_one_subject_are_always_resampled_together():
+    from i2m2_med.metrics.bootstrap import _Resampler
+
+    # 6 subjects, each with a PD and a PD-FS study of 3 slices: 36 slice rows
+    subjects = np.repeat([f"s{i}" for i in range(6)], 6)
+    studies = np.repeat([f"s{i}-{a}" for i in range(6) for a in ("pd", "pdfs")], 3)
+    y = np.zeros(36, dtype=bool)
+    y[[0, 7, 13, 20, 30]] = True
+    w = _Resampler(36, y, subjects, stratified=True).weights(np.random.default_rng(0), 500)
+    for s in np.unique(subjects):
+        rows = np.flatnonzero(subjects == s)
+        assert (w[:, rows] == w[:, rows[:1]]).all()  # every row of the subject: the same multiplicity
+    # by study, the two studies of a subject are drawn apart in some replicate
+    w_study = _Resampler(36, y, studies, stratified=True).weights(np.random.default_rng(0), 500)
+    assert (w_study[:, 0] != w_study[:, 3]).any()
+
+
+def test_metrics_table_clusters_both_levels_by_subject():
+    rng = np.random.default_rng(1)
+    ids, y, _ = make_cohort(rng, n_studies=12)
+    p = np.clip(0.3 + 0.2 * y + 0.5 * rng.random(y.shape), 0, 1)  # overlapping classes
+    subjects = np.array([f"subj{int(s[-2:]) // 2}" for s in ids])  # studies 2i and 2i+1: one knee
+    table = tables.metrics_table(y, p, ids, subject_ids=subjects, n_boot=200)
+    assert table["clusters"] == "subjects"
+    by_study = tables.metrics_table(y, p, ids, n_boot=200)
+    assert by_study["clusters"] == "studies"
+    # the point estimates do not depend on the clusters; the intervals do
+    for level in ("slice", "study"):
+        for head in HEADS:
+            a, b = table[level]["per_head"][head], by_study[level]["per_head"][head]
+            assert a["auroc"] == b["auroc"]
+    assert any(
+        table[level]["per_head"][h]["ci"] != by_study[level]["per_head"][h]["ci"]
+        for level in ("slice", "study") for h in HEADS if table[level]["per_head"][h]["ci"]
+    )
+    with pytest.raises(UsageError):
+        tables.metrics_table(y, p, ids, subject_ids=subjects[:-1], n_boot=50)

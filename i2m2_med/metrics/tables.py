@@ -196,6 +196,7 @@ def metrics_table(
     p: Any,
     study_ids: Any = None,
     *,
+    subject_ids: Any = None,
     heads: Sequence[str] = HEADS,
     rule: str = DEFAULT_AGGREGATION,
     k: int = DEFAULT_TOP_K,
@@ -208,17 +209,19 @@ def metrics_table(
 ) -> dict[str, Any]:
     """Slice- and study-level metrics of slice predictions ``p`` (N, H) for slice labels ``y`` (N, H).
 
-    ``study_ids`` (N,) groups slices into studies: slice-level CIs then resample whole studies,
-    and the study level aggregates with ``rule``/``k`` (:func:`aggregate_study`; a study is
-    positive when any of its slices is). Without ``study_ids`` the study level is None with a
-    reason. ``thresholds`` maps ``"slice"``/``"study"`` to per-head thresholds chosen on
+    ``study_ids`` (N,) groups slices into studies: the study level aggregates with ``rule``/``k``
+    (:func:`aggregate_study`; a study is positive when any of its slices is). Without
+    ``study_ids`` the study level is None with a reason. The bootstrap CIs of both levels resample
+    whole subjects when ``subject_ids`` (N,) is given (the PD and PD-FS studies of one knee are not
+    independent), else whole studies; ``clusters`` in the result says which. ``thresholds`` maps ``"slice"``/``"study"`` to per-head thresholds chosen on
     validation (:func:`choose_thresholds`).
 
     Returns a JSON-serialisable dict (no NaN, no inf)::
 
         {"heads": [...], "split": "test",
          "slice": level_metrics(...), "study": level_metrics(...) | None,
-         "study_reason": str | None, "aggregation": {"rule": ..., "k": ...}}
+         "study_reason": str | None, "aggregation": {"rule": ..., "k": ...},
+         "clusters": "subjects" | "studies" | "slices"}
     """
     thresholds = thresholds or {}
     y_arr, p_arr = _two_d(y, p, heads)
@@ -228,16 +231,26 @@ def metrics_table(
         "split": split,
         "aggregation": {"rule": rule, "k": k if rule == "mean_top_k" else None},
     }
-    groups = None if study_ids is None else np.asarray(study_ids)
+    ids = None if study_ids is None else np.asarray(study_ids)
+    subjects = None if subject_ids is None else np.asarray(subject_ids)
+    if subjects is not None and subjects.shape != (y_arr.shape[0],):
+        raise UsageError("subject_ids", f"must be (N,) like the labels, got {subjects.shape}")
+    groups = subjects if subjects is not None else ids
+    table["clusters"] = "subjects" if subjects is not None else ("studies" if ids is not None else "slices")
     table["slice"] = level_metrics(y_arr, p_arr, groups, thresholds=thresholds.get("slice"), unit="slices", **common)
-    if groups is None:
+    if ids is None:
         table["study"] = None
         table["study_reason"] = "no study ids given: study-level metrics need the study of each slice"
     else:
-        studies = study_level(groups, p_arr, y_arr, rule=rule, k=k)
+        studies = study_level(ids, p_arr, y_arr, rule=rule, k=k)
+        study_groups = None
+        if subjects is not None:
+            subject_of = dict(zip(ids.tolist(), subjects.tolist()))
+            study_groups = np.asarray([subject_of[s] for s in studies.study_ids.tolist()])
         table["study"] = level_metrics(
             studies.y if studies.y is not None else np.zeros((0, len(heads))),
             studies.p,
+            study_groups,
             thresholds=thresholds.get("study"),
             unit="studies",
             **common,
