@@ -5,15 +5,19 @@ from __future__ import annotations
 import os
 import shutil
 
+import numpy as np
+import pytest
 import torch
 from diagnose_inputs import write_h5, write_nifti
 
-from i2m2_med.data.cache import TensorCache
+from i2m2_med.data.cache import TensorCache, cache_then_drop
 from i2m2_med.data.cohort import load_cohort
 from i2m2_med.data.dataset import SliceDataset
 from i2m2_med.data.sample import image_sample
+from i2m2_med.errors import StudyReadError
 from i2m2_med.io.fastmri_h5 import read_fastmri_h5
 from i2m2_med.io.nifti import read_nifti
+from i2m2_med.synth import generate_cohort
 from i2m2_med.transforms.dictionary import build_modality_pipeline
 
 
@@ -79,3 +83,30 @@ def test_dataset_reads_the_cache_and_gives_the_same_items(tiny_cohort, tmp_path)
         assert a["study_id"] == b["study_id"] and a["index"] == b["index"]
     assert cache.built == len({cached.item(i)[0].study_id for i in (0, len(plain) // 2, len(plain) - 1)})
     shutil.rmtree(tmp_path / "cache")
+
+
+def test_a_cohort_generated_into_the_cache_keeps_its_studies_without_their_kspace(tmp_path):
+    full = tmp_path / "full"
+    generate_cohort(full, 4, seed=3, n_slices=8)
+    lean = tmp_path / "lean"
+    cache = TensorCache(tmp_path / "cache", 32, build_modality_pipeline(32))
+    kept = "synth3_0000"
+    generate_cohort(lean, 4, seed=3, n_slices=8, on_written=cache_then_drop(cache, keep=lambda sid: sid == kept))
+    assert sorted(p.stem for p in (lean / "h5").glob("*.h5")) == [kept]
+
+    reader = TensorCache(tmp_path / "cache", 32, build_modality_pipeline(32))
+    a = load_cohort(full)
+    b = load_cohort(lean, tensor_cache=reader)
+    assert [s.study_id for s in a.studies] == [s.study_id for s in b.studies]
+    assert a.split == b.split and a.subjects == b.subjects and a.tabular_names == b.tabular_names
+    for sid in a.labels:
+        np.testing.assert_array_equal(a.labels[sid], b.labels[sid])
+        np.testing.assert_array_equal(a.tabular[sid], b.tabular[sid])
+    pipe = build_modality_pipeline(32)
+    for study in b.studies:
+        twin = next(s for s in a.studies if s.study_id == study.study_id)
+        _same(reader.sample(study, 5), image_sample(twin, 5, pipe))
+    assert reader.built == 0
+    dropped = next(s for s in b.studies if s.study_id != kept)
+    with pytest.raises(StudyReadError, match="only the cached"):
+        dropped.read_slice(0)

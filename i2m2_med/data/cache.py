@@ -36,9 +36,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from i2m2_med.atomic import atomic_path, write_json
+from i2m2_med.atomic import atomic_path, json_safe, write_json
 from i2m2_med.data.sample import image_sample
-from i2m2_med.errors import UsageError
+from i2m2_med.errors import StudyReadError, UsageError
+from i2m2_med.io.fastmri_h5 import read_fastmri_h5
 from i2m2_med.io.study import IMAGE_MODALITIES, Study
 
 TRANSFORM_VERSION = 1
@@ -122,6 +123,7 @@ class TensorCache:
         self.pipeline = pipeline
         self.key = transform_key(image_size, **key_options)
         self._open: dict[str, CacheEntry] = {}
+        self._cache_only: dict[str, str] = {}
         self.built = 0
 
     def __getstate__(self) -> dict[str, Any]:
@@ -130,6 +132,9 @@ class TensorCache:
         return state
 
     def _paths(self, study: Study) -> tuple[Path, Path, str]:
+        kept = self._cache_only.get(study.study_id)
+        if kept is not None and not Path(study.source).exists():
+            return self.root / f"{kept}.npy", self.root / f"{kept}.json", kept[-16:]
         signature = source_signature(study)
         name = hashlib.sha256(study.study_id.encode("utf-8")).hexdigest()[:16]
         stem = f"{name}.{self.key}{signature}"
@@ -177,6 +182,13 @@ class TensorCache:
             "image_size": side,
             "n_slices": study.n_slices,
             "present": present.astype(int).tolist(),
+            "study": {
+                "format": study.format,
+                "domain": study.domain,
+                "modalities": list(study.modalities),
+                "patient_id": study.patient_id,
+                "tags": json_safe(study.tags),
+            },
         })
         self.built += 1
 
@@ -185,6 +197,38 @@ class TensorCache:
         if not 0 <= index < study.n_slices:
             raise IndexError(f"{study.source}: slice {index} out of range 0..{study.n_slices - 1}")
         return self.entry(study).sample(index)
+
+    def cached_studies(self) -> list[Study]:
+        """The studies of this folder's entries under this transform setting, as
+        :class:`~i2m2_med.io.study.Study` objects whose images come from the cache only: their
+        files need not exist (a cohort whose k-space was dropped after caching, see
+        :func:`cache_then_drop`). Reading their k-space raises :class:`StudyReadError`."""
+        out: list[Study] = []
+        if not self.root.is_dir():
+            return out
+        for meta_path in sorted(self.root.glob(f"*.{self.key}*.json")):
+            try:
+                meta = json.loads(meta_path.read_text(encoding="utf-8"))
+                info = meta["study"]
+                source = self.root / str(meta["source"])
+                study = Study(
+                    study_id=str(meta["study_id"]),
+                    source=source,
+                    format=info["format"],
+                    domain=info["domain"],
+                    n_slices=int(meta["n_slices"]),
+                    modalities=tuple(info["modalities"]),
+                    slice_reader=_DroppedReader(source),
+                    tags=dict(info["tags"]),
+                    patient_id=info["patient_id"],
+                )
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # not an entry of this project (or half a stale one): not a study
+            if not (meta_path.with_suffix(".npy")).is_file():
+                continue
+            self._cache_only[study.study_id] = meta_path.stem
+            out.append(study)
+        return out
 
     def prune(self, keep: list[Study]) -> int:
         """Delete the entries of this folder that none of ``keep`` would read under this
@@ -200,3 +244,33 @@ class TensorCache:
                     path.unlink()
                     removed += 1
         return removed
+
+
+class _DroppedReader:
+    """The slice reader of a study whose file was dropped after caching."""
+
+    def __init__(self, source: Path):
+        self.source = source
+
+    def __call__(self, index: int) -> dict[str, np.ndarray]:
+        raise StudyReadError(self.source, "only the cached model-resolution images of this study were kept, not its k-space")
+
+
+def cache_then_drop(cache: TensorCache, keep: Callable[[str], bool] = lambda study_id: False) -> Callable[[list[Path]], None]:
+    """A callback for :func:`i2m2_med.synth.generate_cohort`'s ``on_written``: cache each new
+    fastMRI file's images, then delete the file unless ``keep(study_id)``. A large synthetic
+    cohort then costs the disk its cached images (about 0.5 MB a volume at 64 px) instead of its
+    k-space (about 65 MB a volume); ``load_cohort(..., tensor_cache=cache)`` finds the dropped
+    studies in the cache."""
+
+    def on_written(paths: list[Path]) -> None:
+        for path in paths:
+            study = read_fastmri_h5(path)
+            try:
+                cache.entry(study)
+            finally:
+                study.close()
+            if not keep(study.study_id):
+                Path(path).unlink()
+
+    return on_written

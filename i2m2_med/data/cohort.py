@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from i2m2_med.data.cache import TensorCache
 from i2m2_med.data.layout import (
     CLINICAL_CSV,
     EPISODES_CSV,
@@ -162,6 +163,7 @@ def load_cohort(
     splits: str | os.PathLike | None = None,
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
+    tensor_cache: TensorCache | None = None,
 ) -> Cohort:
     """Find, label and split the studies under ``data_dir``.
 
@@ -173,6 +175,9 @@ def load_cohort(
         clinical: clinical CSV joined by study id; default ``DIR/tabular.csv`` when present.
         splits: split table; default ``DIR/splits.csv`` when present, else :func:`split_by_hash`.
         val_fraction, test_fraction: fractions of subjects for the hash split.
+        tensor_cache: a :class:`~i2m2_med.data.cache.TensorCache` whose cache-only studies (files
+            dropped after caching, :func:`~i2m2_med.data.cache.cache_then_drop`) join the studies
+            found in the folder; train with the same cache.
 
     Raises:
         UsageError: the folder does not exist, or no labelled study is found.
@@ -186,6 +191,10 @@ def load_cohort(
         raise UsageError(root, "no such data folder")
     found = discover(root)
     problems: list[tuple[str, str]] = [(str(p), r) for p, r in found.problems]
+    candidates = list(found.studies)
+    if tensor_cache is not None:
+        on_disk = {s.study_id for s in candidates}
+        candidates += [s for s in tensor_cache.cached_studies() if s.study_id not in on_disk]
 
     csv, listing = annotation_paths(root, labels)
     table = read_fastmri_plus(csv, listing) if csv is not None else None
@@ -193,7 +202,7 @@ def load_cohort(
 
     studies: list[Study] = []
     label_map: dict[str, np.ndarray] = {}
-    for study in _one_per_id(found.studies, problems):
+    for study in _one_per_id(candidates, problems):
         try:
             if table is not None:
                 lab = slice_labels(table, study.source if study.format == "fastmri_h5" else study.study_id, study.n_slices)

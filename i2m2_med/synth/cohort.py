@@ -198,6 +198,7 @@ def generate_cohort(
     *,
     n_slices: int | None = None,
     n_coils: int = N_COILS,
+    on_written: Callable[[list[Path]], None] | None = None,
 ) -> dict[str, Any]:
     """Generate ``n_volumes`` synthetic knee studies into ``out_dir`` and return the manifest.
 
@@ -206,7 +207,11 @@ def generate_cohort(
     k-space with ``n_coils`` coils and ``reconstruction_rss``; ``dicom`` / ``nifti``: also write
     magnitude + phase DICOM series / NIfTI volumes; ``workers``: processes (results do not
     depend on it); ``progress(done, total)``: called after each finished volume;
-    ``n_slices``: fixed slice count for quick tests (default: 30-46 drawn per subject).
+    ``n_slices``: fixed slice count for quick tests (default: 30-46 drawn per subject);
+    ``on_written(paths)``: called in this process with the h5 files of each subject as soon as
+    they are written (e.g. :func:`i2m2_med.data.cache.cache_then_drop`, which keeps a large
+    cohort's model-resolution images and drops its k-space, so the disk holds one subject's
+    volumes at a time).
 
     Files are written atomically; existing files of the same names are replaced. Raises
     :class:`UsageError` for bad arguments (nothing is written then).
@@ -222,6 +227,8 @@ def generate_cohort(
     if opts.workers == 1 or len(plans) == 1:
         for plan in plans:
             by_subject[plan.index] = _generate_and_write(plan, opts)
+            if on_written:
+                on_written([writers.h5_path(out, sid) for sid in plan.study_ids])
             done += len(plan.study_ids)
             if progress:
                 progress(done, opts.n_volumes)
@@ -234,6 +241,8 @@ def generate_cohort(
                 for fut in as_completed(futures):
                     plan = futures[fut]
                     by_subject[plan.index] = fut.result()
+                    if on_written:
+                        on_written([writers.h5_path(out, sid) for sid in plan.study_ids])
                     done += len(plan.study_ids)
                     if progress:
                         progress(done, opts.n_volumes)
