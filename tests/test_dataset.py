@@ -296,3 +296,22 @@ def test_class_and_sampler_weights_by_hand() -> None:
     assert s.shape == (4,) and abs(float(s.sum()) - 4.0) < 1e-9
     assert float(s[0]) > float(s[1])  # the rare ACL positive is drawn more often
     assert len(HEADS) == w.shape[0]
+
+
+def test_hard_case_weights_give_the_hard_slices_their_share():
+    from i2m2_med.data.sampling import hard_case_weights
+
+    hard = np.array([True, False, False, False, True, False, False, False, False, False])
+    w = hard_case_weights(hard, share=0.5).numpy()
+    assert w.sum() == pytest.approx(10.0)
+    assert w[hard].sum() / w.sum() == pytest.approx(0.5) and np.allclose(w[hard], 2.5)
+    assert np.allclose(w[~hard], 5.0 / 8)
+    assert np.allclose(hard_case_weights(np.zeros(4, bool)).numpy(), 1.0)  # a real cohort: uniform
+    assert np.allclose(hard_case_weights(np.ones(3, bool)).numpy(), 1.0)
+    with pytest.raises(UsageError):
+        hard_case_weights(hard, share=1.0)
+    # drawn by torch's sampler, the hard slices come up about half the time
+    sampler = torch.utils.data.WeightedRandomSampler(hard_case_weights(hard), 20000, replacement=True,
+                                                     generator=torch.Generator().manual_seed(0))
+    drawn = np.fromiter(iter(sampler), dtype=np.int64)
+    assert abs(hard[drawn].mean() - 0.5) < 0.02
