@@ -192,3 +192,32 @@ def test_training_refits_the_prior_on_validation_without_changing_slice_auroc(ti
         np.testing.assert_allclose(a[f"p_magnitude_{HEADS[0]}"], b[f"p_magnitude_{HEADS[0]}"], atol=1e-6)
     model, _ = load_checkpoint(tmp_path / "prior" / "model.safetensors")
     assert model.prior_offset.tolist() == pytest.approx([cal["offsets"][h] for h in HEADS], abs=1e-6)
+
+
+def test_study_map_recovers_a_known_platt_map_and_keeps_the_ranking():
+    from i2m2_med.metrics.calibration import apply_study_map, fit_study_map
+
+    rng = np.random.default_rng(0)
+    s = rng.uniform(0.02, 0.98, 4000)
+    logit = np.log(s / (1 - s))
+    y = rng.random(s.size) < 1 / (1 + np.exp(-(0.5 * logit - 1.0)))  # true map: slope 0.5, intercept -1
+    a, b, reason = fit_study_map(s, y, ridge=0.0)
+    assert reason is None and a == pytest.approx(0.5, abs=0.08) and b == pytest.approx(-1.0, abs=0.1)
+    p = apply_study_map(s, a, b)
+    assert (np.argsort(p, kind="stable") == np.argsort(s, kind="stable")).all()  # monotone: AUROC unchanged
+    # a head with one class keeps the identity and says why
+    a1, b1, why = fit_study_map(s[:10], np.zeros(10))
+    assert (a1, b1) == (1.0, 0.0) and "one class only" in why
+    np.testing.assert_allclose(apply_study_map(s[:5], 1.0, 0.0), s[:5], rtol=1e-9, atol=1e-9)
+
+
+def test_study_calibration_lowers_the_validation_ece_of_an_overconfident_score():
+    from i2m2_med.metrics.calibration import fit_study_calibration
+
+    rng = np.random.default_rng(1)
+    y = rng.random((300, 4)) < 0.2
+    s = np.clip(np.where(y, 0.75, 0.45) + rng.normal(0, 0.12, y.shape), 0.01, 0.99)  # ranks well, p far too high
+    params, report = fit_study_calibration(s, y)
+    assert params.shape == (4, 2)
+    for head in report["per_head"].values():
+        assert head["fitted"] and head["ece_after"] < head["ece_before"] / 2
