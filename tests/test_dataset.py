@@ -315,3 +315,15 @@ def test_hard_case_weights_give_the_hard_slices_their_share():
                                                      generator=torch.Generator().manual_seed(0))
     drawn = np.fromiter(iter(sampler), dtype=np.int64)
     assert abs(hard[drawn].mean() - 0.5) < 0.02
+
+
+def test_split_problems_name_an_empty_head_before_training(tiny_cohort):
+    cohort = load_cohort(tiny_cohort)
+    problems = cohort.split_problems()
+    # 6 volumes: a split of one or two studies cannot hold both classes of every head
+    assert problems and all(" split" in p for p in problems)
+    test_ids = [s.study_id for s in cohort.studies_in("test")]
+    for sid in test_ids:  # make the test split negative for ACL
+        cohort.labels[sid][:, 0] = 0.0
+    assert any(p.startswith("acl: no positive study in the test split") for p in cohort.split_problems())
+    assert not any(p.startswith("acl:") for p in cohort.split_problems(heads=("mtear",)))

@@ -87,6 +87,28 @@ class Cohort:
     def n_slices(self, split: str | None = None) -> int:
         return sum(s.n_slices for s in self.studies_in(split))
 
+    def split_problems(self, heads: Sequence[str] = HEADS) -> list[str]:
+        """What makes this cohort's split unfit for training and evaluation, in words, found
+        before any training: an empty split, and per head a split with no positive study or no
+        negative one (its AUROC, early stopping or calibration would be undefined). Empty when
+        the split is fit. Checked on studies (a study is positive when any slice is)."""
+        problems: list[str] = []
+        for name in SPLITS:
+            studies = self.studies_in(name)
+            if not studies:
+                problems.append(f"the {name} split has no study")
+                continue
+            positive = np.stack([(self.labels[s.study_id] > 0.5).any(axis=0) for s in studies])
+            for h, head in enumerate(HEADS):
+                if head not in heads:
+                    continue
+                n_pos = int(positive[:, h].sum())
+                if n_pos == 0:
+                    problems.append(f"{head}: no positive study in the {name} split ({len(studies)} studies)")
+                elif n_pos == len(studies):
+                    problems.append(f"{head}: no negative study in the {name} split ({len(studies)} studies)")
+        return problems
+
     def summary(self) -> dict[str, Any]:
         """JSON-ready counts per split: studies, subjects, slices and positive slices per head."""
         out: dict[str, Any] = {
