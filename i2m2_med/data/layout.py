@@ -9,6 +9,8 @@
     DIR/manifest.json        what the synthetic generator wrote (optional; learnable ceilings)
     DIR/episodes.csv         the synthetic generator's episodes (optional; where each head's
                              anatomy is in view, for the in-view AUROC)
+    DIR/.i2m2_cache/         the model-resolution images of the studies (:mod:`.cache`); a dot
+                             folder, so discovery never walks it
 
 Training, ``diagnose``, ``inspect`` and the app all read these names from here.
 """
@@ -29,6 +31,7 @@ CLINICAL_CSV = "tabular.csv"
 SPLITS_CSV = "splits.csv"
 MANIFEST_JSON = "manifest.json"
 EPISODES_CSV = "episodes.csv"
+TENSOR_CACHE_DIR = ".i2m2_cache"
 
 
 def annotation_paths(root: Path, labels: str | os.PathLike | None) -> tuple[Path | None, Path | None]:
