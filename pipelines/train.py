@@ -23,27 +23,38 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+LEVELS = ("in_view", "study", "slice")
+"""Primary first: the in-view AUROC (findings against their mimics) and the study level; the
+slice level, which the slice position alone mostly explains, last."""
+
+
 def summary_table(metrics: Mapping[str, Any], title: str | None = None) -> Any:
-    """A rich Table of AUROC per split, model (combined and each expert) and level (slice /
-    study): ``mean3`` over ACL/MTEAR/CART, ``mean4`` over all heads, then each head."""
+    """A rich Table of AUROC per split, model (combined, each expert and the position-only
+    baseline) and level (in view, study, slice): ``mean3`` over ACL/MTEAR/CART, ``mean4`` over all
+    heads, then each head."""
     from rich.table import Table
 
     table = Table(
         title=title or f"{metrics.get('variant')}: AUROC of p(y=1)",
-        caption="mean3: mean over ACL/MTEAR/CART; mean4: over all four heads; -: undefined (one class only)",
+        caption="in view: findings against their mimics (synthetic cohorts); position only: the training "
+        "positive rate at the slice's relative position. mean3: ACL/MTEAR/CART; mean4: all four heads; "
+        "-: undefined (one class only)",
     )
-    for col in ("split", "model", "level"):
+    for col in ("split", "level", "model"):
         table.add_column(col, no_wrap=True)
     for col in ("mean3", "mean4", *HEADS):
         table.add_column(col, justify="right", no_wrap=True)
     for split in ("val", "test"):
         block = metrics.get(split) or {}
-        for name, levels in (block.get("summary") or {}).items():
-            for level in ("slice", "study"):
-                row = (levels or {}).get(level) or {}
+        summary = block.get("summary") or {}
+        for level in LEVELS:
+            for name, levels in summary.items():
+                row = (levels or {}).get(level)
+                if row is None:
+                    continue
                 table.add_row(
-                    split, name, level, _fmt(row.get("mean_pathologies")), _fmt(row.get("mean_all")),
-                    *(_fmt(row.get(h)) for h in HEADS),
+                    split, level.replace("_", " "), "position only" if name == "position_baseline" else name,
+                    _fmt(row.get("mean_pathologies")), _fmt(row.get("mean_all")), *(_fmt(row.get(h)) for h in HEADS),
                 )
     return table
 

@@ -123,8 +123,13 @@ def test_every_variant_trains_and_writes_its_metrics(variant: str, tiny_cohort: 
     assert on_disk["experts"] == experts
     for split in ("val", "test"):
         block = on_disk[split]
-        assert set(block["summary"]) == {"combined", *experts}
+        assert set(block["summary"]) == {"combined", "position_baseline", *experts}
         assert set(block["experts"]) == set(experts)
+        # beside every model number, what the slice position alone gives (fitted on train)
+        baseline = block["position_baseline"]
+        assert baseline["clusters"] == "subjects" == block["combined"]["clusters"]
+        assert baseline["slice"]["n"] == block["combined"]["slice"]["n"]
+        assert set(baseline["in_view"]["per_head"]) == set(HEADS)
         for name, levels in block["summary"].items():
             for level in ("slice", "study", "in_view"):
                 row = levels[level]

@@ -60,6 +60,7 @@ from i2m2_med.training.results import (
     _write_predictions,
     oracle_from_manifest,
     oracle_mean_pathologies,
+    position_prior_of,
     predict_dataset,
     prediction_metrics,
 )
@@ -284,6 +285,8 @@ def train(
     calibration = _refit_prior(model, cfg, dm, eval_batch, device)
     splits_out: dict[str, Any] = {}
     predictions: dict[str, Any] = {}
+    position_prior = position_prior_of(dm.datasets["train"]) if len(dm.datasets["train"]) else None
+    n_slices = {s.study_id: s.n_slices for s in dm.cohort.studies}
     for split in ("val", "test"):
         ds = dm.datasets[split]
         if len(ds) == 0:
@@ -292,7 +295,8 @@ def train(
         pred = predict_dataset(model, ds, batch_size=eval_batch, num_workers=0, device=device)
         predictions[split] = pred
         splits_out[split] = prediction_metrics(
-            pred, split, cfg.training.aggregation, n_boot=n_boot, seed=seed, in_view=dm.cohort.in_view
+            pred, split, cfg.training.aggregation, n_boot=n_boot, seed=seed, in_view=dm.cohort.in_view,
+            subjects=dm.cohort.subjects, position_prior=position_prior, n_slices=n_slices,
         )
     model = model.cpu()
     if calibration.get("offsets") is not None:

@@ -23,6 +23,11 @@ from i2m2_med.data.cohort import in_view_rows
 from i2m2_med.data.dataset import SliceDataset, collate_samples
 from i2m2_med.heads import HEADS, PATHOLOGY_HEADS
 from i2m2_med.metrics.aggregation import aggregation_rule
+from i2m2_med.metrics.baselines import (
+    fit_position_prior,
+    position_scores,
+    relative_position,
+)
 from i2m2_med.metrics.tables import in_view_metrics, metrics_table
 from i2m2_med.models import I2M2Model
 
@@ -218,6 +223,18 @@ def predict_dataset(
     }
 
 
+def position_prior_of(dataset: SliceDataset) -> np.ndarray:
+    """The position-only baseline fitted on a (training) dataset's slices: (n_bins, 4) positive
+    rates by relative slice position (:func:`i2m2_med.metrics.baselines.fit_position_prior`)."""
+    study, k = dataset.items[:, 0], dataset.items[:, 1]
+    n = np.asarray([dataset.studies[int(i)].n_slices for i in study], dtype=np.int64)
+    return fit_position_prior(relative_position(k, n), dataset.label_matrix())
+
+
+BASELINE = "position_baseline"
+"""The name of the position-only baseline among a split's summaries."""
+
+
 def _summary_of(table: dict[str, Any]) -> dict[str, Any]:
     """{level: {head: auroc, mean_pathologies, mean_all}} of a metrics_table."""
     out: dict[str, Any] = {}
@@ -244,6 +261,9 @@ def prediction_metrics(
     n_boot: int = 1000,
     seed: int = 0,
     in_view: Mapping[str, np.ndarray] | None = None,
+    subjects: Mapping[str, str] | None = None,
+    position_prior: np.ndarray | None = None,
+    n_slices: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """Slice- and study-level metrics (:func:`i2m2_med.metrics.tables.metrics_table`) of the
     combined prediction and of every expert, from :func:`predict_dataset` output.
@@ -251,9 +271,15 @@ def prediction_metrics(
     ``in_view`` (study id -> (S, 4) bool, :attr:`i2m2_med.data.cohort.Cohort.in_view`) adds the
     level ``"in_view"``: each head scored only on the slices where its anatomy is in view
     (:func:`i2m2_med.metrics.tables.in_view_metrics`), i.e. findings against their mimics.
+    ``subjects`` (study id -> subject id) makes every bootstrap resample whole subjects (the PD
+    and PD-FS studies of a knee together); without it, whole studies. ``position_prior``
+    ((n_bins, 4), :func:`i2m2_med.metrics.baselines.fit_position_prior` on the training split)
+    with ``n_slices`` (study id -> slices) adds ``"position_baseline"``: the same tables for the
+    score that knows only the slice's relative position.
 
-    Returns ``{"combined": table, "experts": {name: table}, "summary": {name: {...}}}``; an
-    expert that did not count for some slices is scored on the others (``n`` says how many).
+    Returns ``{"combined": table, "experts": {name: table}, "position_baseline": table | None,
+    "summary": {name: {...}}}`` (the baseline's summary under ``"position_baseline"``); an expert
+    that did not count for some slices is scored on the others (``n`` says how many).
     """
     rule_name, k = aggregation_rule(rule)
     y = np.asarray(pred["labels"], dtype=np.float64)
@@ -261,18 +287,26 @@ def prediction_metrics(
     view = None
     if in_view is not None and len(ids) and all(sid in in_view for sid in ids):
         view = in_view_rows(in_view, ids, pred["slice"])
-    out: dict[str, Any] = {"combined": None, "experts": {}, "summary": {}}
-    for name, p in pred["p"].items():
+    clusters = ids if subjects is None else np.asarray([subjects[s] for s in ids.tolist()])
+    scores: dict[str, np.ndarray] = dict(pred["p"])
+    if position_prior is not None and n_slices is not None and len(ids):
+        position = relative_position(pred["slice"], [n_slices[s] for s in ids.tolist()])
+        scores[BASELINE] = position_scores(position_prior, position)
+    out: dict[str, Any] = {"combined": None, "experts": {}, "position_baseline": None, "summary": {}}
+    for name, p in scores.items():
         ok = np.isfinite(p).all(axis=1) & np.isfinite(y).all(axis=1)
         table = metrics_table(
-            y[ok], np.clip(p[ok], 0.0, 1.0), ids[ok], rule=rule_name, k=k, split=split, n_boot=n_boot, seed=seed
+            y[ok], np.clip(p[ok], 0.0, 1.0), ids[ok], subject_ids=clusters[ok] if subjects is not None else None,
+            rule=rule_name, k=k, split=split, n_boot=n_boot, seed=seed,
         )
         if view is not None:
             table["in_view"] = in_view_metrics(
-                y[ok], np.clip(p[ok], 0.0, 1.0), view[ok], ids[ok], split=split, n_boot=n_boot, seed=seed
+                y[ok], np.clip(p[ok], 0.0, 1.0), view[ok], clusters[ok], split=split, n_boot=n_boot, seed=seed
             )
         if name == "combined":
             out["combined"] = table
+        elif name == BASELINE:
+            out["position_baseline"] = table
         else:
             out["experts"][name] = table
         out["summary"][name] = _summary_of(table)
