@@ -35,7 +35,7 @@ def test_paper_config_is_the_reference():
     assert (o.tabular.lr, o.tabular.weight_decay) == (1e-3, 1e-2)
     t = c.training
     assert t.batch_size == 16
-    assert (t.early_stopping.patience, t.early_stopping.monitor, t.early_stopping.mode) == (5, "val_auroc_mean", "max")
+    assert (t.early_stopping.patience, t.early_stopping.monitor, t.early_stopping.mode) == (5, "val_selection", "max")
 
 
 def test_cpu_config_is_compact_with_the_same_structure():

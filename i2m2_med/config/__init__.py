@@ -159,9 +159,10 @@ class OptimConfig(_Strict):
 
 
 class EarlyStoppingConfig(_Strict):
-    monitor: str = "val_auroc_mean"
-    """Name of the logged metric; ``val_auroc_mean`` is the mean slice-level validation AUROC over
-    the four heads of the combined (product) prediction."""
+    monitor: str = "val_selection"
+    """Name of the logged metric; ``val_selection`` is what chooses the best epoch: the combined
+    in-view validation AUROC on a cohort with episodes (findings against their mimics), else the
+    mean slice-level validation AUROC over the four heads (``val_auroc_mean``)."""
     mode: Literal["max", "min"] = "max"
     patience: int = Field(5, ge=0)
 
@@ -198,6 +199,17 @@ class TrainingConfig(_Strict):
     training learns; slice-level AUROC is unchanged. ``none``: leave the product as trained."""
     aggregation: str = "top3_mean"
     """Slice -> study rule, one of :data:`i2m2_med.metrics.aggregation.CONFIG_RULES`."""
+    sampling: Literal["uniform", "hard_cases"] = "uniform"
+    """``hard_cases``: the training draws give the slices inside a finding's or a mimic's episode
+    ``hard_share`` of the draws (:func:`i2m2_med.data.sampling.hard_case_weights`; uniform on a
+    cohort without episodes)."""
+    hard_share: float = Field(0.5, gt=0.0, lt=1.0)
+    epoch_slices: int | None = Field(None, ge=1)
+    """Training slices drawn per epoch (with replacement when weighted); all of them when unset."""
+    tensor_cache: bool = False
+    """Read the model-resolution images from the cohort's tensor cache (``DIR/.i2m2_cache``,
+    :mod:`i2m2_med.data.cache`; built on first use), and find the studies whose k-space was
+    dropped after caching there."""
     num_workers: int = Field(0, ge=0)
     cache_size: int = Field(512, ge=0)
     """Slices kept in memory by the data loader (per worker); bounds memory independently of the

@@ -12,7 +12,7 @@ from i2m2_med.errors import UndefinedMetricError, UsageError
 from i2m2_med.heads import HEADS, PATHOLOGY_HEADS
 from i2m2_med.metrics.aggregation import DEFAULT_AGGREGATION, DEFAULT_TOP_K, study_level
 from i2m2_med.metrics.bootstrap import bootstrap_auroc_ci, bootstrap_mean_auroc_ci
-from i2m2_med.metrics.calibration import expected_calibration_error, reliability_curve
+from i2m2_med.metrics.calibration import apply_study_map, expected_calibration_error, reliability_curve
 from i2m2_med.metrics.ranking import _binary, _probabilities, _two_d, auroc_result
 from i2m2_med.metrics.thresholds import sens_spec
 
@@ -197,6 +197,7 @@ def metrics_table(
     study_ids: Any = None,
     *,
     subject_ids: Any = None,
+    study_calibration: Any = None,
     heads: Sequence[str] = HEADS,
     rule: str = DEFAULT_AGGREGATION,
     k: int = DEFAULT_TOP_K,
@@ -213,7 +214,11 @@ def metrics_table(
     (:func:`aggregate_study`; a study is positive when any of its slices is). Without
     ``study_ids`` the study level is None with a reason. The bootstrap CIs of both levels resample
     whole subjects when ``subject_ids`` (N,) is given (the PD and PD-FS studies of one knee are not
-    independent), else whole studies; ``clusters`` in the result says which. ``thresholds`` maps ``"slice"``/``"study"`` to per-head thresholds chosen on
+    independent), else whole studies; ``clusters`` in the result says which.
+    ``study_calibration`` ((H, 2) slope and intercept per head,
+    :func:`~i2m2_med.metrics.calibration.fit_study_calibration`) maps the aggregated study scores
+    to calibrated probabilities before the study level is measured: its AUROC is unchanged (the
+    map is monotone), its calibration error and thresholds are those of the calibrated p. ``thresholds`` maps ``"slice"``/``"study"`` to per-head thresholds chosen on
     validation (:func:`choose_thresholds`).
 
     Returns a JSON-serialisable dict (no NaN, no inf)::
@@ -243,17 +248,22 @@ def metrics_table(
         table["study_reason"] = "no study ids given: study-level metrics need the study of each slice"
     else:
         studies = study_level(ids, p_arr, y_arr, rule=rule, k=k)
+        study_p = studies.p
+        if study_calibration is not None:
+            params = np.asarray(study_calibration, dtype=np.float64)
+            study_p = apply_study_map(study_p, params[:, 0], params[:, 1])
         study_groups = None
         if subjects is not None:
             subject_of = dict(zip(ids.tolist(), subjects.tolist()))
             study_groups = np.asarray([subject_of[s] for s in studies.study_ids.tolist()])
         table["study"] = level_metrics(
             studies.y if studies.y is not None else np.zeros((0, len(heads))),
-            studies.p,
+            study_p,
             study_groups,
             thresholds=thresholds.get("study"),
             unit="studies",
             **common,
         )
         table["study_reason"] = None
+        table["study_calibrated"] = study_calibration is not None
     return table

@@ -7,15 +7,22 @@ from __future__ import annotations
 import os
 from typing import Mapping
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
 
 from i2m2_med.config import Config
-from i2m2_med.data.cohort import Cohort, load_cohort
+from i2m2_med.data.cache import TensorCache
+from i2m2_med.data.cohort import Cohort, in_view_rows, load_cohort
 from i2m2_med.data.dataset import SliceDataset, collate_samples
-from i2m2_med.data.sampling import class_weights, positive_fraction, sampler_weights
+from i2m2_med.data.sampling import (
+    class_weights,
+    hard_case_weights,
+    positive_fraction,
+    sampler_weights,
+)
 from i2m2_med.errors import UsageError
 
 
@@ -32,8 +39,12 @@ class I2M2DataModule(pl.LightningDataModule):
     ``class_weights`` (``[4, 2]`` or None) is for the loss, computed from the training labels when
     ``training.class_weighting`` is ``loss`` or ``both``; the training loader draws with a
     :class:`~torch.utils.data.WeightedRandomSampler` (:func:`~i2m2_med.data.sampling.sampler_weights`,
-    with replacement, one epoch = as many draws as training slices) when it is ``sampler`` or
-    ``both``, and shuffles otherwise.
+    with replacement) when it is ``sampler`` or ``both``; with ``training.sampling: hard_cases``
+    the draws are also weighted by :func:`~i2m2_med.data.sampling.hard_case_weights` (the slices
+    inside a finding's or a mimic's episode get ``training.hard_share`` of them); otherwise it
+    shuffles. An epoch is ``training.epoch_slices`` draws (all training slices when unset).
+    ``tensor_cache``: the images come from this :class:`~i2m2_med.data.cache.TensorCache`
+    (and its cache-only studies join the cohort).
     """
 
     def __init__(
@@ -49,6 +60,7 @@ class I2M2DataModule(pl.LightningDataModule):
         clinical: str | os.PathLike | None = None,
         splits: str | os.PathLike | None = None,
         datasets: Mapping[str, SliceDataset] | None = None,
+        tensor_cache: TensorCache | None = None,
     ):
         super().__init__()
         if cohort is None:
@@ -61,6 +73,7 @@ class I2M2DataModule(pl.LightningDataModule):
                 splits=splits,
                 val_fraction=config.training.val_fraction,
                 test_fraction=config.training.test_fraction,
+                tensor_cache=tensor_cache,
             )
         self.cohort = cohort
         self.config = config
@@ -72,7 +85,8 @@ class I2M2DataModule(pl.LightningDataModule):
         if self.batch_size < 1 or self.num_workers < 0 or self.cache_size < 0:
             raise UsageError("I2M2DataModule", "batch_size must be >= 1, num_workers and cache_size >= 0")
         self.datasets: dict[str, SliceDataset] = {
-            name: SliceDataset(cohort, name, image_size=config.image_size, cache_size=self.cache_size)
+            name: SliceDataset(cohort, name, image_size=config.image_size, cache_size=self.cache_size,
+                               tensor_cache=tensor_cache)
             for name in ("train", "val", "test") if datasets is None or name not in datasets
         }
         if datasets is not None:  # shared across runs (e.g. an ablation grid): their caches are reused
@@ -88,7 +102,22 @@ class I2M2DataModule(pl.LightningDataModule):
         weighting = t.class_weighting
         self.class_weights: Tensor | None = class_weights(train_labels) if weighting in ("loss", "both") else None
         self.sample_weights: Tensor | None = sampler_weights(train_labels) if weighting in ("sampler", "both") else None
+        self.hard_slices: np.ndarray | None = None
+        if t.sampling == "hard_cases":
+            self.hard_slices = self.in_view_of("train").any(axis=1) if cohort.in_view is not None else None
+            if self.hard_slices is not None:
+                hard = hard_case_weights(self.hard_slices, t.hard_share)
+                self.sample_weights = hard if self.sample_weights is None else self.sample_weights * hard
+        self.epoch_slices = int(t.epoch_slices) if t.epoch_slices else len(self.datasets["train"])
         self.train_positive_fraction = positive_fraction(train_labels)
+
+    def in_view_of(self, split: str) -> np.ndarray | None:
+        """(N, 4) bool: the in-view rows of a split's slices (None without ``episodes.csv``)."""
+        if self.cohort.in_view is None:
+            return None
+        ds = self.datasets[split]
+        ids = [ds.studies[int(i)].study_id for i in ds.items[:, 0]]
+        return in_view_rows(self.cohort.in_view, ids, ds.items[:, 1])
 
     @property
     def n_tabular(self) -> int:
@@ -99,7 +128,10 @@ class I2M2DataModule(pl.LightningDataModule):
         sampler = None
         shuffle = False
         if train and self.sample_weights is not None:
-            sampler = WeightedRandomSampler(self.sample_weights, num_samples=len(dataset), replacement=True, generator=generator)
+            sampler = WeightedRandomSampler(self.sample_weights, num_samples=self.epoch_slices, replacement=True, generator=generator)
+        elif train and self.epoch_slices != len(dataset):
+            sampler = RandomSampler(dataset, replacement=self.epoch_slices > len(dataset), num_samples=self.epoch_slices,
+                                    generator=generator)
         elif train:
             shuffle = True
         return DataLoader(

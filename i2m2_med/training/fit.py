@@ -40,8 +40,10 @@ from pytorch_lightning.strategies import StrategyRegistry
 from i2m2_med.atomic import json_safe, write_json, write_text
 from i2m2_med.checkpoint import save_checkpoint
 from i2m2_med.config import Config
+from i2m2_med.data.cache import TensorCache
 from i2m2_med.data.cohort import Cohort, data_fingerprint
 from i2m2_med.data.dataset import SliceDataset
+from i2m2_med.data.layout import TENSOR_CACHE_DIR
 from i2m2_med.errors import UsageError
 from i2m2_med.heads import HEADS
 from i2m2_med.metrics.aggregation import aggregation_rule
@@ -63,7 +65,9 @@ from i2m2_med.training.results import (
     position_prior_of,
     predict_dataset,
     prediction_metrics,
+    study_calibration_of,
 )
+from i2m2_med.transforms.dictionary import build_modality_pipeline
 
 __all__ = ["ACCELERATORS", "TrainResult", "TrainerOptions", "resolve_config", "train"]
 
@@ -231,6 +235,10 @@ def train(
     if out.exists() and not out.is_dir():
         raise UsageError(out, "the run folder is a file")
     data_dir = Path(data_dir)
+    tensor_cache = None
+    if cfg.training.tensor_cache:
+        pipeline = build_modality_pipeline(cfg.image_size)
+        tensor_cache = TensorCache(data_dir / TENSOR_CACHE_DIR, cfg.image_size, pipeline)
 
     pl.seed_everything(int(seed), workers=True, verbose=False)
     dm = I2M2DataModule(
@@ -245,11 +253,13 @@ def train(
         clinical=clinical,
         splits=splits,
         datasets=datasets,
+        tensor_cache=tensor_cache,
     )
+    val_in_view = dm.in_view_of("val")
     model = build_model(variant, cfg, dm.n_tabular)
     if model.prior is not None and cfg.training.class_weighting == "none":
         model.prior.set_frequencies(torch.as_tensor(dm.train_positive_fraction, dtype=torch.float32))
-    n_train_batches = max(1, math.ceil(len(dm.datasets["train"]) / dm.batch_size))
+    n_train_batches = max(1, math.ceil(dm.epoch_slices / dm.batch_size))
     out.mkdir(parents=True, exist_ok=True)
 
     t_start = time.perf_counter()
@@ -266,7 +276,8 @@ def train(
             stages.append(_stage_record("experts", module, trainer, time.perf_counter() - t0))
             model = module.model
         module = I2M2Module(model, cfg, dm.class_weights, objective="product",
-                            lr_scale=cfg.training.finetune_lr_scale if cfg.training.warm_start else 1.0)
+                            lr_scale=cfg.training.finetune_lr_scale if cfg.training.warm_start else 1.0,
+                            val_in_view=val_in_view)
         trainer = _trainer(out, cfg, options, stage="product", max_epochs=cfg.training.max_epochs, early_stopping=True,
                            n_train_batches=n_train_batches)
         t0 = time.perf_counter()
@@ -292,11 +303,13 @@ def train(
         if len(ds) == 0:
             splits_out[split] = None
             continue
-        pred = predict_dataset(model, ds, batch_size=eval_batch, num_workers=0, device=device)
-        predictions[split] = pred
+        predictions[split] = predict_dataset(model, ds, batch_size=eval_batch, num_workers=0, device=device)
+    study_map, calibration["study"] = study_calibration_of(predictions.get("val"), cfg.training.aggregation)
+    for split, pred in predictions.items():
         splits_out[split] = prediction_metrics(
             pred, split, cfg.training.aggregation, n_boot=n_boot, seed=seed, in_view=dm.cohort.in_view,
             subjects=dm.cohort.subjects, position_prior=position_prior, n_slices=n_slices,
+            study_calibration=study_map,
         )
     model = model.cpu()
     if calibration.get("offsets") is not None:

@@ -89,9 +89,16 @@ class I2M2Module(pl.LightningModule):
         max_epochs: horizon of the cosine schedule (default ``config.training.max_epochs``).
         lr_scale: multiplies every parameter group's learning rate (the fine-tuning stage of the
             warm start uses ``config.training.finetune_lr_scale``).
+        val_in_view: (N_val, 4) bool, the validation slices where each head's anatomy is in view
+            (row i: item i of the validation dataset). With it the best epoch and early stopping
+            follow the combined in-view AUROC (findings against their mimics, mean over the heads
+            where it is defined) instead of the slice AUROC, which the slice position alone
+            mostly explains.
 
     Logged: ``train_loss`` (step and epoch), ``val_auroc_mean``, ``val_auroc_<head>``,
-    ``val_auroc_mean_<expert>``, ``best_val_auroc_mean``, ``best_epoch``. ``history`` holds one
+    ``val_auroc_mean_<expert>``, ``val_in_view_auroc_mean`` (with ``val_in_view``),
+    ``val_selection`` (what chooses the best epoch and stops early), ``best_val_auroc_mean`` (the
+    best ``val_selection``), ``best_epoch``. ``history`` holds one
     dict per validation epoch; ``best_state`` the best epoch's weights (CPU copies).
     """
 
@@ -103,6 +110,7 @@ class I2M2Module(pl.LightningModule):
         objective: str = "product",
         max_epochs: int | None = None,
         lr_scale: float = 1.0,
+        val_in_view: np.ndarray | None = None,
     ):
         super().__init__()
         if objective not in OBJECTIVES:
@@ -112,6 +120,7 @@ class I2M2Module(pl.LightningModule):
         self.objective = objective
         self.max_epochs = int(max_epochs or config.training.max_epochs)
         self.lr_scale = float(lr_scale)
+        self.val_in_view = None if val_in_view is None else np.asarray(val_in_view, dtype=bool)
         self.register_buffer("class_weights", class_weights.float() if class_weights is not None else None, persistent=False)
         self.term_names: list[str] = list(model.expert_names)
         self.history: list[dict[str, Any]] = []
@@ -188,7 +197,7 @@ class I2M2Module(pl.LightningModule):
         out = self.model(batch)
         self._val.append((self._probabilities(out).detach(), batch["labels"].detach().float(), batch["index"].detach()))
 
-    def _gathered(self) -> tuple[np.ndarray, np.ndarray]:
+    def _gathered(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self._val:
             p = torch.cat([v[0] for v in self._val])
             y = torch.cat([v[1] for v in self._val])
@@ -202,24 +211,39 @@ class I2M2Module(pl.LightningModule):
             y = self.all_gather(y).reshape(-1, y.shape[-1])
             idx = self.all_gather(idx).reshape(-1)
         idx_np = idx.cpu().numpy()
-        _, first = np.unique(idx_np, return_index=True)  # the distributed sampler pads with repeats
-        return p.cpu().numpy()[first], y.cpu().numpy()[first]
+        index, first = np.unique(idx_np, return_index=True)  # the distributed sampler pads with repeats
+        return p.cpu().numpy()[first], y.cpu().numpy()[first], index
 
     def on_validation_epoch_end(self) -> None:
-        p, y = self._gathered()
+        p, y, index = self._gathered()
         self._val = []
         all_heads = range(len(HEADS))
         mean, per_head = _mean_auroc(y, p[:, 0], all_heads)
         score = 0.5 if mean is None else mean
+        in_view_mean = None
+        if self.val_in_view is not None and len(index):
+            view = self.val_in_view[index]
+            per_view = [
+                auroc_result(y[view[:, h], h] > 0.5, p[view[:, h], 0, h]).value if view[:, h].any() else None
+                for h in all_heads
+            ]
+            defined = [v for v in per_view if v is not None]
+            in_view_mean = float(np.mean(defined)) if defined else None
+            score = 0.5 if in_view_mean is None else in_view_mean
         record: dict[str, Any] = {
             "epoch": int(self.current_epoch),
             "objective": self.objective,
             "train_loss": (self._loss_sum / self._loss_n) if self._loss_n else None,
             "val_auroc_mean": mean,
             "val_auroc": dict(zip(HEADS, per_head)),
+            "val_in_view_auroc_mean": in_view_mean,
+            "val_selection": score,
             "experts": {},
         }
-        self.log("val_auroc_mean", score, prog_bar=True, sync_dist=True)
+        self.log("val_auroc_mean", 0.5 if mean is None else mean, prog_bar=True, sync_dist=True)
+        self.log("val_selection", score, sync_dist=True)
+        if in_view_mean is not None:
+            self.log("val_in_view_auroc_mean", in_view_mean, prog_bar=True, sync_dist=True)
         for head, value in zip(HEADS, per_head):
             if value is not None:
                 self.log(f"val_auroc_{head}", value, sync_dist=True)

@@ -22,12 +22,13 @@ from i2m2_med.atomic import atomic_path, json_safe
 from i2m2_med.data.cohort import in_view_rows
 from i2m2_med.data.dataset import SliceDataset, collate_samples
 from i2m2_med.heads import HEADS, PATHOLOGY_HEADS
-from i2m2_med.metrics.aggregation import aggregation_rule
+from i2m2_med.metrics.aggregation import aggregation_rule, study_level
 from i2m2_med.metrics.baselines import (
     fit_position_prior,
     position_scores,
     relative_position,
 )
+from i2m2_med.metrics.calibration import fit_study_calibration
 from i2m2_med.metrics.tables import in_view_metrics, metrics_table
 from i2m2_med.models import I2M2Model
 
@@ -231,6 +232,23 @@ def position_prior_of(dataset: SliceDataset) -> np.ndarray:
     return fit_position_prior(relative_position(k, n), dataset.label_matrix())
 
 
+def study_calibration_of(pred: Mapping[str, Any] | None, rule: str) -> tuple[np.ndarray | None, dict[str, Any]]:
+    """The study-level calibration map fitted on a validation split's predictions
+    (:func:`predict_dataset` output): the combined slice probabilities aggregated by ``rule``
+    (a config's rule name), then :func:`~i2m2_med.metrics.calibration.fit_study_calibration`.
+    Returns ``((4, 2) [slope, intercept] per head, report)``, or ``(None, report)`` without
+    validation predictions."""
+    if pred is None or len(pred["study_id"]) == 0:
+        return None, {"note": "no validation slices: study-level probabilities left uncalibrated"}
+    rule_name, k = aggregation_rule(rule)
+    y = np.asarray(pred["labels"], dtype=np.float64)
+    ok = np.isfinite(y).all(axis=1)
+    studies = study_level(np.asarray(pred["study_id"]).astype(str)[ok], np.clip(pred["p"]["combined"][ok], 0.0, 1.0),
+                          y[ok] > 0.5, rule=rule_name, k=k)
+    params, report = fit_study_calibration(studies.p, studies.y)
+    return params, report
+
+
 BASELINE = "position_baseline"
 """The name of the position-only baseline among a split's summaries."""
 
@@ -264,6 +282,7 @@ def prediction_metrics(
     subjects: Mapping[str, str] | None = None,
     position_prior: np.ndarray | None = None,
     n_slices: Mapping[str, int] | None = None,
+    study_calibration: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Slice- and study-level metrics (:func:`i2m2_med.metrics.tables.metrics_table`) of the
     combined prediction and of every expert, from :func:`predict_dataset` output.
@@ -275,7 +294,8 @@ def prediction_metrics(
     and PD-FS studies of a knee together); without it, whole studies. ``position_prior``
     ((n_bins, 4), :func:`i2m2_med.metrics.baselines.fit_position_prior` on the training split)
     with ``n_slices`` (study id -> slices) adds ``"position_baseline"``: the same tables for the
-    score that knows only the slice's relative position.
+    score that knows only the slice's relative position. ``study_calibration`` ((4, 2), fitted on
+    validation by :func:`study_calibration_of`) calibrates the combined prediction's study level.
 
     Returns ``{"combined": table, "experts": {name: table}, "position_baseline": table | None,
     "summary": {name: {...}}}`` (the baseline's summary under ``"position_baseline"``); an expert
@@ -297,6 +317,7 @@ def prediction_metrics(
         ok = np.isfinite(p).all(axis=1) & np.isfinite(y).all(axis=1)
         table = metrics_table(
             y[ok], np.clip(p[ok], 0.0, 1.0), ids[ok], subject_ids=clusters[ok] if subjects is not None else None,
+            study_calibration=study_calibration if name == "combined" else None,
             rule=rule_name, k=k, split=split, n_boot=n_boot, seed=seed,
         )
         if view is not None:
