@@ -372,6 +372,12 @@ def train(
             for split, p in predictions.items()
         },
         "calibration": calibration,
+        "position_prior": None if position_prior is None else {
+            "bins": int(position_prior.shape[0]),
+            "rates": position_prior.tolist(),
+            "note": "per bin of relative slice position (k + 0.5) / S and head, the training split's "
+            "positive rate: the position-only baseline",
+        },
         "val": splits_out.get("val"),
         "test": splits_out.get("test"),
     }

@@ -380,7 +380,8 @@ def oracle_mean_pathologies(oracle: Mapping[str, Any] | None) -> float | None:
 
 def _checkpoint_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """The compact part of the metrics that travels inside the checkpoint."""
-    keep = {k: metrics[k] for k in ("variant", "seed", "aggregation", "oracle_mean_pathologies", "test_mean_pathologies")}
+    keep = {k: metrics[k] for k in ("variant", "seed", "aggregation", "oracle_mean_pathologies", "test_mean_pathologies",
+                                    "position_prior")}
     keep["training"] = {k: v for k, v in metrics["training"].items() if k != "stages"}
     keep["summary"] = {
         split: (metrics[split] or {}).get("summary") for split in ("val", "test")
