@@ -19,9 +19,8 @@ Figures are seconds per epoch; ratios are later-epoch speed-ups over the files.
 from __future__ import annotations
 
 import shutil
-from typing import Any
-
 import time
+from typing import Any
 
 from benchmarks.common import Context
 
