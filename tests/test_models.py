@@ -121,8 +121,8 @@ MISSING = {
     "phase": {"magnitude": [], "phase": None, "tabular": []},
     "tab": {"magnitude": [], "phase": [], "tabular": None},
     "intra": {"magnitude": ["magnitude"], "phase": ["phase"], "tabular": ["tabular"]},
-    "inter": {"magnitude": None, "phase": None, "tabular": None},
-    "i2m2": {"magnitude": ["magnitude", "joint"], "phase": ["phase", "joint"], "tabular": ["tabular", "joint"]},
+    "inter": {"magnitude": None, "phase": None, "tabular": []},
+    "i2m2": {"magnitude": ["magnitude", "joint"], "phase": ["phase", "joint"], "tabular": ["tabular"]},
     "i2m2-notab": {"magnitude": ["magnitude", "joint"], "phase": ["phase", "joint"], "tabular": []},
 }
 
@@ -150,6 +150,54 @@ def test_missing_modality_drops_experts_never_crashes(variant, modality, how, ti
     for name, term in out.terms.items():  # remaining experts are unaffected
         assert torch.allclose(term, full.terms[name], atol=1e-6)
     assert torch.allclose(out.combined, combine(out.terms), atol=1e-6)
+
+
+def test_joint_model_without_tabular_reads_the_images_alone(tiny):
+    model = _model("i2m2", tiny).eval()
+    joint = model.experts["joint"]
+    torch.manual_seed(0)
+    for layer in joint.film:  # a trained FiLM: not the identity
+        torch.nn.init.normal_(layer.weight, std=0.5)
+        torch.nn.init.normal_(layer.bias, std=0.5)
+    with_tab = model(_batch())
+    batch = _batch()
+    del batch["tabular"]
+    batch["present"]["tabular"] = False
+    without = model(batch)
+    assert without.dropped == ["tabular"] and "joint" in without.terms
+    assert not torch.allclose(without.terms["joint"], with_tab.terms["joint"])
+    # without the vector the joint model is its image path: FiLM at the identity
+    for layer in joint.film:
+        torch.nn.init.zeros_(layer.weight)
+        torch.nn.init.zeros_(layer.bias)
+    assert torch.allclose(model(_batch()).terms["joint"], without.terms["joint"], atol=1e-6)
+    # flagged absent for one sample only: that sample alone reads the images alone
+    for layer in joint.film:
+        torch.nn.init.normal_(layer.weight, std=0.5)
+    flags = torch.ones(B, dtype=torch.bool)
+    flags[1] = False
+    batch = _batch()
+    batch["present"]["tabular"] = flags
+    mixed = model(batch)
+    assert torch.allclose(mixed.terms["joint"][1], without.terms["joint"][1], atol=1e-6)
+    assert torch.allclose(mixed.terms["joint"][0], model(_batch()).terms["joint"][0], atol=1e-6)
+
+
+def test_tabular_dropout_withholds_the_vector_in_training_only(tiny):
+    cfg = tiny.with_updates(**{"model.joint.tabular_dropout": 0.5})
+    model = build_model("inter", cfg, N_TAB)
+    joint = model.experts["joint"]
+    for layer in joint.film:
+        torch.nn.init.normal_(layer.weight, std=0.5)
+    model.eval()
+    assert torch.equal(model(_batch()).terms["joint"], model(_batch()).terms["joint"])  # eval: deterministic
+    model.train()
+    joint.dropout.p = 0.0
+    torch.manual_seed(1)
+    a = model(_batch()).terms["joint"]
+    torch.manual_seed(2)
+    b = model(_batch()).terms["joint"]
+    assert not torch.allclose(a, b)
 
 
 def test_per_sample_absence_masks_the_term_for_those_samples(tiny):
@@ -188,7 +236,8 @@ def test_tabular_variants_need_tabular_features(tiny):
 
 
 def test_required_modalities_per_variant(tiny):
-    assert _model("i2m2", tiny).required_modalities("joint") == ("magnitude", "phase", "tabular")
+    assert _model("i2m2", tiny).required_modalities("joint") == ("magnitude", "phase")  # tabular: optional
+    assert _model("inter", tiny).modalities == ("magnitude", "phase", "tabular")  # fused when present
     assert _model("i2m2-notab", tiny).required_modalities("joint") == ("magnitude", "phase")
     assert _model("i2m2-notab", tiny).modalities == ("magnitude", "phase")
     assert _model("intra", tiny).modalities == ("magnitude", "phase", "tabular")

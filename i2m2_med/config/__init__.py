@@ -115,6 +115,11 @@ class JointConfig(_Strict):
 
     tabular_fusion: Literal["film", "concat", "none"] = "film"
     tabular_hidden: int = Field(32, ge=1)
+    tabular_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Probability that a training sample's tabular vector is withheld from the joint model, so
+    that it also learns to read the images alone: without a tabular vector the joint model still
+    runs (the FiLM maps become the identity, the concatenated embedding zeros) and only the
+    tabular term leaves the product."""
 
 
 class PhaseInputConfig(_Strict):

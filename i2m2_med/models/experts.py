@@ -90,8 +90,10 @@ class JointModel(nn.Module):
       The maps start at zero, so the joint model starts as the image-only model.
     * concat: ``[pooled image features, ReLU(Linear(t))]`` -> dropout -> linear heads.
 
-    ``forward(magnitude [B,1,H,W], phase [B,1,H,W], tabular [B,F] | None) -> logits [B, heads, 2]``;
-    ``tabular`` is required exactly when :attr:`uses_tabular`. ``phase_filter`` (parameter-free,
+    ``forward(magnitude [B,1,H,W], phase [B,1,H,W], tabular [B,F] | None, tabular_present [B] | None)
+    -> logits [B, heads, 2]``. Without a tabular vector (None, or a sample marked absent) the
+    FiLM maps are the identity and the concatenated embedding is zero: the joint model reads the
+    images alone, as it learns to when ``tabular_dropout`` withholds the vector in training. ``phase_filter`` (parameter-free,
     e.g. :class:`~i2m2_med.models.phase_filter.PhaseHighPass`) is applied to the phase channel.
     """
 
@@ -108,6 +110,8 @@ class JointModel(nn.Module):
         self.phase_filter = phase_filter if phase_filter is not None else nn.Identity()
         self.fusion = joint_cfg.tabular_fusion if n_tabular > 0 else "none"
         self.uses_tabular = self.fusion != "none"
+        self.n_tabular = int(n_tabular)
+        self.tabular_dropout = float(joint_cfg.tabular_dropout)
         self.backbone = _backbone(2, image_cfg)
         self.dropout = nn.Dropout(image_cfg.dropout)
         features = self.backbone.feature_dim
@@ -126,16 +130,23 @@ class JointModel(nn.Module):
             features += joint_cfg.tabular_hidden
         self.head = _heads_layer(features, heads)
 
-    def forward(self, magnitude: Tensor, phase: Tensor, tabular: Tensor | None = None) -> Tensor:
+    def forward(self, magnitude: Tensor, phase: Tensor, tabular: Tensor | None = None,
+                tabular_present: Tensor | None = None) -> Tensor:
         x = torch.cat([magnitude, self.phase_filter(phase)], dim=1)  # [B, 2, H, W]
         if not self.uses_tabular:
             features = self.backbone(x)
         else:
+            b = x.shape[0]
+            keep = torch.ones(b, dtype=torch.bool, device=x.device) if tabular_present is None else tabular_present.to(torch.bool)
             if tabular is None:
-                raise ValueError("this joint model fuses the tabular vector; tabular is required")
-            embedding = self.tabular_embed(tabular)
+                keep = torch.zeros(b, dtype=torch.bool, device=x.device)
+                tabular = torch.zeros(b, self.n_tabular, device=x.device, dtype=x.dtype)
+            if self.training and self.tabular_dropout > 0.0:
+                keep = keep & (torch.rand(b, device=x.device) >= self.tabular_dropout)
+            on = keep.to(x.dtype)[:, None]
+            embedding = self.tabular_embed(tabular) * on
             if self.fusion == "film":
-                film = [tuple(layer(embedding).chunk(2, dim=1)) for layer in self.film]
+                film = [tuple((layer(embedding) * on).chunk(2, dim=1)) for layer in self.film]
                 features = self.backbone(x, film=film)
             else:
                 features = torch.cat([self.backbone(x), embedding], dim=1)

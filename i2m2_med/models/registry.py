@@ -15,9 +15,10 @@ variant          experts (terms of the product)             modalities needed
 ===============  =========================================  ======================================
 
 Missing modalities: an expert runs only when every modality it needs is in the batch; otherwise it
-is dropped from the product and listed in ``I2M2Output.dropped``. The joint model therefore drops
-out when magnitude, phase, or (when it fuses it) the tabular vector is missing: it was trained
-with all of them, and feeding it a placeholder would be zero-filling in disguise. When no expert
+is dropped from the product and listed in ``I2M2Output.dropped``. The joint model drops out when
+magnitude or phase is missing; the tabular vector it fuses is optional: without it the fusion is
+the identity (no placeholder values enter the model), only the tabular expert's term leaves the
+product, and ``joint.tabular_dropout`` trains the joint model for that case. When no expert
 of the variant can run, :class:`~i2m2_med.errors.UsageError` says which modalities are missing.
 
 A modality may also be absent for only some samples of a batch: ``batch["present"][m]`` as a bool
@@ -168,8 +169,7 @@ class I2M2Model(nn.Module):
     def required_modalities(self, expert: str) -> tuple[str, ...]:
         """Modalities an expert of this model needs, e.g. ``("magnitude", "phase", "tabular")``."""
         if expert == "joint":
-            joint = self.experts["joint"]
-            return ("magnitude", "phase", "tabular") if joint.uses_tabular else ("magnitude", "phase")
+            return ("magnitude", "phase")  # the tabular vector is optional (JointModel.forward)
         if expert not in EXPERTS:
             raise UsageError(f"expert {expert!r}", f"unknown expert; expected one of {', '.join(EXPERTS)}")
         return (expert,)
@@ -178,6 +178,8 @@ class I2M2Model(nn.Module):
     def modalities(self) -> tuple[str, ...]:
         """Every modality some expert of this model reads."""
         needed = {m for e in self.expert_names for m in self.required_modalities(e)}
+        if "joint" in self.experts and self.experts["joint"].uses_tabular:
+            needed.add("tabular")
         return tuple(m for m in MODALITIES if m in needed)
 
     def describe(self) -> dict[str, Any]:
@@ -260,8 +262,9 @@ class I2M2Model(nn.Module):
             elif name == "tabular":
                 z = expert(batch["tabular"].float())
             else:
-                tab = batch["tabular"].float() if expert.uses_tabular else None
-                z = expert(batch["magnitude"].float(), batch["phase"].float(), tab)
+                with_tab = expert.uses_tabular and "tabular" in present
+                tab = batch["tabular"].float() if with_tab else None
+                z = expert(batch["magnitude"].float(), batch["phase"].float(), tab, present["tabular"] if with_tab else None)
             logits[name] = z
             terms[name] = F.log_softmax(z, dim=-1)
             usable = torch.stack([present[m] for m in needs]).all(dim=0)
