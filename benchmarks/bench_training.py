@@ -2,7 +2,7 @@
 demo cohort, for I2M2 (end to end, and with the warm start) and every single-expert variant.
 
 The target (models issue): with the cpu config on a mixed-regime synthetic cohort of the demo
-size, I2M2's mean test AUROC over ACL / MTEAR / CART within 0.05 of the cohort's oracle ceiling
+size, I2M2's mean test AUROC over ACL / MTEAR / CART within 0.05 of the cohort's label-noise ceiling
 and at least that of every single-expert variant (mag, phase, tab), trained in at most 10 minutes
 on 2 cores.
 
@@ -152,7 +152,7 @@ def run(ctx: Context) -> dict[str, Any]:
         train_seconds = sum(s["train_seconds"] for s in stages)
         auroc, ci = _mean_pathologies(metrics)
         in_view, in_view_ci = _mean_pathologies(metrics, level="in_view")
-        ceiling = metrics.get("oracle_mean_pathologies", ceiling)
+        ceiling = metrics.get("label_noise_ceiling_mean", ceiling)
         oracle = metrics.get("oracle") or {}
         results[label] = {
             "variant": variant,
@@ -194,7 +194,7 @@ def run(ctx: Context) -> dict[str, Any]:
     for label in [k for k in results if results[k]["variant"] == "i2m2"]:
         r = results[label]
         if r["test_mean_auroc"] is not None and ceiling is not None:
-            ratios.append({"key": f"quality_{label}", "label": f"{label}: test AUROC / (oracle ceiling − {TARGET_GAP})",
+            ratios.append({"key": f"quality_{label}", "label": f"{label}: test AUROC / (label-noise ceiling − {TARGET_GAP})",
                            "values": [r["test_mean_auroc"] / (ceiling - TARGET_GAP)], "target": 1.0})
         if r["test_mean_auroc"] is not None and singles:
             ratios.append({"key": f"vs_single_{label}", "label": f"{label}: test AUROC / best single-expert variant",
@@ -204,7 +204,7 @@ def run(ctx: Context) -> dict[str, Any]:
 
     notes = [
         f"Cohort: {cohort_note}" + (f"; its synthesis took {synth_seconds / 60:.1f} min" if synth_seconds else "") + ".",
-        f"Oracle ceiling of the cohort (a perfect predictor of the true findings against the annotated labels): {ceiling}.",
+        f"Label-noise ceiling of the cohort (a perfect predictor of the true findings against the annotated labels): {ceiling}.",
     ]
     evidence = {h: v for h, v in (oracle.get("slice_evidence_auroc") or {}).items() if h in PATHOLOGIES}
     position = {h: v for h, v in (oracle.get("slice_position_auroc") or {}).items() if h in PATHOLOGIES}

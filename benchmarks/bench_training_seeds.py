@@ -68,7 +68,7 @@ def train_one(cohort: str, out: str, changes: dict, seed: int, quick: bool) -> d
         "test_mean_auroc_ci": ci,
         "test_in_view_mean_auroc": in_view,
         "test_joint_in_view_mean_auroc": joint_in_view,
-        "oracle_mean_pathologies": metrics.get("oracle_mean_pathologies"),
+        "label_noise_ceiling_mean": metrics.get("label_noise_ceiling_mean"),
     }
 
 
@@ -102,8 +102,8 @@ def run(ctx: Context) -> dict[str, Any]:
 
     figures: list[dict[str, Any]] = []
     ratios: list[dict[str, Any]] = []
-    ceiling = next((r["oracle_mean_pathologies"] for rows in results.values() for r in rows
-                    if r["oracle_mean_pathologies"] is not None), None)
+    ceiling = next((r["label_noise_ceiling_mean"] for rows in results.values() for r in rows
+                    if r["label_noise_ceiling_mean"] is not None), None)
     for label, rows in results.items():
         def column(key: str) -> list[float]:
             return [r[key] for r in rows if r[key] is not None]
@@ -118,7 +118,7 @@ def run(ctx: Context) -> dict[str, Any]:
         figures.append({"key": f"wall_{label}", "label": f"{label}: wall time per run (one thread, two runs at a time)",
                         "unit": "min", "values": [r["wall_seconds"] / 60.0 for r in rows]})
         if ceiling is not None and column("test_mean_auroc"):
-            ratios.append({"key": f"quality_{label}", "label": f"{label}: test AUROC / (oracle ceiling − {TARGET_GAP})",
+            ratios.append({"key": f"quality_{label}", "label": f"{label}: test AUROC / (label-noise ceiling − {TARGET_GAP})",
                            "values": [v / (ceiling - TARGET_GAP) for v in column("test_mean_auroc")], "target": 1.0})
 
     def mean_val(label: str) -> float:

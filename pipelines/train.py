@@ -88,10 +88,15 @@ def print_summary(metrics: Mapping[str, Any], out_dir: Path) -> None:
     if sps:
         line += f", {t.get('time_s', 0):.1f} s, {sps:.1f} training slices/s"
     console.print(line)
-    oracle = metrics.get("oracle_mean_pathologies")
-    if oracle is not None:
-        test = (metrics.get("test_mean_pathologies") or {}).get("slice")
-        console.print(f"oracle ceiling (mean3): {_fmt(oracle)}; this model on test (slice mean3): {_fmt(test)}")
+    learnable = metrics.get("learnable_ceiling_mean")
+    noise = metrics.get("label_noise_ceiling_mean")
+    if learnable is not None or noise is not None:
+        test = metrics.get("test_mean_pathologies") or {}
+        console.print(
+            f"this model on test (mean3): in view {_fmt(test.get('in_view'))}, study {_fmt(test.get('study'))}, "
+            f"slice {_fmt(test.get('slice'))}; learnable ceiling (slice evidence the images show, mean3) "
+            f"{_fmt(learnable)}; label-noise ceiling (mean3) {_fmt(noise)}", soft_wrap=True,
+        )
     console.print(calibration_line(metrics.get("calibration") or {}), soft_wrap=True)
     console.print(f"checkpoint: {out_dir / 'model.safetensors'}", soft_wrap=True)
     console.print(f"metrics:    {out_dir / 'metrics.json'}", soft_wrap=True)

@@ -394,7 +394,7 @@ def test_drop_from_batch_marks_the_modality_absent() -> None:
 # ---- regimes and settings --------------------------------------------------------------------------
 
 
-def test_regime_targets_and_oracle(tmp_path: Path) -> None:
+def test_regime_targets_and_label_noise_ceiling(tmp_path: Path) -> None:
     def block(i2m2: float, intra: float, inter: float) -> dict:
         cell = lambda m: {"seed_summary": {"slice": {"mean_pathologies": {"mean": m}}}}  # noqa: E731
         return {"variants": {"i2m2": cell(i2m2), "intra": cell(intra), "inter": cell(inter)}}
@@ -433,11 +433,11 @@ def test_regime_targets_and_oracle(tmp_path: Path) -> None:
     for i, (a, b) in enumerate(zip(truth, noisy)):
         rows.append(f"s{i // 3},{i % 3}," + ",".join(f"{a},{b}" for _ in HEADS))
     (tmp_path / "slice_labels.csv").write_text("\n".join(rows) + "\n")
-    o = reg.oracle_ceiling(tmp_path, ["s0", "s1"])
+    o = reg.label_noise_ceiling(tmp_path, ["s0", "s1"])
     # noisy positives {1, 4, 5} scored by truth {1, 1, 0}; negatives {0, 2, 3} scored {0, 1, 0}
     expected = auroc(np.array(noisy, bool), np.array(truth, float))
     assert o["mean_pathologies"] == pytest.approx(expected) and o["slices"] == 6
-    assert reg.oracle_ceiling(tmp_path / "missing", ["s0"])["value"] is None
+    assert reg.label_noise_ceiling(tmp_path / "missing", ["s0"])["value"] is None
 
 
 def test_settings_presets_and_validation() -> None:
@@ -462,7 +462,7 @@ def test_cli_refuses_a_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixt
 @pytest.mark.slow
 def test_regime_study_end_to_end(tiny_cohort: Path, small_config: Path, tmp_path: Path) -> None:
     """The regime study on tiny cohorts: the mixed regime reuses the ablated (mixed) cohort's grid,
-    intra and inter cohorts are generated; every regime reports the three variants, the oracle
+    intra and inter cohorts are generated; every regime reports the three variants, the label-noise
     and the margins (or why not), and the targets as measured."""
     from i2m2_med.ablation import run_ablation
     from pipelines.ablation import write_report
@@ -484,7 +484,7 @@ def test_regime_study_end_to_end(tiny_cohort: Path, small_config: Path, tmp_path
     for regime, block in study["regimes"].items():
         assert set(block["variants"]) == {"i2m2", "intra", "inter"}
         assert all(v["status"] == "ok" for v in block["variants"].values()), regime
-        assert block["oracle"]["mean_pathologies"] == pytest.approx(1.0)  # no label noise: the truth is the label
+        assert block["label_noise_ceiling"]["mean_pathologies"] == pytest.approx(1.0)  # no label noise: the truth is the label
         for other in ("intra", "inter"):
             m = block["margins"][other]
             for level in ("slice", "study"):
@@ -505,7 +505,7 @@ def test_regime_study_end_to_end(tiny_cohort: Path, small_config: Path, tmp_path
             assert t["met"] == (t["i2m2"] >= max(t["intra"], t["inter"]) - 0.01)
     assert res["targets"]["regime_claim"]["tolerance"] == 0.01
     page = write_report(res, tmp_path / "report").read_text(encoding="utf-8")
-    assert "oracle ceiling" in page and "generated for the regime study" in page
+    assert "label-noise ceiling" in page and "generated for the regime study" in page
     assert "in-view AUROC" in page
     # an in-view AUROC whose whole CI lies under 0.5 is marked (the legend says what it means once)
     below = sum(1 for block in study["regimes"].values() for v in ("i2m2", "intra", "inter")

@@ -225,7 +225,7 @@ def test_training_section_quick(tmp_path: Path) -> None:
     if runs["i2m2"]["test_mean_auroc"] is not None:
         ceiling_ratio = keys["quality_i2m2"]["values"][0]
         assert abs(ceiling_ratio - runs["i2m2"]["test_mean_auroc"] / 0.95) < 1e-9
-    assert any("oracle ceiling" in note.lower() for note in result["notes"])
+    assert any("label-noise ceiling" in note.lower() for note in result["notes"])
 
 
 def test_ablation_section_quick(tmp_path: Path) -> None:
@@ -355,9 +355,9 @@ def _kspace(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
 
 @pytest.mark.parametrize("shape, block", [((11, 96, 72), 4), ((3, 2, 96, 72), 8), ((5, 96, 72), 1)])
 def test_iter_volume_modalities_equals_slice_by_slice(tmp_path, shape, block):
+    from benchmarks.volume_modalities import iter_volume_modalities
     from i2m2_med.io.fastmri_h5 import read_fastmri_h5, write_fastmri_h5
     from i2m2_med.io.ismrmrd import HeaderParams, build_header
-    from benchmarks.volume_modalities import iter_volume_modalities
 
     k = _kspace(shape, seed=len(shape) + block)
     path = tmp_path / "vol.h5"
@@ -386,10 +386,10 @@ def test_iter_volume_modalities_names_the_bad_slice_of_a_direct_read_file(tmp_pa
     """The volume path skips the reader's NaN/Inf pass and checks the images instead: the
     error still names the file and the slice, with the reader's count; a finite slice whose
     image overflows float32 is a TransformError, not a NaN report."""
+    from benchmarks.volume_modalities import iter_volume_modalities
     from i2m2_med.errors import StudyReadError
     from i2m2_med.io.fastmri_h5 import read_fastmri_h5, write_fastmri_h5
     from i2m2_med.io.ismrmrd import HeaderParams, build_header
-    from benchmarks.volume_modalities import iter_volume_modalities
 
     k = _kspace((7, 96, 72), seed=21)
     k[5, 40, 7] = np.nan
@@ -419,9 +419,9 @@ def test_iter_volume_modalities_names_the_bad_slice_of_a_direct_read_file(tmp_pa
 def test_iter_volume_modalities_without_block_reads_and_bad_studies(tmp_path):
     from pathlib import Path
 
+    from benchmarks.volume_modalities import iter_volume_modalities
     from i2m2_med.errors import StudyReadError
     from i2m2_med.io.study import Study
-    from benchmarks.volume_modalities import iter_volume_modalities
 
     k = _kspace((5, 64, 48), seed=9)
 
@@ -450,8 +450,8 @@ def test_iter_volume_modalities_closed_early_leaves_nothing_running():
     import time
     from pathlib import Path
 
-    from i2m2_med.io.study import Study
     from benchmarks.volume_modalities import iter_volume_modalities
+    from i2m2_med.io.study import Study
 
     k = _kspace((24, 64, 48), seed=33)
     reads: list[int] = []

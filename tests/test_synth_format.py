@@ -211,7 +211,7 @@ def test_tabular_splits_and_manifest(cohort):
     assert set(splits["split"]) <= {"train", "val", "test"}
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk == json.loads(json.dumps(manifest))
-    for key in ("seed", "regime", "label_noise", "counts", "prevalence", "oracle_ceiling_auroc",
+    for key in ("seed", "regime", "label_noise", "counts", "prevalence", "label_noise_ceiling_auroc",
                 "generator_version", "episode_bayes_auroc", "slice_position_auroc"):
         assert key in manifest
     assert manifest["seed"] == 11 and manifest["regime"] == "inter" and manifest["label_noise"] == 0.0
@@ -219,7 +219,7 @@ def test_tabular_splits_and_manifest(cohort):
     truth = pd.read_csv(out / "slice_labels.csv")
     for h in HEADS:
         assert manifest["counts"]["positive_slices_true"][h] == int(truth[f"{h}_true"].sum())
-        ceiling = manifest["oracle_ceiling_auroc"][h]["expected"]
+        ceiling = manifest["label_noise_ceiling_auroc"][h]["expected"]
         assert ceiling == 1.0  # no label noise: a perfect predictor is perfect
     assert manifest["episode_bayes_auroc"] == {"magnitude": 0.5, "phase": 0.5, "joint": 1.0}
 
@@ -256,7 +256,7 @@ def test_label_noise_flips_labels_and_sets_the_ceiling(tmp_path):
     flipped = (true != noisy).mean()
     assert 0.08 < flipped < 0.35  # 96 labels flipped with p = 0.2
     for i, h in enumerate(HEADS):
-        c = m["oracle_ceiling_auroc"][h]
+        c = m["label_noise_ceiling_auroc"][h]
         assert c["expected"] < 0.95
         if c["empirical"] is not None:
             assert 0.5 < c["empirical"] < 1.0

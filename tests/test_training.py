@@ -23,7 +23,7 @@ from i2m2_med.models import VARIANTS, I2M2Output, combine
 from i2m2_med.training.datamodule import I2M2DataModule
 from i2m2_med.training.fit import TrainerOptions, train
 from i2m2_med.training.module import experts_loss, product_loss
-from i2m2_med.training.results import oracle_from_manifest, predict_dataset
+from i2m2_med.training.results import ceilings_from_manifest, predict_dataset
 
 QUICK = dict(epochs=1, n_boot=20, batch_size=8, options=TrainerOptions(progress=False, limit_train_batches=2))
 SMALL = load_config("cpu").with_updates(image_size=32)
@@ -99,14 +99,18 @@ def test_class_weighting_modes(tiny_cohort: Path) -> None:
     assert len(dm.val_dataloader().dataset) == cohort.n_slices("val")
 
 
-def test_oracle_is_read_from_the_manifest(tiny_cohort: Path) -> None:
+def test_ceilings_are_read_from_the_manifest(tiny_cohort: Path) -> None:
     manifest = json.loads((tiny_cohort / "manifest.json").read_text())
-    oracle = oracle_from_manifest(manifest)
-    assert oracle is not None and set(oracle["ceiling_auroc"]) == set(HEADS)
-    assert oracle["mean_pathologies"] == pytest.approx(1.0)  # no label noise: a perfect predictor
-    assert oracle["episode_bayes_auroc"] == manifest["episode_bayes_auroc"]
-    assert oracle["slice_evidence_auroc"] == manifest["slice_evidence_auroc"]
-    assert oracle_from_manifest(None) is None
+    ceilings = ceilings_from_manifest(manifest)
+    assert ceilings is not None and set(ceilings["label_noise"]["auroc"]) == set(HEADS)
+    assert ceilings["label_noise"]["mean_pathologies"] == pytest.approx(1.0)  # no label noise: a perfect predictor
+    learnable = ceilings["learnable"]
+    assert learnable["episode_bayes_auroc"] == manifest["episode_bayes_auroc"]
+    assert learnable["slice_evidence_auroc"] == manifest["slice_evidence_auroc"]
+    evidence = [manifest["slice_evidence_auroc"][h] for h in ("acl", "mtear", "cart")
+                if manifest["slice_evidence_auroc"][h] is not None]
+    assert learnable["mean_pathologies"] == pytest.approx(sum(evidence) / len(evidence))
+    assert ceilings_from_manifest(None) is None
 
 
 # ---- training --------------------------------------------------------------------------------------
@@ -149,7 +153,7 @@ def test_every_variant_trains_and_writes_its_metrics(variant: str, tiny_cohort: 
     assert (result.epochs_run, result.train_slices, result.samples_per_s) == (1, 16, t["samples_per_s"])
     assert result.experts == tuple(experts) and result.checkpoint == run / "model.safetensors"
     assert result.summary("test") == on_disk["test"]["summary"]["combined"]["slice"]
-    assert on_disk["oracle_mean_pathologies"] == pytest.approx(1.0)
+    assert on_disk["label_noise_ceiling_mean"] == pytest.approx(1.0)
     assert on_disk["inference"]["test"]["slices_per_s"] > 0
     model, meta = load_checkpoint(run / "model.safetensors", expected_variant=variant)
     assert meta.data_fingerprint == result.data_fingerprint and meta.n_tabular == 14

@@ -200,7 +200,7 @@ def describe_data(cohort: Cohort, data_dir: Path, agg_rule: str, k: int) -> dict
         "problems": problems,
     }
     if manifest is not None:
-        keep = ("generator", "generator_version", "seed", "regime", "label_noise", "multicoil", "counts", "oracle_ceiling_auroc",
+        keep = ("generator", "generator_version", "seed", "regime", "label_noise", "multicoil", "counts", "label_noise_ceiling_auroc",
                 "episode_bayes_auroc")
         out["manifest"] = {k2: manifest.get(k2) for k2 in keep if k2 in manifest}
     return out

@@ -9,7 +9,7 @@ trained over the seeds (cached like the main grid), and their test predictions a
 * per variant, the slice- and study-level mean AUROC over ACL/MTEAR/CART, mean and sd over seeds;
 * I2M2's margin over ``intra`` and over ``inter`` (difference of the seed-ensemble mean AUROCs)
   with a paired bootstrap CI that resamples whole studies (slice level) or studies (study level);
-* the cohort's oracle ceiling on the same test slices: the AUROC of a perfect predictor of the
+* the cohort's label-noise ceiling on the same test slices: the AUROC of a perfect predictor of the
   true findings against the annotated labels (from ``slice_labels.csv``; 1.0 without label
   noise), and the generator's episode-level Bayes AUROCs of the regime's design;
 * the target ``I2M2 >= max(intra, inter) - tolerance`` on the seed means;
@@ -83,8 +83,8 @@ def ensure_regime_cohort(root: str | os.PathLike, regime: str, n_volumes: int, s
     return path
 
 
-def oracle_ceiling(cohort_dir: str | os.PathLike, study_ids: Sequence[str] | np.ndarray, split: str = "test") -> dict[str, Any]:
-    """The oracle ceiling on the slices of ``study_ids``: per head, the AUROC of the true
+def label_noise_ceiling(cohort_dir: str | os.PathLike, study_ids: Sequence[str] | np.ndarray, split: str = "test") -> dict[str, Any]:
+    """The label-noise ceiling on the slices of ``study_ids``: per head, the AUROC of the true
     findings (``<head>_true`` of ``slice_labels.csv``) as scores against the annotated labels
     (``<head>``), and their mean over ACL/MTEAR/CART. ``{"value": None, "reason"}`` without
     ``slice_labels.csv``."""

@@ -82,7 +82,7 @@ def regime_block(
         "eval_seconds": grid.eval_seconds,
     }
     test_ids = [s.study_id for s in cohort.studies_in("test")]
-    block["oracle"] = reg.oracle_ceiling(path, test_ids)
+    block["label_noise_ceiling"] = reg.label_noise_ceiling(path, test_ids)
     if cohort.manifest:
         block["episode_bayes_auroc"] = cohort.manifest.get("episode_bayes_auroc")
         block["label_noise"] = cohort.manifest.get("label_noise")

@@ -124,12 +124,12 @@ def tables(results: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
         if block.get("value", 0) is None:
             reg_rows.append({"regime": regime, "reason": block.get("reason")})
             continue
-        oracle = (block.get("oracle") or {}).get("mean_pathologies")
+        ceiling = (block.get("label_noise_ceiling") or {}).get("mean_pathologies")
         for variant, entry in block["variants"].items():
             for level in LEVELS:
                 cell = ((entry.get("seed_summary") or {}).get(level) or {}).get("mean_pathologies") or {}
                 reg_rows.append({"regime": regime, "variant": variant, "level": level, "mean_auroc": cell.get("mean"),
-                                 "sd": cell.get("sd"), "n_seeds": cell.get("n"), "oracle_ceiling": oracle,
+                                 "sd": cell.get("sd"), "n_seeds": cell.get("n"), "label_noise_ceiling": ceiling,
                                  "reason": cell.get("reason") or entry.get("reason")})
         for other, m in (block.get("margins") or {}).items():
             for level in LEVELS:

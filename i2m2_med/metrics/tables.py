@@ -12,7 +12,11 @@ from i2m2_med.errors import UndefinedMetricError, UsageError
 from i2m2_med.heads import HEADS, PATHOLOGY_HEADS
 from i2m2_med.metrics.aggregation import DEFAULT_AGGREGATION, DEFAULT_TOP_K, study_level
 from i2m2_med.metrics.bootstrap import bootstrap_auroc_ci, bootstrap_mean_auroc_ci
-from i2m2_med.metrics.calibration import apply_study_map, expected_calibration_error, reliability_curve
+from i2m2_med.metrics.calibration import (
+    apply_study_map,
+    expected_calibration_error,
+    reliability_curve,
+)
 from i2m2_med.metrics.ranking import _binary, _probabilities, _two_d, auroc_result
 from i2m2_med.metrics.thresholds import sens_spec
 

@@ -104,11 +104,11 @@ metrics' *in-view* AUROC (each head scored only on the slices where its anatomy 
 that a finding must beat its mimics and the slice position helps nothing) and manifest
 ``slice_evidence_auroc``, the AUROC of the Bayes score of the cues every slice shows
 (:func:`i2m2_med.synth.cohort.evidence_scores`): what the images allow, below the label-noise
-oracle ceiling whenever the regime leaves some episodes ambiguous (e.g. an intra finding that
+label-noise ceiling whenever the regime leaves some episodes ambiguous (e.g. an intra finding that
 shows no cue).
 
 Label noise: ``label_noise=P`` flips each (slice, head) label with probability P in the
-annotations (``slice_labels.csv`` keeps both); manifest ``oracle_ceiling_auroc`` is the AUROC
+annotations (``slice_labels.csv`` keeps both); manifest ``label_noise_ceiling_auroc`` is the AUROC
 a perfect predictor of the true findings reaches against the noisy labels, (a + b) / 2 with a,
 b the purities of the noisy positives and negatives (expected and empirical, per head).
 

@@ -33,7 +33,7 @@ from i2m2_med.synth.regimes import (
 from i2m2_med.synth.subject import TABULAR_COLUMNS, tabular_row
 from i2m2_med.synth.volume import N_COILS, SLICE_RANGE, SubjectPlan, generate_subject
 
-GENERATOR_VERSION = "1.1.0"
+GENERATOR_VERSION = "1.2.0"
 SPLIT_FRACTIONS = {"train": 0.70, "val": 0.15, "test": 0.15}
 PAIRED_ACQUISITION_P = 0.5  # a subject has both PD and PD-FS studies with this probability
 
@@ -366,8 +366,8 @@ def build_manifest(opts: CohortOptions, plans, splits, studies) -> dict[str, Any
             "fastmri_plus_volume": dict(priors.TARGET_VOLUME_PREVALENCE),
             "fastmri_plus_slice": dict(priors.REAL_SLICE_PREVALENCE),
         },
-        "oracle_ceiling_auroc": ceiling,
-        "oracle_ceiling_note": "AUROC of a perfect predictor of the true findings against the annotated (noisy) labels, per head",
+        "label_noise_ceiling_auroc": ceiling,
+        "label_noise_ceiling_note": "AUROC of a perfect predictor of the true findings against the annotated (noisy) labels, per head",
         "episode_bayes_auroc": episode_auroc(params),
         "episode_bayes_note": "best AUROC of one finding-vs-mimic episode from magnitude, phase, both (regime design)",
         "slice_position_auroc": _slice_position_auroc(studies, "labels_noisy"),

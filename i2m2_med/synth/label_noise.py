@@ -6,7 +6,7 @@ disagree. A flipped-to-positive slice gets a box where an annotator would plausi
 something (a mimic of that head on the slice, else the typical place of the head's finding); a
 flipped-to-negative slice loses that head's boxes.
 
-The **oracle ceiling** of a head is the AUROC that a perfect predictor of the true finding
+The **label-noise ceiling** of a head is the AUROC that a perfect predictor of the true finding
 (score = true label) reaches against the noisy labels. With prevalence ``pi`` and symmetric
 flips ``p``, among noisy positives a fraction ``a = pi(1-p) / (pi(1-p) + (1-pi)p)`` is truly
 positive, among noisy negatives a fraction ``b = (1-pi)(1-p) / ((1-pi)(1-p) + pi p)`` truly

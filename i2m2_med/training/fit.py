@@ -60,8 +60,9 @@ from i2m2_med.training.results import (
     TrainResult,
     _checkpoint_metrics,
     _write_predictions,
-    oracle_from_manifest,
-    oracle_mean_pathologies,
+    ceilings_from_manifest,
+    label_noise_ceiling_mean,
+    learnable_ceiling_mean,
     position_prior_of,
     predict_dataset,
     prediction_metrics,
@@ -320,9 +321,9 @@ def train(
 
     train_slices = sum(s["train_samples"] for s in stages)
     train_seconds = sum(s["train_seconds"] for s in stages)
-    oracle = oracle_from_manifest(dm.cohort.manifest)
+    ceilings = ceilings_from_manifest(dm.cohort.manifest)
     test_summary = (splits_out.get("test") or {}).get("summary", {}).get("combined") or {}
-    oracle_mean = oracle_mean_pathologies(oracle)
+
     metrics: dict[str, Any] = {
         "variant": variant,
         "experts": list(model.expert_names),
@@ -335,8 +336,9 @@ def train(
         "aggregation": {"name": cfg.training.aggregation, "rule": aggregation_rule(cfg.training.aggregation)[0],
                         "k": aggregation_rule(cfg.training.aggregation)[1]},
         "score": "p(y=1) of each head (combined: the normalised product; experts: their own softmax)",
-        "oracle": oracle,
-        "oracle_mean_pathologies": oracle_mean,
+        "ceilings": ceilings,
+        "label_noise_ceiling_mean": label_noise_ceiling_mean(ceilings),
+        "learnable_ceiling_mean": learnable_ceiling_mean(ceilings),
         "test_mean_pathologies": {
             "slice": (test_summary.get("slice") or {}).get("mean_pathologies"),
             "study": (test_summary.get("study") or {}).get("mean_pathologies"),

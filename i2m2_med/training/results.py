@@ -112,7 +112,7 @@ class TrainResult:
     train_time_s: float
     train_slices: int
     samples_per_s: float | None
-    oracle_mean_pathologies: float | None
+    label_noise_ceiling_mean: float | None
     test_mean_pathologies: Mapping[str, float | None]
     calibration: Mapping[str, Any]
 
@@ -135,7 +135,7 @@ class TrainResult:
             train_time_s=float(t["train_time_s"]),
             train_slices=int(t["train_slices"]),
             samples_per_s=_float_or_none(t["samples_per_s"]),
-            oracle_mean_pathologies=_float_or_none(metrics["oracle_mean_pathologies"]),
+            label_noise_ceiling_mean=_float_or_none(metrics["label_noise_ceiling_mean"]),
             test_mean_pathologies={k: _float_or_none(v) for k, v in metrics["test_mean_pathologies"].items()},
             calibration=metrics["calibration"],
         )
@@ -334,21 +334,27 @@ def prediction_metrics(
     return out
 
 
-def oracle_from_manifest(manifest: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """What the synthetic generator's manifest says a model can reach, or None without a manifest.
+def ceilings_from_manifest(manifest: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """What a synthetic cohort's manifest says about the reach of any model, or None without one.
 
-    ``ceiling_auroc``: per head, the AUROC of a perfect predictor of the true findings against the
-    annotated labels (``oracle_ceiling_auroc``: "empirical" on this cohort, else "expected"; 1.0
-    without label noise); ``mean_pathologies``: its mean over ACL/MTEAR/CART (the heads where it
-    is defined). Also copied when present: ``episode_bayes_auroc`` (the best AUROC of one
-    finding-vs-mimic episode from magnitude, phase and both: the regime's design) and
-    ``slice_position_auroc`` (what the slice position alone predicts) and
-    ``slice_evidence_auroc`` (the Bayes score of the cues every slice shows: what the images allow).
+    Two different ceilings, not to be confused:
+
+    * ``label_noise``: per head, the AUROC of a perfect predictor of the *true* findings against
+      the annotated (noisy) labels (``label_noise_ceiling_auroc``: "empirical" on this cohort,
+      else "expected"), and ``mean_pathologies`` over ACL/MTEAR/CART. It is 1.0 at zero label
+      noise and says nothing about what can be learnt from the images.
+    * ``learnable``: what the images allow. ``slice_evidence_auroc`` per head (the Bayes score of
+      the cues every slice shows, knowing where each class's sites are) with its
+      ``mean_pathologies``, and ``episode_bayes_auroc`` (the best AUROC of one finding-vs-mimic
+      episode from magnitude alone, phase alone and both: the regime's design).
+
+    Also ``slice_position_auroc`` (what the slice position alone predicts, on the whole cohort),
+    ``regime`` and ``label_noise_rate`` (the fraction of flipped labels) when present.
     """
     if not manifest:
         return None
-    ceiling = manifest.get("oracle_ceiling_auroc")
     out: dict[str, Any] = {}
+    ceiling = manifest.get("label_noise_ceiling_auroc")
     if isinstance(ceiling, Mapping):
         per_head: dict[str, float | None] = {}
         for head in HEADS:
@@ -359,28 +365,45 @@ def oracle_from_manifest(manifest: Mapping[str, Any] | None) -> dict[str, Any] |
             elif isinstance(node, (int, float)):
                 value = node
             per_head[head] = None if value is None else float(value)
-        out["ceiling_auroc"] = per_head
-        defined = [per_head[h] for h in PATHOLOGY_HEADS if per_head.get(h) is not None]
-        out["mean_pathologies"] = float(np.mean(defined)) if defined else None
-        if manifest.get("oracle_ceiling_note"):
-            out["note"] = manifest["oracle_ceiling_note"]
-    for key in ("episode_bayes_auroc", "slice_position_auroc", "slice_evidence_auroc", "regime", "label_noise"):
+        out["label_noise"] = {"auroc": per_head, "mean_pathologies": _mean3(per_head),
+                              "note": manifest.get("label_noise_ceiling_note")}
+    evidence = manifest.get("slice_evidence_auroc")
+    if isinstance(evidence, Mapping) or "episode_bayes_auroc" in manifest:
+        learnable: dict[str, Any] = {}
+        if isinstance(evidence, Mapping):
+            learnable["slice_evidence_auroc"] = dict(evidence)
+            learnable["mean_pathologies"] = _mean3(evidence)
+        if "episode_bayes_auroc" in manifest:
+            learnable["episode_bayes_auroc"] = manifest["episode_bayes_auroc"]
+        out["learnable"] = learnable
+    for key in ("slice_position_auroc", "regime"):
         if key in manifest:
             out[key] = manifest[key]
+    if "label_noise" in manifest:
+        out["label_noise_rate"] = manifest["label_noise"]
     return out or None
 
 
-def oracle_mean_pathologies(oracle: Mapping[str, Any] | None) -> float | None:
-    """The oracle ceiling's mean AUROC over ACL/MTEAR/CART (None when unknown)."""
-    if not oracle:
-        return None
-    value = oracle.get("mean_pathologies")
+def _mean3(per_head: Mapping[str, Any]) -> float | None:
+    defined = [float(per_head[h]) for h in PATHOLOGY_HEADS if per_head.get(h) is not None]
+    return float(np.mean(defined)) if defined else None
+
+
+def label_noise_ceiling_mean(ceilings: Mapping[str, Any] | None) -> float | None:
+    """The label-noise ceiling's mean AUROC over ACL/MTEAR/CART (None when unknown)."""
+    value = ((ceilings or {}).get("label_noise") or {}).get("mean_pathologies")
+    return None if value is None else float(value)
+
+
+def learnable_ceiling_mean(ceilings: Mapping[str, Any] | None) -> float | None:
+    """The learnable ceiling's (slice evidence) mean AUROC over ACL/MTEAR/CART (None when unknown)."""
+    value = ((ceilings or {}).get("learnable") or {}).get("mean_pathologies")
     return None if value is None else float(value)
 
 
 def _checkpoint_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """The compact part of the metrics that travels inside the checkpoint."""
-    keep = {k: metrics[k] for k in ("variant", "seed", "aggregation", "oracle_mean_pathologies", "test_mean_pathologies",
+    keep = {k: metrics[k] for k in ("variant", "seed", "aggregation", "label_noise_ceiling_mean", "test_mean_pathologies",
                                     "position_prior")}
     keep["training"] = {k: v for k, v in metrics["training"].items() if k != "stages"}
     keep["summary"] = {

@@ -656,7 +656,7 @@ def regime_section(results: Mapping[str, Any], figs: Figures) -> str:
            "modality alone is informative), across them (<b>inter</b>: only the co-location of a magnitude and a phase cue is), or "
            "both (<b>mixed</b>). One cohort per regime (same generator seed and size), I2M2 against the product of unimodal "
            "experts (intra) and the joint model (inter), each over the seeds. Mean AUROC over ACL/MTEAR/CART on the test split; "
-           "the oracle ceiling is the AUROC of a perfect predictor of the true findings against the annotated labels on the same slices.</p>"]
+           "the label-noise ceiling is the AUROC of a perfect predictor of the true findings against the annotated labels on the same slices.</p>"]
     if undefined(study):
         out.append(f'<div class="problems">{esc(study.get("reason"))}</div>')
         return section("regimes", "".join(out))
@@ -674,10 +674,10 @@ def regime_section(results: Mapping[str, Any], figs: Figures) -> str:
                 lowest = min(lowest, float(cell["mean"]) - float(cell.get("sd") or 0.0))
         fig.add_trace(go.Bar(x=xs, y=ys, name=v, marker_color=colour(v), error_y=dict(type="data", array=err, visible=True),
                              hovertemplate=f"{v}, %{{x}}: %{{y:.3f}}<extra></extra>"))
-    ox = [r for r, b in regimes.items() if ((b.get("oracle") or {}).get("mean_pathologies")) is not None]
-    oy = [regimes[r]["oracle"]["mean_pathologies"] for r in ox]
+    ox = [r for r, b in regimes.items() if ((b.get("label_noise_ceiling") or {}).get("mean_pathologies")) is not None]
+    oy = [regimes[r]["label_noise_ceiling"]["mean_pathologies"] for r in ox]
     if ox:
-        fig.add_trace(go.Scatter(x=ox, y=oy, mode="markers", name="oracle ceiling", marker=dict(symbol="line-ew", size=40, line=dict(width=3, color="#222"))))
+        fig.add_trace(go.Scatter(x=ox, y=oy, mode="markers", name="label-noise ceiling", marker=dict(symbol="line-ew", size=40, line=dict(width=3, color="#222"))))
     fig.update_layout(barmode="group", title="Regime study: mean AUROC (slice level), error bars = sd over seeds", yaxis=dict(range=[max(0.0, min(0.4, lowest - 0.05)), 1.02], title="mean AUROC"))
     out.append(figs.div(fig, 420))
     for level in ("slice", "study"):
@@ -694,8 +694,8 @@ def regime_section(results: Mapping[str, Any], figs: Figures) -> str:
                 entry = (block.get("variants") or {}).get(v) or {}
                 cell = ((entry.get("seed_summary") or {}).get(level) or {}).get("mean_pathologies") or {}
                 row.append(pm(cell.get("mean"), cell.get("sd")) if cell.get("mean") is not None else notes.na(cell.get("reason") or entry.get("reason")))
-            oracle = (block.get("oracle") or {})
-            row.append(num(oracle.get("mean_pathologies")) if oracle.get("mean_pathologies") is not None else notes.na(oracle.get("reason") or "unknown"))
+            ceiling = (block.get("label_noise_ceiling") or {})
+            row.append(num(ceiling.get("mean_pathologies")) if ceiling.get("mean_pathologies") is not None else notes.na(ceiling.get("reason") or "unknown"))
             for other in ("intra", "inter"):
                 m = (block.get("margins") or {}).get(other) or {}
                 c = m.get(level) if level in m else m
@@ -711,7 +711,7 @@ def regime_section(results: Mapping[str, Any], figs: Figures) -> str:
                 row.append(f'<span class="{"good" if t["met"] else "bad"}">{"met" if t["met"] else "not met"}</span><br><span class="ci">margin {float(t["margin_over_best"]):+.3f}</span>')
             rows.append(row)
         out.append(f"<h3>{LEVEL_TITLES[level]}</h3>")
-        out.append(table(["regime", *[f"{esc(v)}<br>mean &plusmn; sd" for v in study.get("variants", [])], "oracle ceiling",
+        out.append(table(["regime", *[f"{esc(v)}<br>mean &plusmn; sd" for v in study.get("variants", [])], "label-noise ceiling",
                           "I2M2 &minus; intra<br>(ensemble, 95% CI)", "I2M2 &minus; inter<br>(ensemble, 95% CI)",
                           f"I2M2 &ge; max(intra, inter) &minus; {esc(((study.get('targets') or {}).get(level) or {}).get('tolerance'))}"], rows))
         out.append(notes.html())
