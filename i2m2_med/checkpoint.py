@@ -304,6 +304,8 @@ def load_checkpoint(
         raise CheckpointError(p, f"cannot build variant {variant!r} from the checkpoint's config: {exc}") from None
     if "prior_offset" in state:
         model.set_prior_offset(torch.zeros(len(HEADS)))  # shape checked and value loaded below
+    if "study_calibration" in state:
+        model.set_study_calibration(torch.tensor([[1.0, 0.0]] * len(HEADS)))  # likewise
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

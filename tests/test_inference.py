@@ -327,3 +327,30 @@ def test_default_model_is_the_bundled_demo_model():
     assert resolve_checkpoint(None) == resolve_checkpoint(demo)
     model, meta = load_model()
     assert meta.variant and len(meta.fingerprint) >= 8 and not model.training
+
+
+def test_a_study_calibration_map_travels_in_the_checkpoint_and_maps_the_study_p(tmp_path, studies):
+    from i2m2_med.checkpoint import load_checkpoint, save_checkpoint
+    from i2m2_med.metrics.calibration import apply_study_map
+
+    path = make_checkpoint(tmp_path / "m.safetensors", "i2m2")
+    model, meta = load_checkpoint(path)
+    plain = predict_study(model, meta, studies["h5"])
+    assert model.study_calibration_map() is None and "calibration" not in plain.aggregation
+    np.testing.assert_allclose(plain.p_study, plain.study_score)
+    params = np.array([[0.5, -1.0], [1.0, 0.0], [2.0, 0.3], [0.8, -0.2]])
+    model.set_study_calibration(params)
+    save_checkpoint(tmp_path / "c.safetensors", model, meta.config, meta.variant, meta.n_tabular, meta.tabular_names,
+                    None, "test-data")
+    loaded, meta2 = load_checkpoint(tmp_path / "c.safetensors")
+    assert meta2.fingerprint != meta.fingerprint  # the map changes what the model says: a new fingerprint
+    np.testing.assert_allclose(loaded.study_calibration_map(), params, rtol=1e-6)
+    pred = predict_study(loaded, meta2, studies["h5"])
+    np.testing.assert_allclose(pred.p, plain.p, rtol=1e-6)  # slices untouched
+    np.testing.assert_allclose(pred.study_score, plain.study_score, rtol=1e-6)
+    np.testing.assert_allclose(pred.p_study, apply_study_map(plain.study_score, params[:, 0], params[:, 1]), rtol=1e-5)
+    assert pred.aggregation["calibration"]["slope"]["acl"] == pytest.approx(0.5)
+    doc = pred.to_json()
+    assert doc["study"]["score"]["acl"] == pytest.approx(float(pred.study_score[0]))
+    back = type(pred).from_json(doc)
+    np.testing.assert_allclose(back.study_score, pred.study_score) and np.testing.assert_allclose(back.p_study, pred.p_study)

@@ -26,7 +26,11 @@ slices the aggregation rule reads for that head, of the expert's log-odds
 ``log p_e(1) - log p_e(0)`` (its additive share of the product's log-odds, see
 :mod:`i2m2_med.evidence`): the top slice for ``max``, the top k slices for ``mean_top_k``
 (``top3_mean``), every slice for ``mean`` and ``noisy_or``. The contributions of all terms add up
-to the mean combined log-odds of those slices -- for ``max`` exactly ``logit(p_study)``.
+to the mean combined log-odds of those slices -- for ``max`` exactly ``logit(study_score)``.
+
+A model trained with the study-level calibration (``training.calibration: prior``) carries a map
+fitted on its validation studies; ``p_study`` is then the aggregated score mapped through it (a
+probability that the study holds the finding), ``study_score`` the score before it.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from i2m2_med.inference.prediction import StudyPrediction
 from i2m2_med.inference.streaming import iter_slice_samples, modality_pipeline
 from i2m2_med.io.study import IMAGE_MODALITIES, Study
 from i2m2_med.metrics.aggregation import aggregate_study, aggregation_rule, top_slice
+from i2m2_med.metrics.calibration import apply_study_map
 from i2m2_med.models import I2M2Model
 
 DEFAULT_BATCH_SIZE = 32
@@ -218,7 +223,16 @@ def predict_study(
     terms = {t: np.concatenate(term_chunks[t], axis=0).astype(np.float32) for t in names}
     combined = np.concatenate(combined_chunks, axis=0).astype(np.float32)
     p = np.exp(combined[..., 1]).astype(np.float32)
-    p_study = np.asarray(aggregate_study(p, rule, k) if rule == "mean_top_k" else aggregate_study(p, rule), dtype=np.float64)
+    score = np.asarray(aggregate_study(p, rule, k) if rule == "mean_top_k" else aggregate_study(p, rule), dtype=np.float64)
+    study_map = model.study_calibration_map()
+    p_study = score if study_map is None else apply_study_map(score, study_map[:, 0], study_map[:, 1])
+    aggregation: dict[str, Any] = {"rule": rule, "k": k} if rule == "mean_top_k" else {"rule": rule}
+    if study_map is not None:
+        aggregation["calibration"] = {
+            "rule": "p = sigmoid(slope * logit(score) + intercept), fitted on validation studies",
+            "slope": {h: float(study_map[j, 0]) for j, h in enumerate(HEADS)},
+            "intercept": {h: float(study_map[j, 1]) for j, h in enumerate(HEADS)},
+        }
     top = np.asarray(top_slice(p), dtype=np.int64)
     chosen = _selected_slices(p, rule, k)
     contributions = {}
@@ -239,7 +253,7 @@ def predict_study(
         missing_modalities=missing,
         excluded_modalities=excluded,
         dropped_experts=list(dropped or []),
-        aggregation={"rule": rule, "k": k} if rule == "mean_top_k" else {"rule": rule},
+        aggregation=aggregation,
         slices=np.asarray(indices, dtype=np.int64),
         terms=terms,
         combined=combined,
@@ -250,4 +264,5 @@ def predict_study(
         tabular=tabular_named,
         notes=list(study.notes),
         seconds=time.perf_counter() - t0,
+        study_score=score,
     )

@@ -24,7 +24,10 @@ class StudyPrediction:
     * ``combined``: the normalised product ``(S, 4, 2)`` float32 log-probabilities;
     * ``p``: combined p(y=1) ``(S, 4)`` float32 (``exp(combined[..., 1])``).
 
-    Per study: ``p_study`` ``(4,)`` float64 by ``aggregation``; ``top_slice`` ``(4,)`` int64;
+    Per study: ``p_study`` ``(4,)`` float64: the probability of each finding in the study, the
+    slice probabilities aggregated by ``aggregation`` and, when the model carries a study-level
+    calibration map (``aggregation["calibration"]``), mapped through it; ``study_score`` ``(4,)``
+    the aggregated ranking score before that map (None in records without it); ``top_slice`` ``(4,)`` int64;
     ``contributions`` term -> ``(4,)`` float64 log-odds (see the module docstring).
     """
 
@@ -48,6 +51,7 @@ class StudyPrediction:
     tabular: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    study_score: np.ndarray | None = None
 
     @property
     def term_names(self) -> list[str]:
@@ -102,6 +106,7 @@ class StudyPrediction:
             "slices": slices,
             "study": {
                 "p": self.study_p(),
+                **({} if self.study_score is None else {"score": {h: float(self.study_score[j]) for j, h in enumerate(HEADS)}}),
                 "top_slice": self.study_top_slice(),
                 "contributions": self.study_contributions(),
             },
@@ -161,6 +166,7 @@ class StudyPrediction:
             combined=combined,
             p=np.asarray([[r["p"][h] for h in HEADS] for r in rows], dtype=np.float32),
             p_study=np.asarray([study["p"][h] for h in HEADS], dtype=np.float64),
+            study_score=np.asarray([study["score"][h] for h in HEADS], dtype=np.float64) if "score" in study else None,
             top_slice=np.asarray([position[int(study["top_slice"][h])] for h in HEADS], dtype=np.int64),
             contributions={t: np.asarray([v[h] for h in HEADS], dtype=np.float64)
                            for t, v in study["contributions"].items()},

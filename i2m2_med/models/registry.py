@@ -27,13 +27,15 @@ list of per-sample dicts. The expert then runs on the whole batch, but its term 
 those samples (``I2M2Output.mask``); a sample left with no expert raises UsageError.
 
 State-dict keys are ``experts.<name>.*`` (and ``prior.logits``; ``prior_offset`` once the prior
-has been refitted after training, see :meth:`I2M2Model.set_prior_offset`) in every variant.
+has been refitted after training, see :meth:`I2M2Model.set_prior_offset`; ``study_calibration``
+once the study-level map has been fitted, :meth:`I2M2Model.set_study_calibration`) in every variant.
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -122,6 +124,7 @@ class I2M2Model(nn.Module):
         self.experts = nn.ModuleDict(modules)
         self.prior = Prior(len(HEADS)) if mcfg.prior else None
         self.prior_offset: Tensor | None = None
+        self.study_calibration: Tensor | None = None
 
     # ---- the prior refitted after training --------------------------------------------------
 
@@ -147,6 +150,30 @@ class I2M2Model(nn.Module):
             del self.__dict__["prior_offset"]
         device = next(self.parameters()).device
         self.register_buffer("prior_offset", value.to(device), persistent=True)
+
+    # ---- the study-level calibration fitted after training -------------------------------------
+
+    def set_study_calibration(self, params: Tensor | np.ndarray | None) -> None:
+        """Set (``[4, 2]``: slope and intercept per head) or remove (None) the study-level
+        calibration map fitted on validation after training
+        (:func:`i2m2_med.metrics.calibration.fit_study_calibration`): a study's probability is
+        ``sigmoid(slope * logit(score) + intercept)`` of its aggregated score. A persistent buffer,
+        so the checkpoint hash and fingerprint cover it; it does not change any slice output."""
+        if "study_calibration" in self._buffers:
+            del self._buffers["study_calibration"]
+        if params is None:
+            self.study_calibration = None
+            return
+        value = torch.as_tensor(params, dtype=torch.float32).detach().clone()
+        if tuple(value.shape) != (len(HEADS), 2) or not bool(torch.isfinite(value).all()):
+            raise UsageError("study_calibration", f"expected ({len(HEADS)}, 2) finite values, got {tuple(value.shape)}")
+        if "study_calibration" in self.__dict__:
+            del self.__dict__["study_calibration"]
+        self.register_buffer("study_calibration", value.to(next(self.parameters()).device), persistent=True)
+
+    def study_calibration_map(self) -> np.ndarray | None:
+        """The study-level map as ``(4, 2)`` float64, or None when none was fitted."""
+        return None if self.study_calibration is None else self.study_calibration.detach().cpu().double().numpy()
 
     @property
     def has_prior(self) -> bool:

@@ -306,6 +306,8 @@ def train(
             continue
         predictions[split] = predict_dataset(model, ds, batch_size=eval_batch, num_workers=0, device=device)
     study_map, calibration["study"] = study_calibration_of(predictions.get("val"), cfg.training.aggregation)
+    if study_map is not None and cfg.training.calibration == "prior":
+        model.set_study_calibration(study_map)
     for split, pred in predictions.items():
         splits_out[split] = prediction_metrics(
             pred, split, cfg.training.aggregation, n_boot=n_boot, seed=seed, in_view=dm.cohort.in_view,
