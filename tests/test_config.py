@@ -47,12 +47,16 @@ def test_cpu_config_is_compact_with_the_same_structure():
     assert cpu.model.image_expert.pool_size == 2
 
 
-def test_demo_config_is_the_cpu_config_with_the_warm_start():
-    """The bundled model's recipe is a config file alone: cpu.yaml plus the warm start."""
+def test_demo_config_is_the_cpu_architecture_trained_at_scale():
     cpu, demo = load_config("cpu"), load_config("demo")
     assert (cpu.training.warm_start, demo.training.warm_start) == (False, True)
-    assert demo.training.warm_start_epochs == 8
-    assert demo == cpu.with_updates(name="demo", **{"training.warm_start": True})
+    scale = {
+        "training.warm_start": True, "training.warm_start_epochs": 3, "training.max_epochs": 10,
+        "training.early_stopping.patience": 4, "training.sampling": "hard_cases", "training.epoch_slices": 3072,
+        "training.tensor_cache": True, "training.cache_size": 0, "model.joint.tabular_dropout": 0.2,
+    }
+    assert demo == cpu.with_updates(name="demo", **scale)  # the architecture and everything else: cpu.yaml's
+    assert demo.training.early_stopping.monitor == "val_selection"
 
 
 def test_load_from_path_equals_name_and_round_trips(tmp_path):
