@@ -33,12 +33,14 @@ from benchmarks.common import Context, machine_info, software_versions, summaris
 SECTIONS: dict[str, str] = {
     "transforms": "benchmarks.bench_transforms",
     "synth": "benchmarks.bench_synth",
+    "cache": "benchmarks.bench_cache",
     "models": "benchmarks.bench_models",
     "training": "benchmarks.bench_training",
     "training_seeds": "benchmarks.bench_training_seeds",
     "ablation": "benchmarks.bench_ablation",
     "ablation_full": "benchmarks.bench_ablation_full",
     "diagnose": "benchmarks.bench_diagnose",
+    "heldout": "benchmarks.bench_heldout",
 }
 
 REPO = Path(__file__).resolve().parents[1]

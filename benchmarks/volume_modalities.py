@@ -19,7 +19,11 @@ import numpy as np
 from i2m2_med.errors import I2M2Error, StudyReadError, TransformError
 from i2m2_med.transforms.coils import _multicoil
 from i2m2_med.transforms.fft import DEFAULT_CROP, _buffer, _pool, cpu_count
-from i2m2_med.transforms.modalities import _as_numpy_kspace, _check_crop, _slice_modalities
+from i2m2_med.transforms.modalities import (
+    _as_numpy_kspace,
+    _check_crop,
+    _slice_modalities,
+)
 
 #: Slices per block of :func:`iter_volume_modalities`.
 VOLUME_BLOCK = 8

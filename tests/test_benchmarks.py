@@ -473,3 +473,34 @@ def test_iter_volume_modalities_closed_early_leaves_nothing_running():
     time.sleep(0.1)
     assert sorted(reads) == done  # nothing read after close
     assert set(range(4)) <= set(done) and max(done) < 8  # block 0 and at most the queued block 1
+
+
+def test_cache_section_compares_the_three_data_paths(tmp_path: Path) -> None:
+    from benchmarks import bench_cache
+    from benchmarks.common import Context
+
+    result = bench_cache.run(Context(quick=True, repeats=1, workdir=tmp_path))
+    figures = {f["key"]: f["values"] for f in result["figures"]}
+    assert set(figures) == {"files", "cache_first", "cache_later", "persistent_first", "persistent_later"}
+    assert all(len(v) == 1 and v[0] > 0 for v in figures.values())
+    # a later epoch from the memory-mapped cache reads no file and transforms nothing
+    assert figures["cache_later"][0] < figures["files"][0]
+    assert result["params"]["slices"] == 16
+
+
+@pytest.mark.slow
+def test_heldout_section_measures_the_bundled_model_against_position(tmp_path: Path, monkeypatch) -> None:
+    import i2m2_med
+    from benchmarks import bench_heldout
+    from benchmarks.common import Context
+
+    if not i2m2_med.demo_model_path().is_file():
+        pytest.skip("the demo model is not bundled in this checkout")
+    monkeypatch.delenv(bench_heldout.HELDOUT_DIR_ENV, raising=False)
+    result = bench_heldout.run(Context(quick=True, repeats=1, workdir=tmp_path))
+    values = result["heldout"]["values"]
+    assert values["slice_mean3"] is not None and values["position_slice_mean3"] is not None
+    assert 0.0 <= values["slice_mean3"] <= 1.0 and 0.0 <= values["study_ece"] <= 1.0
+    assert set(result["heldout"]["met"]) == set(bench_heldout.TARGETS)
+    assert any(n.startswith("Targets: ") for n in result["notes"])
+    assert not any(p.suffix == ".h5" for p in tmp_path.rglob("*.h5"))  # generated straight into the cache

@@ -38,6 +38,8 @@ from i2m2_med.data.splits import (
 from i2m2_med.data.tabular import read_clinical_csv, tabular_features
 from i2m2_med.errors import AnnotationError, TransformError, UsageError
 from i2m2_med.heads import HEADS
+from i2m2_med.io.annotations import read_fastmri_plus, slice_labels
+from i2m2_med.io.discover import discover
 from i2m2_med.io.study import Study
 
 
@@ -205,8 +207,6 @@ def load_cohort(
         UsageError: the folder does not exist, or no labelled study is found.
         AnnotationError: a label, clinical or split file is malformed.
     """
-    from i2m2_med.io.annotations import read_fastmri_plus, slice_labels
-    from i2m2_med.io.discover import discover
 
     root = Path(data_dir)
     if not root.is_dir():

@@ -30,6 +30,7 @@ from i2m2_med.data.sample import image_sample
 from i2m2_med.errors import TransformError, UsageError
 from i2m2_med.heads import HEADS
 from i2m2_med.io.study import Study
+from i2m2_med.transforms.dictionary import build_modality_pipeline
 
 SAMPLE_MODALITIES: tuple[str, ...] = ("magnitude", "phase", "tabular")
 
@@ -39,8 +40,6 @@ DEFAULT_CACHE_SIZE = 4096
 
 
 def _default_pipeline(image_size: int, undersample: Any, seed: int | None) -> Callable[[dict], dict]:
-    from i2m2_med.transforms.dictionary import build_modality_pipeline
-
     return build_modality_pipeline(image_size, undersample=undersample, seed=seed)
 
 

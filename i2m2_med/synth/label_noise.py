@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from i2m2_med.heads import HEADS
+from i2m2_med.heads import HEADS, head_of_label
 from i2m2_med.synth.lesions import LESION_CLASSES, Episode
 from i2m2_med.synth.priors import LABEL_STATS
 
@@ -110,7 +110,6 @@ def noisy_boxes(
 
 
 def _head(label: str) -> str:
-    from i2m2_med.heads import head_of_label
 
     return head_of_label(label)  # type: ignore[return-value]
 

@@ -32,6 +32,7 @@ import numpy as np
 from i2m2_med.heads import HEADS
 from i2m2_med.synth import lesions, risk
 from i2m2_med.synth.label_noise import auroc
+from i2m2_med.synth.priors import LABEL_STATS
 from i2m2_med.synth.regimes import regime_params
 from i2m2_med.synth.volume import draw_anatomy, render_acquisitions
 
@@ -118,7 +119,6 @@ def _site_contrasts(ps: "ProbeSet", cls: lesions.LesionClass, size: int) -> np.n
     site is not visible): magnitude (inner mean minus ring mean, magnitude / its 99th percentile)
     and phase (angle of the inner complex mean against the ring's: a local homodyne filter)."""
     f = 320.0 / size
-    from i2m2_med.synth.priors import LABEL_STATS
 
     w = np.median([LABEL_STATS[lab].width_q[1] for lab, _ in cls.labels])
     h = np.median([LABEL_STATS[lab].height_q[1] for lab, _ in cls.labels]) * cls.height_factor

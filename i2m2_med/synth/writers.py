@@ -26,6 +26,7 @@ import numpy as np
 
 from i2m2_med.atomic import write_json, write_text
 from i2m2_med.heads import HEADS
+from i2m2_med.io.annotations import write_fastmri_plus
 from i2m2_med.io.fastmri_h5 import write_fastmri_h5
 from i2m2_med.synth.volume import Acquisition
 
@@ -66,7 +67,6 @@ def write_annotations(out_dir: Path, rows: list[Mapping[str, Any]], files: Seque
 
     Uses :func:`i2m2_med.io.annotations.write_fastmri_plus`, which converts to the flipped
     convention of the release (``y_csv = 320 - y - height``)."""
-    from i2m2_med.io.annotations import write_fastmri_plus
 
     csv_path = out_dir / ANNOTATIONS_DIR / "knee.csv"
     list_path = out_dir / ANNOTATIONS_DIR / "knee_file_list.csv"
