@@ -610,3 +610,16 @@ def test_metrics_table_clusters_both_levels_by_subject():
     )
     with pytest.raises(UsageError):
         tables.metrics_table(y, p, ids, subject_ids=subjects[:-1], n_boot=50)
+
+
+def test_midranks_are_scipys_average_ranks():
+    from scipy.stats import rankdata
+
+    from i2m2_med.metrics.ranking import midranks
+
+    rng = np.random.default_rng(3)
+    for n in (1, 2, 7, 500):
+        ties = rng.integers(0, 5, n).astype(np.float64)
+        np.testing.assert_array_equal(midranks(ties), rankdata(ties, method="average"))
+        distinct = rng.random(n)
+        np.testing.assert_array_equal(midranks(distinct), rankdata(distinct, method="average"))

@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Any, NamedTuple, Sequence
 
 import numpy as np
-from scipy import stats
 
 from i2m2_med.errors import UndefinedMetricError, UsageError
 
@@ -118,8 +117,22 @@ def auroc(y_true: Any, score: Any) -> float:
     y = _binary(y_true)
     s = _scores(score, y.size)
     n_pos, n_neg = _require_both_classes(y, "AUROC")
-    ranks = stats.rankdata(s, method="average")
+    ranks = midranks(s)
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def midranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks of ``x`` (N,) with ties given the mean of their ranks (float64), as
+    ``scipy.stats.rankdata(x, method="average")``; plain numpy, so that the metrics (and the config,
+    which reads the aggregation rule names) import without scipy.stats."""
+    x = np.asarray(x).reshape(-1)
+    order = np.argsort(x, kind="mergesort")
+    xs = x[order]
+    bounds = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1], True])
+    starts, ends = bounds[:-1], bounds[1:]
+    ranks = np.empty(x.size, dtype=np.float64)
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    return ranks
 
 
 def auroc_result(y_true: Any, score: Any, split: str | None = None, unit: str = "cases") -> MetricValue:
