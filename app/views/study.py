@@ -67,6 +67,8 @@ st.markdown(f"## Study `{shown_id}`")
 rule = pred.aggregation.get("rule", "")
 rule_text = {"mean_top_k": f"study p = mean of the {pred.aggregation.get('k', 3)} highest slices", "max": "study p = highest slice",
              "mean": "study p = mean over slices", "noisy_or": "study p = noisy-OR of slices"}.get(rule, rule)
+if "calibration" in pred.aggregation:  # the model's study-level map, fitted on its validation studies
+    rule_text = rule_text.replace("study p = ", "study p = calibrated ")
 items = [(f"{summary.get('format', pred.format)}", ""), (f"{pred.n_slices} slices", "")]
 for m in ("magnitude", "phase", "tabular"):
     if m in pred.missing_modalities:
