@@ -19,10 +19,11 @@ Exit codes: 0 success; 1 bad arguments or a failure (one line on stderr).
 from __future__ import annotations
 
 import json
-import shutil
+import os
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 DEMO_VOLUMES = 400
 """Volumes of the demo cohort (about 260 subjects)."""
@@ -71,20 +72,44 @@ def command_line(volumes: int, seed: int) -> str:
     return f"i2m2-med demo --volumes {volumes} --seed {seed}"
 
 
+def _portable(value: Any, out: Path) -> Any:
+    """``value`` (JSON-like) with every path string under the folder ``out`` rewritten relative to
+    its parent (``/home/me/demo_out/cohort`` -> ``demo_out/cohort``)."""
+    if isinstance(value, dict):
+        return {k: _portable(v, out) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_portable(v, out) for v in value]
+    if isinstance(value, str):
+        root = str(out.resolve())
+        if value == root or value.startswith(root + os.sep):
+            return str(Path(out.name) / Path(value).relative_to(root))
+    return value
+
+
 def bundle(run_dir: Path, volumes: int, seed: int, target: Path | None = None) -> Path:
-    """Copy a demo run's checkpoint and metrics into the package (atomically, file by file) and
-    write ``command.txt``; returns the bundle folder."""
+    """Write a demo run's checkpoint and metrics into the package (atomically, file by file) and
+    ``command.txt``; returns the bundle folder. Paths of the build machine (the demo's output
+    folder) are written relative to that folder's parent, e.g. ``demo_out/cohort``: the shipped
+    files name no folder of the machine that built them. The weights, and so the fingerprint,
+    are those of the run."""
     import i2m2_med
-    from i2m2_med.atomic import atomic_path, write_text
+    from i2m2_med.atomic import write_json, write_text
+    from i2m2_med.checkpoint import load_checkpoint, save_checkpoint
     from i2m2_med.errors import UsageError
 
     target = Path(target) if target is not None else i2m2_med.DEMO_MODEL_DIR
+    out = run_dir.parent
     try:
         target.mkdir(parents=True, exist_ok=True)
+        model, meta = load_checkpoint(run_dir / "model.safetensors")
+        save_checkpoint(
+            target / "model.safetensors", model, meta.config, meta.variant, meta.n_tabular, meta.tabular_names,
+            _portable(meta.metrics, out), meta.data_fingerprint, extra=_portable(meta.extra, out),
+        )
+        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+        write_json(target / "metrics.json", _portable(metrics, out))
         for name in ("model.safetensors", "metrics.json"):
-            with atomic_path(target / name) as tmp:
-                shutil.copyfile(run_dir / name, tmp)
-                tmp.chmod(0o644)
+            (target / name).chmod(0o644)
         note = (
             f"The bundled demo model was produced by this command: the {DEMO_VARIANT} variant trained with the shipped "
             f"{DEMO_CONFIG} config (i2m2_med/config/{DEMO_CONFIG}.yaml) on the {DEMO_REGIME}-regime synthetic cohort of "

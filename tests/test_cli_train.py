@@ -102,17 +102,29 @@ def test_demo_bad_arguments_are_one_line(tmp_path: Path, capsys: pytest.CaptureF
     assert "--seed" in line
 
 
-def test_demo_bundle_writes_model_metrics_and_command(tmp_path: Path) -> None:
+def test_demo_bundle_writes_model_metrics_and_command_without_build_paths(tmp_path: Path) -> None:
     import i2m2_med
+    from diagnose_inputs import make_checkpoint
+    from i2m2_med.checkpoint import load_checkpoint, save_checkpoint
     from pipelines import demo
 
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "model.safetensors").write_bytes(b"weights")
-    (run / "metrics.json").write_text('{"variant": "i2m2"}')
+    out = tmp_path / "demo_out"
+    run = out / "run"
+    model, meta = load_checkpoint(make_checkpoint(tmp_path / "seed.safetensors"))
+    built = {"data_dir": str(out / "cohort"), "cohort": {"root": str(out / "cohort")}, "other": "/elsewhere/x"}
+    save_checkpoint(run / "model.safetensors", model, meta.config, meta.variant, meta.n_tabular, meta.tabular_names,
+                    built, "test-data", extra={"data_dir": str(out / "cohort")})
+    (run / "metrics.json").write_text(json.dumps({"variant": "i2m2", "checkpoint": str(run / "model.safetensors"),
+                                                  "runs": [str(out / "cohort" / "splits.csv")]}))
     target = demo.bundle(run, 40, 3, target=tmp_path / "bundle")
-    assert (target / "model.safetensors").read_bytes() == b"weights"
-    assert json.loads((target / "metrics.json").read_text()) == {"variant": "i2m2"}
+    shipped = json.loads((target / "metrics.json").read_text())
+    assert shipped == {"variant": "i2m2", "checkpoint": "demo_out/run/model.safetensors",
+                       "runs": ["demo_out/cohort/splits.csv"]}
+    _, bundled = load_checkpoint(target / "model.safetensors")
+    assert bundled.metrics == {"data_dir": "demo_out/cohort", "cohort": {"root": "demo_out/cohort"}, "other": "/elsewhere/x"}
+    assert bundled.extra == {"data_dir": "demo_out/cohort"}
+    assert bundled.fingerprint == load_checkpoint(run / "model.safetensors")[1].fingerprint  # the same weights
+    assert str(tmp_path) not in (target / "model.safetensors").read_bytes().decode("latin-1")
     command = (target / "command.txt").read_text()
     assert "i2m2-med demo --volumes 40 --seed 3" in command and "i2m2_med/config/demo.yaml" in command
     assert i2m2_med.demo_model_path() == REPO / "i2m2_med" / "assets" / "demo_model" / "model.safetensors"
