@@ -149,9 +149,7 @@ def compute_planes(ref: StudyRef, index: int) -> Planes:
     try:
         raw = study.read_slice(int(index))
     finally:
-        closer = getattr(study.slice_reader, "close", None)
-        if callable(closer):
-            closer()
+        study.close()
     _count("planes")
     out = modality_pipeline(DISPLAY_SIZE)(dict(raw))
     present = out.get("present") or {}
@@ -198,9 +196,7 @@ def model_sample(lm: LoadedModel, ref: StudyRef, index: int) -> dict[str, Any]:
         sample = image_sample(study, int(index), modality_pipeline(int(lm.meta.config.image_size)))
         vec, _ = study_tabular(study, lm.meta, clinical_row(ref, study))
     finally:
-        closer = getattr(study.slice_reader, "close", None)
-        if callable(closer):
-            closer()
+        study.close()
     if vec is not None:
         sample["tabular"] = torch.from_numpy(vec)
     return sample

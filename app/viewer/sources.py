@@ -381,9 +381,7 @@ def accept_upload(name: str, data: bytes, max_bytes: int) -> Upload:
                 reason = exc.reason if isinstance(exc, I2M2Error) else str(exc)
                 raise UploadRejected(f"{name}: {reason}") from None
             finally:
-                closer = getattr(study.slice_reader, "close", None)
-                if callable(closer):
-                    closer()
+                study.close()
             label = f"{Path(name).name} - {study.format}, {study.n_slices} slices" + (f" (series {i})" if len(found.studies) > 1 else "")
             refs.append(StudyRef("upload", str(target.resolve()), study.study_id, label, token=digest))
         return Upload(name=Path(name).name, sha256=digest, folder=folder, refs=refs, problems=problems)

@@ -33,8 +33,6 @@ from i2m2_med.io.study import Study
 from i2m2_med.transforms.dictionary import build_modality_pipeline
 
 SAMPLE_MODALITIES: tuple[str, ...] = ("magnitude", "phase", "tabular")
-
-
 DEFAULT_CACHE_SIZE = 4096
 """Transformed slices kept per process by default (about 135 MB at 64 x 64)."""
 

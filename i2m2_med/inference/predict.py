@@ -215,9 +215,7 @@ def predict_study(
                 raise UsageError(study.source, f"the sample stream gave {count} slices for {len(indices)}")
     finally:
         model.train(was_training)
-        closer = getattr(study.slice_reader, "close", None)  # readers that hold a file open have one
-        if callable(closer):
-            closer()
+        study.close()
 
     names = _ordered(term_chunks)
     terms = {t: np.concatenate(term_chunks[t], axis=0).astype(np.float32) for t in names}

@@ -14,8 +14,6 @@ from i2m2_med.errors import UsageError
 from i2m2_med.io.study import Study
 
 _PIPELINES: dict[int, Callable[[dict], dict]] = {}
-
-
 _PIPELINE_LOCK = threading.Lock()
 
 

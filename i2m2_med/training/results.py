@@ -33,14 +33,10 @@ from i2m2_med.metrics.tables import in_view_metrics, metrics_table
 from i2m2_med.models import I2M2Model
 
 CHECKPOINT_NAME = "model.safetensors"
-
-
 METRICS_NAME = "metrics.json"
 
 
 PREDICTIONS_NAME = "predictions.csv"
-
-
 CONFIG_NAME = "config.yaml"
 
 

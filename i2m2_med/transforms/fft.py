@@ -28,8 +28,6 @@ import torch
 
 #: Default centre crop (rows, columns) of the image, pixels.
 DEFAULT_CROP: tuple[int, int] = (320, 320)
-
-
 ArrayLike = Any  # numpy.ndarray | torch.Tensor
 
 
