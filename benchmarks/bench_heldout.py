@@ -125,6 +125,7 @@ def run(ctx: Context) -> dict[str, Any]:
     ]
     return {
         "description": __doc__.split("\n\n", 1)[1].strip(),
+        "repeats": 1,
         "params": {"regime": "mixed", "volumes": len(cohort.studies), "n_boot": N_BOOT, "targets": TARGETS},
         "figures": figures,
         "ratios": ratios,
