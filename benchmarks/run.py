@@ -41,6 +41,7 @@ SECTIONS: dict[str, str] = {
     "ablation_full": "benchmarks.bench_ablation_full",
     "diagnose": "benchmarks.bench_diagnose",
     "heldout": "benchmarks.bench_heldout",
+    "claim": "benchmarks.bench_claim",
 }
 
 REPO = Path(__file__).resolve().parents[1]

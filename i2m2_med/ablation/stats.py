@@ -259,9 +259,11 @@ def paired_mean_auroc_difference(
     alpha: float = 0.05,
     seed: int = 0,
     names: Sequence[str] | None = None,
+    mask: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Paired bootstrap of ``mean_h AUROC(s_a[:, h]) - mean_h AUROC(s_b[:, h])`` over the heads of
-    ``y``, ``s_a``, ``s_b`` (all (N, H)).
+    ``y``, ``s_a``, ``s_b`` (all (N, H)); with ``mask`` ((N, H) bool) head ``h`` is scored on the
+    rows where ``mask[:, h]`` only (the in-view AUROC: each head where its anatomy is in view).
 
     Rows (or whole clusters, with ``groups`` (N,)) are drawn with replacement, the same draw for
     both score sets and every head; replicates where some head lacks a class are discarded
@@ -278,18 +280,28 @@ def paired_mean_auroc_difference(
     if y.ndim != 2 or s_a.shape != y.shape or s_b.shape != y.shape:
         raise UsageError("paired_mean_auroc_difference", f"y, s_a and s_b must all be (N, H); got {y.shape}, {s_a.shape}, {s_b.shape}")
     n, n_heads = y.shape
+    keep = np.ones_like(y, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+    if keep.shape != y.shape:
+        raise UsageError("paired_mean_auroc_difference", f"mask must be (N, H) like y, got {keep.shape}")
     names = list(names) if names is not None else (list(HEADS) if n_heads == len(HEADS) else [str(h) for h in range(n_heads)])
-    heads = [h for h in range(n_heads) if 0 < int(y[:, h].sum()) < n]
+    heads = [h for h in range(n_heads) if 0 < int(y[keep[:, h], h].sum()) < int(keep[:, h].sum())]
     if not heads:
         if n == 0:
             return {"value": None, "reason": "empty test split: no cases to compare"}
         return {"value": None, "reason": "AUROC undefined for every head (a class is absent in the test split)"}
-    excluded = {names[h]: r for h in heads for r in [too_few_units(y[:, h], groups)] if r}
+    g_all = None if groups is None else np.asarray(groups)
+    excluded = {names[h]: r for h in heads
+                for r in [too_few_units(y[keep[:, h], h], None if g_all is None else g_all[keep[:, h]])] if r}
     heads = [h for h in heads if names[h] not in excluded]
     if not heads:
         return {"value": None, "reason": "; ".join(f"{k}: {v}" for k, v in excluded.items())}
-    auc_a = float(np.mean([auroc(y[:, h], s_a[:, h]) for h in heads]))
-    auc_b = float(np.mean([auroc(y[:, h], s_b[:, h]) for h in heads]))
+
+    def mean_auc(rows: np.ndarray, scores: np.ndarray) -> float:
+        return float(np.mean([auroc(y[rows, h][keep[rows, h]], scores[rows, h][keep[rows, h]]) for h in heads]))
+
+    every = np.arange(n)
+    auc_a = mean_auc(every, s_a)
+    auc_b = mean_auc(every, s_b)
     diff = auc_a - auc_b
     rng = np.random.default_rng(int(seed))
     if groups is None:
@@ -303,13 +315,11 @@ def paired_mean_auroc_difference(
     for _ in range(int(n_boot)):
         pick = rng.integers(0, n_units, size=n_units)
         idx = np.concatenate([units[i] for i in pick])
-        yb = y[idx]
-        ok = all(0 < int(yb[:, h].sum()) < idx.size for h in heads)
+        yb, kb = y[idx], keep[idx]
+        ok = all(0 < int(yb[kb[:, h], h].sum()) < int(kb[:, h].sum()) for h in heads)
         if not ok:
             continue
-        da = np.mean([auroc(yb[:, h], s_a[idx, h]) for h in heads])
-        db = np.mean([auroc(yb[:, h], s_b[idx, h]) for h in heads])
-        reps.append(float(da - db))
+        reps.append(mean_auc(idx, s_a) - mean_auc(idx, s_b))
     if not reps:
         return {"value": None, "reason": "no bootstrap replicate contained both classes for every head"}
     d = np.asarray(reps)
@@ -319,7 +329,7 @@ def paired_mean_auroc_difference(
     return {
         "diff": float(diff), "ci": [float(low), float(high)], "p": p, "se": float(d.std(ddof=1)) if d.size > 1 else 0.0,
         "auc_a": auc_a, "auc_b": auc_b, "n_boot": int(n_boot), "n_valid": int(d.size), "alpha": alpha,
-        "method": "paired bootstrap, " + ("rows" if groups is None else "whole studies"),
+        "method": "paired bootstrap, " + ("rows" if groups is None else "whole clusters (the groups given)"),
         "heads": [names[h] for h in heads],
         "excluded_heads": excluded,
     }

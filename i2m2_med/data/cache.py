@@ -132,11 +132,15 @@ class TensorCache:
         return state
 
     def _paths(self, study: Study) -> tuple[Path, Path, str]:
+        name = hashlib.sha256(study.study_id.encode("utf-8")).hexdigest()[:16]
         kept = self._cache_only.get(study.study_id)
+        if kept is None and not Path(study.source).exists():
+            # a cache-only study listed by another instance of this cache (same folder, same key)
+            found = sorted(self.root.glob(f"{name}.{self.key}*.json"))
+            kept = found[0].stem if len(found) == 1 else None
         if kept is not None and not Path(study.source).exists():
             return self.root / f"{kept}.npy", self.root / f"{kept}.json", kept[-16:]
         signature = source_signature(study)
-        name = hashlib.sha256(study.study_id.encode("utf-8")).hexdigest()[:16]
         stem = f"{name}.{self.key}{signature}"
         return self.root / f"{stem}.npy", self.root / f"{stem}.json", signature
 
