@@ -103,6 +103,7 @@ def run(
     regime_volumes: int | None = None,
     progress: bool = True,
     argv: Sequence[str] | None = None,
+    cv: int | None = None,
 ) -> int:
     """Run the ablation, write the report; returns the exit code (fatal errors propagate as
     :class:`~i2m2_med.errors.I2M2Error` for the CLI to print in one line)."""
@@ -113,7 +114,7 @@ def run(
         names = [n.strip() for v in variants for n in str(v).split(",") if n.strip()]
     settings = default_settings(
         quick=quick, variants=names, seeds=seeds, config=str(config), epochs=epochs, n_boot=n_boot,
-        regime_study=regime_study, robustness=None if robustness else False, regime_volumes=regime_volumes,
+        regime_study=regime_study, robustness=None if robustness else False, regime_volumes=regime_volumes, cv=cv,
     )
     t0 = time.perf_counter()
 

@@ -203,6 +203,10 @@ def ablate_cmd(
     regime_volumes: Optional[int] = typer.Option(None, "--regime-volumes", min=3, help="Volumes of each regime-study cohort."),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Cache folder of training runs and regime cohorts (default: OUT)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Print progress lines on stderr."),
+    cv: Optional[int] = typer.Option(
+        None, "--cv", help="K-fold cross-validation by subject for a cohort too small for a held-out test: every study tested once "
+                           "(no robustness study; a cohort too small for K folds is refused)."
+    ),
 ) -> None:
     """Train every variant over the seeds and write the clinical ablation report (CIs, paired tests, calibration, robustness, regimes).
 
@@ -216,7 +220,7 @@ def ablate_cmd(
         pipeline.run(
             data, out, variants=variants, seeds=seeds, config=config, quick=quick, regime_study=regime_study,
             epochs=epochs, n_boot=n_boot, robustness=robustness, cache=cache, regime_volumes=regime_volumes,
-            progress=progress, argv=["i2m2-med", *_state.get("argv", sys.argv[1:])],
+            progress=progress, argv=["i2m2-med", *_state.get("argv", sys.argv[1:])], cv=cv,
         )
     )
 

@@ -35,6 +35,7 @@ from i2m2_med.ablation import regimes as reg
 from i2m2_med.ablation import stats
 from i2m2_med.ablation.analysis import analyse_grid, describe_data
 from i2m2_med.ablation.card import model_card
+from i2m2_med.ablation.crossval import cv_folds, fold_notes, pool_folds
 from i2m2_med.ablation.grid import GridResult, run_grid
 from i2m2_med.ablation.predict import Predictions, ensemble, error_reason
 from i2m2_med.ablation.settings import (
@@ -219,14 +220,32 @@ def run_ablation(
         progress(f"reading the cohort in {data_dir}")
     cohort = load_cohort(data_dir, val_fraction=base_config.training.val_fraction, test_fraction=base_config.training.test_fraction)
     fingerprint = data_fingerprint(cohort)
+    folds = cv_folds(cohort, settings.cv, base_config.training.val_fraction) if settings.cv else None
+    split_problems = fold_notes(folds) if folds else cohort.split_problems()
+    for problem in split_problems:  # before any training
+        if progress:
+            progress(f"split check: {problem}" + ("" if folds else " (--cv K cross-validates a cohort too small for a held-out test)"))
     data = describe_data(cohort, data_dir, agg_rule, k)
     data["fingerprint"] = fingerprint
+    data["split_problems"] = split_problems
 
-    conditions = cond.robustness_conditions(settings.accelerations, settings.mask_types, settings.noise_levels)[1:] if settings.robustness else []
     seeds = settings.seed_list
-    rseeds = seeds if settings.robustness_seeds is None else seeds[: settings.robustness_seeds]
-    grid = run_grid(cohort, data_dir, runs_dir, settings.variants, seeds, base_config, settings.epochs, fingerprint, settings,
-                    robustness=conditions, robustness_seeds=rseeds, progress=progress)
+    if folds:
+        if progress:
+            progress(f"{settings.cv}-fold cross-validation by subject: every study is tested once")
+        data["cv"] = cross_validation_data(cohort, folds, data_dir, agg_rule, k)
+        data["splits"]["test"] = data["cv"]["pooled_test"]
+        conditions, rseeds = [], []
+        grid = pool_folds([
+            run_grid(fold, data_dir, runs_dir, settings.variants, seeds, base_config, settings.epochs, data_fingerprint(fold),
+                     settings, progress=progress)
+            for fold in folds
+        ])
+    else:
+        conditions = cond.robustness_conditions(settings.accelerations, settings.mask_types, settings.noise_levels)[1:] if settings.robustness else []
+        rseeds = seeds if settings.robustness_seeds is None else seeds[: settings.robustness_seeds]
+        grid = run_grid(cohort, data_dir, runs_dir, settings.variants, seeds, base_config, settings.epochs, fingerprint, settings,
+                        robustness=conditions, robustness_seeds=rseeds, progress=progress)
     if progress:
         progress("computing statistics")
     t_stats = time.perf_counter()
@@ -237,7 +256,7 @@ def run_ablation(
     if do_regimes:
         reuse = {}
         own = str((cohort.manifest or {}).get("regime", "")) if data["synthetic"] else ""
-        if own in reg.REGIMES and all(grid.ok_seeds(v) for v in REGIME_VARIANTS) and settings.regime_reuse_data:
+        if own in reg.REGIMES and all(grid.ok_seeds(v) for v in REGIME_VARIANTS) and settings.regime_reuse_data and not settings.cv:
             reuse[own] = (cohort, data_dir, grid, seeds)
         regime = run_regime_study(settings, base_config, cohorts_dir, runs_dir, agg_rule, k, progress, reuse=reuse)
     else:
@@ -282,6 +301,19 @@ def run_ablation(
     write_tables(report_dir / "tables", tables(clean))
     write_json(report_dir / "results.json", clean)
     return clean
+
+
+def cross_validation_data(cohort: Cohort, folds: Sequence[Cohort], data_dir: Path, agg_rule: str, k: int) -> dict[str, Any]:
+    """What the report says about a cross-validation: the folds' split sizes and the pooled test
+    split (every study of the cohort)."""
+    from dataclasses import replace
+
+    per_fold = [{name: {"studies": len(f.studies_in(name)), "subjects": len({f.subjects[s.study_id] for s in f.studies_in(name)})}
+                 for name in ("train", "val", "test")} for f in folds]
+    pooled = describe_data(replace(cohort, split={sid: "test" for sid in cohort.split}), data_dir, agg_rule, k)["splits"]["test"]
+    return {"folds": len(folds), "per_fold": per_fold, "pooled_test": pooled,
+            "what": "subject-level K-fold: each fold tests its subjects with models trained on the other folds; the "
+                    "report's test statistics are on the pooled out-of-fold predictions (every study once)"}
 
 
 def _load_average() -> list[float] | None:

@@ -65,6 +65,9 @@ class AblationSettings:
         and epochs) instead of generating another cohort.
     Evaluation:
         eval_batch_size: slices per forward pass.
+        cv: K for subject-level K-fold cross-validation (:mod:`i2m2_med.ablation.crossval`: every
+            study tested once, on the pooled out-of-fold predictions; no robustness study), or
+            None for the cohort's own train / val / test split.
     """
 
     variants: tuple[str, ...] = ALL_VARIANTS
@@ -92,6 +95,7 @@ class AblationSettings:
     regime_slices: int | None = 20
     regime_reuse_data: bool = True
     eval_batch_size: int = 64
+    cv: int | None = None
     quick: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -110,6 +114,8 @@ class AblationSettings:
         for name, value in (("--epochs", self.epochs), ("regime_epochs", self.regime_epochs)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise UsageError(name, f"must be a positive integer, got {value!r}")
+        if self.cv is not None and (isinstance(self.cv, bool) or not isinstance(self.cv, int) or self.cv < 2):
+            raise UsageError("--cv", f"needs a whole number of folds >= 2, got {self.cv!r}")
         if self.robustness_seeds is not None and self.robustness_seeds < 1:
             raise UsageError("robustness_seeds", f"must be >= 1 or None (all seeds), got {self.robustness_seeds}")
         if not 0.0 < self.alpha < 1.0:

@@ -72,6 +72,10 @@ from i2m2_med.transforms.dictionary import build_modality_pipeline
 
 __all__ = ["ACCELERATORS", "TrainResult", "TrainerOptions", "resolve_config", "train"]
 
+_log = logging.getLogger("i2m2_med.training")
+"""Where training reports what the user should know before it starts (the split check); without
+a handler, Python prints warnings to stderr."""
+
 
 def _check_args(epochs: int | None, seed: int, options: TrainerOptions) -> None:
     devices = options.devices
@@ -256,6 +260,9 @@ def train(
         datasets=datasets,
         tensor_cache=tensor_cache,
     )
+    split_problems = dm.cohort.split_problems()
+    for problem in split_problems:  # in the first seconds, before any training
+        _log.warning("split check: %s", problem)
     val_in_view = dm.in_view_of("val")
     model = build_model(variant, cfg, dm.n_tabular)
     if model.prior is not None and cfg.training.class_weighting == "none":
@@ -334,6 +341,7 @@ def train(
         "data_dir": str(data_dir),
         "data_fingerprint": data_fingerprint(dm.cohort),
         "cohort": dm.cohort.summary(),
+        "split_problems": split_problems,
         "heads": list(HEADS),
         "aggregation": {"name": cfg.training.aggregation, "rule": aggregation_rule(cfg.training.aggregation)[0],
                         "k": aggregation_rule(cfg.training.aggregation)[1]},
