@@ -116,7 +116,12 @@ def test_results_structure_and_finite_numbers(results: dict, report: Path) -> No
         cart = table["slice"]["per_head"]["cart"]["auroc"]
         assert entry["per_seed"]["0"]["slice"]["per_head"]["cart"]["value"] == pytest.approx(cart)
     comp = results["comparisons"]["mag"]
-    assert comp["study"]["method"].startswith("DeLong") and "whole studies" in comp["slice"]["method"]
+    # every paired test resamples whole subjects, at study level too (no DeLong on dependent studies)
+    assert comp["study"]["method"] == comp["slice"]["method"] == "paired bootstrap resampling whole subjects"
+    # the position-only baseline is measured on the same test slices, in view included (synthetic cohort)
+    base = results["position_baseline"]
+    assert base["slice"]["per_head"]["mtear"]["n"] == table["slice"]["per_head"]["mtear"]["n"]
+    assert "in_view" in base and "in_view" in results["variants"]["i2m2"]["table"]
     # robustness: every condition is reported for both trained variants
     names = [c["name"] for c in results["robustness"]["conditions"]]
     assert {"drop:magnitude", "drop:phase", "drop:tabular", "us:random:x2", "us:random:x4", "us:random:x8", "noise:0.1"} <= set(names)
@@ -154,7 +159,7 @@ def test_failed_variant_and_undefined_heads_are_reported(results: dict, report: 
     assert any("no positives for ACL in the test split" in p["reason"] for p in results["data"]["problems"])
     # one test study: slice-level intervals and paired bootstraps would resample a single study
     cart = results["variants"]["i2m2"]["table"]["slice"]["per_head"]["cart"]
-    assert cart["ci"] is None and "too few studies for a bootstrap" in cart["ci_reason"]
+    assert cart["ci"] is None and "too few subjects for a bootstrap" in cart["ci_reason"]
 
 
 def html_escaped(text: str) -> str:
@@ -254,7 +259,7 @@ def test_paired_mean_difference_point_estimate_and_interval() -> None:
 def test_too_few_units_guards_degenerate_bootstraps() -> None:
     y = np.array([1, 0, 0, 1, 0, 0], dtype=bool)
     one_study = np.array(["s1"] * 6)
-    assert "1 studies with a positive slice and 0 without" in stats.too_few_units(y, one_study)
+    assert "1 studies with a positive and 0 without" in stats.too_few_units(y, one_study)
     groups = np.array(["a", "a", "b", "c", "c", "d"])
     assert stats.too_few_units(y, groups) is None  # a and c hold positives, b and d none
     assert "1 positive and 3 negative" in stats.too_few_units(np.array([1, 0, 0, 0], bool))

@@ -94,12 +94,23 @@ def analyse_grid(
                 entry["table"] = stats.variant_table(
                     et, ev, agg_rule=agg_rule, k=k, operating_rule=settings.operating_rule,
                     n_boot=settings.n_boot, alpha=settings.alpha, seed=settings.stat_seed, n_bins=settings.n_bins,
+                    subjects=grid.subjects or None, in_view=grid.in_view,
                 )
             out["roc"][variant] = stats.roc_curves(et, agg_rule, k)
         else:
             entry["table"] = {"value": None, "reason": status.get("reason")}
             out["roc"][variant] = {"value": None, "reason": status.get("reason")}
         out["variants"][variant] = entry
+
+    base = grid.position.get("test")
+    if with_tables and base is not None and base.n:
+        out["position_baseline"] = stats.variant_table(
+            base, None, agg_rule=agg_rule, k=k, operating_rule=settings.operating_rule, n_boot=settings.n_boot,
+            alpha=settings.alpha, seed=settings.stat_seed, n_bins=settings.n_bins, subjects=grid.subjects or None,
+            in_view=grid.in_view,
+        )
+    else:
+        out["position_baseline"] = {"value": None, "reason": "no training split to fit the slice-position rates on"}
 
     ref = REFERENCE_VARIANT
     for variant in variants:
@@ -113,7 +124,7 @@ def analyse_grid(
         else:
             out["comparisons"][variant] = stats.compare_to_reference(
                 ens_test[ref], ens_test[variant], agg_rule=agg_rule, k=k, n_boot=settings.n_boot,
-                alpha=settings.alpha, seed=settings.stat_seed,
+                alpha=settings.alpha, seed=settings.stat_seed, subjects=grid.subjects or None,
             )
 
     if ref in variants:

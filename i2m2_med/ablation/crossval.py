@@ -90,6 +90,7 @@ def pool_folds(grids: Sequence[GridResult]) -> GridResult:
     only). A (variant, seed) is ok when it trained in every fold; its record is the first fold's,
     with the seconds of all folds and each fold's training summary under ``training["folds"]``."""
     out = GridResult()
+    out.subjects = {sid: subj for g in grids for sid, subj in g.subjects.items()}
     keys = sorted({key for g in grids for key in g.records})
     for key in keys:
         records = [g.records.get(key) for g in grids]
@@ -105,6 +106,9 @@ def pool_folds(grids: Sequence[GridResult]) -> GridResult:
             parts = [g.get(key[0], key[1], split) for g in grids]
             if all(p is not None for p in parts):
                 out.preds[(key[0], key[1], split, "clean")] = _concat(parts)  # type: ignore[arg-type]
+    out.in_view = grids[0].in_view if grids else None
+    if grids and all(split in g.position for g in grids for split in ("val", "test")):
+        out.position = {split: _concat([g.position[split] for g in grids]) for split in ("val", "test")}
     out.train_seconds = sum(g.train_seconds for g in grids)
     out.eval_seconds = sum(g.eval_seconds for g in grids)
     return out

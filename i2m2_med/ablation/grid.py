@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 
 from i2m2_med.ablation import conditions as cond
@@ -26,8 +27,10 @@ from i2m2_med.config import Config
 from i2m2_med.data.cohort import Cohort
 from i2m2_med.data.dataset import SliceDataset
 from i2m2_med.errors import CheckpointError
+from i2m2_med.metrics.baselines import position_scores, relative_position
 from i2m2_med.models import I2M2Model
 from i2m2_med.training.options import resolve_config
+from i2m2_med.training.results import position_prior_of
 
 EVAL_DIR = "ablation_eval"
 EVAL_VERSION = "e2"
@@ -39,10 +42,17 @@ class GridResult:
     """The runs of one grid on one cohort and their predictions.
 
     ``records``: (variant, seed) -> :class:`RunRecord`; ``preds``: (variant, seed, split,
-    condition name) -> :class:`Predictions`; ``notes``: condition name -> what it left out.
+    condition name) -> :class:`Predictions`; ``notes``: condition name -> what it left out;
+    ``subjects``: study id -> subject of the cohort (what every bootstrap resamples);
+    ``in_view``: the cohort's episode table (study id -> (S, 4) bool) when it has one;
+    ``position``: split -> the position-only baseline's :class:`Predictions` (the training split's
+    positive rate at each slice's relative position, :mod:`i2m2_med.metrics.baselines`).
     """
 
     def __init__(self) -> None:
+        self.subjects: dict[str, str] = {}
+        self.in_view: dict[str, Any] | None = None
+        self.position: dict[str, Predictions] = {}
         self.records: dict[tuple[str, int], RunRecord] = {}
         self.preds: dict[tuple[str, int, str, str], Predictions] = {}
         self.notes: dict[str, str] = {}
@@ -54,6 +64,15 @@ class GridResult:
 
     def get(self, variant: str, seed: int, split: str, condition: str = "clean") -> Predictions | None:
         return self.preds.get((variant, seed, split, condition))
+
+
+def position_predictions(dataset: SliceDataset, prior: np.ndarray) -> Predictions:
+    """The position-only baseline on every slice of ``dataset`` (labels only, no image read)."""
+    slices = dataset.items[:, 1].astype(np.int64)
+    n = np.asarray([dataset.studies[int(i)].n_slices for i in dataset.items[:, 0]], dtype=np.int64)
+    p = np.clip(position_scores(prior, relative_position(slices, n)), 1e-6, 1 - 1e-6)
+    combined = np.stack([np.log1p(-p), np.log(p)], axis=-1)
+    return Predictions(dataset.study_ids().astype(str).astype(object), slices, dataset.label_matrix(), p, combined)
 
 
 def _eval_path(record: RunRecord, split: str, condition: str, condition_seed: int) -> Path:
@@ -79,10 +98,15 @@ def run_grid(
     """Train or reuse every (variant, seed), then predict validation and test (clean) and, for
     the runs of ``robustness_seeds``, the test split under each ``robustness`` condition."""
     grid = GridResult()
+    grid.subjects = dict(cohort.subjects)
+    grid.in_view = cohort.in_view
     t0 = time.perf_counter()
     image_size = int(base_config.image_size)
     cache_size = int(base_config.training.cache_size)
     shared = {split: SliceDataset(cohort, split, image_size=image_size, cache_size=cache_size) for split in ("train", "val", "test")}
+    if len(shared["train"]):
+        prior = position_prior_of(shared["train"])
+        grid.position = {split: position_predictions(shared[split], prior) for split in ("val", "test")}
     for variant in variants:
         for seed in seeds:
             try:

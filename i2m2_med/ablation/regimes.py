@@ -8,7 +8,7 @@ trained over the seeds (cached like the main grid), and their test predictions a
 
 * per variant, the slice- and study-level mean AUROC over ACL/MTEAR/CART, mean and sd over seeds;
 * I2M2's margin over ``intra`` and over ``inter`` (difference of the seed-ensemble mean AUROCs)
-  with a paired bootstrap CI that resamples whole studies (slice level) or studies (study level);
+  with a paired bootstrap CI that resamples whole subjects at slice and study level;
 * the cohort's label-noise ceiling on the same test slices: the AUROC of a perfect predictor of the
   true findings against the annotated labels (from ``slice_labels.csv``; 1.0 without label
   noise), and the generator's episode-level Bayes AUROCs of the regime's design;
@@ -108,12 +108,12 @@ def label_noise_ceiling(cohort_dir: str | os.PathLike, study_ids: Sequence[str] 
 
 
 def in_view_block(ensembles: Mapping[str, Predictions], in_view: Mapping[str, np.ndarray] | None, n_boot: int, alpha: float,
-                  seed: int) -> dict[str, Any]:
+                  seed: int, subjects: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Per variant, the in-view mean AUROC over ACL/MTEAR/CART of its seed ensemble's test
     predictions (:func:`i2m2_med.metrics.tables.in_view_metrics`: each head on the slices where its
     anatomy is in view, so a finding must beat its mimics and the slice position gives nothing),
-    with a CI that resamples studies. ``{"value": None, "reason"}`` without the cohort's episode
-    table."""
+    with a CI that resamples whole subjects (studies without ``subjects``). ``{"value": None,
+    "reason"}`` without the cohort's episode table."""
     if in_view is None:
         return {"value": None, "reason": "the cohort has no episodes.csv (where each head's anatomy is in view)"}
     out: dict[str, Any] = {}
@@ -125,7 +125,8 @@ def in_view_block(ensembles: Mapping[str, Predictions], in_view: Mapping[str, np
         ids = pred.study_id.astype(str)[known]
         try:
             view = in_view_rows(in_view, ids, pred.slice[known])
-            table = in_view_metrics(pred.labels[known], pred.p[known], view, ids, split="test", n_boot=n_boot,
+            clusters = ids if subjects is None else np.asarray([subjects.get(s, s) for s in ids.tolist()])
+            table = in_view_metrics(pred.labels[known], pred.p[known], view, clusters, split="test", n_boot=n_boot,
                                     alpha=alpha, seed=seed)
         except (KeyError, IndexError):
             out[variant] = {"value": None, "reason": "test slices missing from the episode table"}

@@ -98,8 +98,8 @@ def regime_block(
             continue
         margins[other] = {}
         for level in stats.LEVELS:
-            y, pa, groups = stats.level_arrays(ens["i2m2"], level, agg_rule, k)
-            _, pb, _ = stats.level_arrays(ens[other], level, agg_rule, k)
+            y, pa, groups = stats.level_arrays(ens["i2m2"], level, agg_rule, k, grid.subjects or None)
+            _, pb, _ = stats.level_arrays(ens[other], level, agg_rule, k, grid.subjects or None)
             margins[other][level] = stats.paired_mean_auroc_difference(
                 y[:, stats.PATHOLOGY_IDX], pa[:, stats.PATHOLOGY_IDX], pb[:, stats.PATHOLOGY_IDX], groups=groups,
                 n_boot=settings.n_boot, alpha=settings.alpha, seed=settings.stat_seed + 7, names=stats.PATHOLOGY_HEADS,
@@ -114,7 +114,8 @@ def regime_block(
                                            for h, i in zip(stats.PATHOLOGY_HEADS, stats.PATHOLOGY_IDX)}
             break
     block["ensemble_of"] = {v: len([s for s in grid.ok_seeds(v) if s in seeds]) for v in REGIME_VARIANTS}
-    block["in_view"] = reg.in_view_block(ens, cohort.in_view, settings.n_boot, settings.alpha, settings.stat_seed + 11)
+    block["in_view"] = reg.in_view_block(ens, cohort.in_view, settings.n_boot, settings.alpha, settings.stat_seed + 11,
+                                         subjects=cohort.subjects)
     return block
 
 

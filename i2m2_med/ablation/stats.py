@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from i2m2_med.ablation.predict import Predictions
+from i2m2_med.data.cohort import in_view_rows
 from i2m2_med.errors import UndefinedMetricError, UsageError
 from i2m2_med.evidence import (
     agreement_matrix,
@@ -25,7 +26,7 @@ from i2m2_med.heads import HEADS, PATHOLOGY_HEADS
 from i2m2_med.metrics.aggregation import study_level
 from i2m2_med.metrics.paired import compare_auroc
 from i2m2_med.metrics.ranking import auroc, auroc_result, roc_curve_points
-from i2m2_med.metrics.tables import metrics_table, summarise_seeds
+from i2m2_med.metrics.tables import in_view_metrics, metrics_table, summarise_seeds
 from i2m2_med.metrics.thresholds import choose_thresholds
 
 LEVELS: tuple[str, ...] = ("slice", "study")
@@ -47,13 +48,24 @@ def study_arrays(pred: Predictions, rule: str, k: int) -> tuple[np.ndarray, np.n
     return st.study_ids, st.y, st.p
 
 
-def level_arrays(pred: Predictions, level: str, rule: str, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """``(y (N, 4) bool, p (N, 4), groups (N,) or None)`` of one level: slices grouped by study
-    (for cluster resampling) or studies (independent)."""
+def level_arrays(pred: Predictions, level: str, rule: str, k: int,
+                 subjects: Mapping[str, str] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(y (N, 4) bool, p (N, 4), groups (N,) or None)`` of one level. With ``subjects`` (study
+    id -> subject) the groups are the subjects at both levels, so every bootstrap resamples whole
+    knees (the PD and PD-FS studies of a subject share its findings); without, slices are grouped
+    by study and studies are independent."""
     if level == "slice":
-        return _labels(pred), pred.p, pred.study_id.astype(str)
-    _, y, p = study_arrays(pred, rule, k)
-    return y, p, None
+        ids = pred.study_id.astype(str)
+        groups = ids if subjects is None else np.asarray([subjects.get(s, s) for s in ids.tolist()])
+        return _labels(pred), pred.p, groups
+    study_ids, y, p = study_arrays(pred, rule, k)
+    groups = None if subjects is None else np.asarray([subjects.get(str(s), str(s)) for s in study_ids.tolist()])
+    return y, p, groups
+
+
+def unit_of(subjects: Mapping[str, str] | None) -> str:
+    """What a bootstrap resamples: ``"subjects"`` with a subject map, else ``"studies"``."""
+    return "studies" if subjects is None else "subjects"
 
 
 # ---- per-variant tables -------------------------------------------------------------------------
@@ -77,7 +89,7 @@ def too_few_units(y: np.ndarray, groups: Any = None, unit: str = "studies") -> s
         ids = np.unique(g)
         with_pos = {str(x) for x in np.unique(g[y])}
         pos, neg = len(with_pos), len(ids) - len(with_pos)
-        what = f"{pos} {unit} with a positive slice and {neg} without"
+        what = f"{pos} {unit} with a positive and {neg} without"
     if pos < MIN_UNITS_PER_CLASS or neg < MIN_UNITS_PER_CLASS:
         return f"too few {unit} for a bootstrap: {what} (needs {MIN_UNITS_PER_CLASS} of each)"
     return None
@@ -118,26 +130,44 @@ def variant_table(
     alpha: float = 0.05,
     seed: int = 0,
     n_bins: int = 10,
+    subjects: Mapping[str, str] | None = None,
+    in_view: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """:func:`i2m2_med.metrics.tables.metrics_table` of the test predictions with operating points
-    chosen on validation (``operating_rule``); heads without one carry ``threshold_reason``."""
+    chosen on validation (``operating_rule``); heads without one carry ``threshold_reason``. With
+    ``subjects`` every interval resamples whole subjects; with ``in_view`` (the cohort's episode
+    table) the level ``"in_view"`` is added: each head on the slices where its anatomy is in view,
+    findings against their mimics (:func:`i2m2_med.metrics.tables.in_view_metrics`)."""
     if not test.ok:
         return {"value": None, "reason": test.reason}
     thresholds, reasons = thresholds_from_validation(val, operating_rule, agg_rule, k)
+    ids = test.study_id.astype(str)
     table = metrics_table(
-        _labels(test), test.p, test.study_id.astype(str), rule=agg_rule, k=k, thresholds=thresholds,
+        _labels(test), test.p, ids, rule=agg_rule, k=k, thresholds=thresholds,
         split="test", n_boot=n_boot, alpha=alpha, seed=seed, n_bins=n_bins,
+        subject_ids=None if subjects is None else np.asarray([subjects.get(s, s) for s in ids.tolist()]),
     )
+    if in_view is not None and test.n and all(sid in in_view for sid in ids.tolist()):
+        clusters = ids if subjects is None else np.asarray([subjects.get(s, s) for s in ids.tolist()])
+        try:
+            view = in_view_rows(in_view, ids, test.slice)
+            table["in_view"] = in_view_metrics(_labels(test), test.p, view, clusters, split="test", n_boot=n_boot,
+                                               alpha=alpha, seed=seed)
+        except (KeyError, IndexError):
+            table["in_view"] = None
+    unit = unit_of(subjects)
     for level in LEVELS:
         block = table.get(level)
         if not block:
             continue
-        y, _, groups = level_arrays(test, level, agg_rule, k)
+        y, _, groups = level_arrays(test, level, agg_rule, k, subjects)
+        if level == "study" and subjects is None:
+            groups = None
         few_any = []
         for h, (head, row) in enumerate(block["per_head"].items()):
             if "threshold" not in row:
                 row["threshold_reason"] = reasons[level].get(head) or "no operating point chosen"
-            few = too_few_units(y[:, h], groups)
+            few = too_few_units(y[:, h], groups, unit)
             if row.get("auroc") is not None and few:
                 row["ci"], row["ci_reason"] = None, few
                 row.pop("ci_method", None)
@@ -148,7 +178,7 @@ def variant_table(
             summary["ci"], summary["ci_reason"] = None, "; ".join(few_any)
             summary.pop("ci_method", None)
         all_few = [f"{HEADS[h]}: {r}" for h in range(len(HEADS)) if HEADS[h] in (block.get("mean_all") or {}).get("heads", [])
-                   for r in [too_few_units(y[:, h], groups)] if r]
+                   for r in [too_few_units(y[:, h], groups, unit)] if r]
         if (block.get("mean_all") or {}).get("auroc") is not None and all_few:
             block["mean_all"]["ci"], block["mean_all"]["ci_reason"] = None, "; ".join(all_few)
             block["mean_all"].pop("ci_method", None)
@@ -217,12 +247,14 @@ def compare_to_reference(
     n_boot: int = 1000,
     alpha: float = 0.05,
     seed: int = 0,
+    subjects: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Paired comparison of the reference (a) against another variant (b) on the same test
-    cases, per level and head: study level by DeLong's test (studies are independent), slice
-    level by a paired bootstrap that resamples whole studies (slices of one knee are not).
+    cases, per level and head: with ``subjects`` (study id -> subject) a paired bootstrap that
+    resamples whole subjects at both levels (the studies of one knee are not independent);
+    without, DeLong's test at study level and a bootstrap of whole studies at slice level.
     ``diff = AUROC(reference) - AUROC(other)``. Plus the difference of the mean AUROC over
-    ACL/MTEAR/CART with a paired cluster bootstrap (:func:`paired_mean_auroc_difference`)."""
+    ACL/MTEAR/CART with the same paired cluster bootstrap (:func:`paired_mean_auroc_difference`)."""
     if not ref.ok or not other.ok:
         why = ref.reason if not ref.ok else other.reason
         return {"value": None, "reason": why}
@@ -230,8 +262,8 @@ def compare_to_reference(
         return {"value": None, "reason": "the two variants were evaluated on different slices"}
     out: dict[str, Any] = {}
     for level in LEVELS:
-        ya, pa, groups = level_arrays(ref, level, agg_rule, k)
-        _, pb, _ = level_arrays(other, level, agg_rule, k)
+        ya, pa, groups = level_arrays(ref, level, agg_rule, k, subjects)
+        _, pb, _ = level_arrays(other, level, agg_rule, k, subjects)
         per = {}
         unit = "slices" if level == "slice" else "studies"
         for h, head in enumerate(HEADS):
@@ -239,14 +271,17 @@ def compare_to_reference(
             if res.get("value", 0) is None and res.get("reason"):
                 res["reason"] = res["reason"].replace(" cases", f" {unit}")
             elif groups is not None:
-                few = too_few_units(ya[:, h], groups)
+                few = too_few_units(ya[:, h], groups, unit_of(subjects))
                 if few:
                     res = {"value": None, "reason": few}
             per[head] = res
         mean = paired_mean_auroc_difference(ya[:, PATHOLOGY_IDX], pa[:, PATHOLOGY_IDX], pb[:, PATHOLOGY_IDX], groups=groups,
                                             n_boot=n_boot, alpha=alpha, seed=seed + 101, names=PATHOLOGY_HEADS)
-        out[level] = {"per_head": per, "mean_pathologies": mean,
-                      "method": "DeLong (paired)" if groups is None else "paired bootstrap resampling whole studies"}
+        if groups is None:
+            method = "DeLong (paired)"
+        else:
+            method = f"paired bootstrap resampling whole {unit_of(subjects) if subjects is not None else 'studies'}"
+        out[level] = {"per_head": per, "mean_pathologies": mean, "method": method}
     return out
 
 

@@ -20,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 HEAD_TITLES = {**HEAD_SHORT_TITLES,
                "mean_pathologies": "mean " + "/".join(HEAD_SHORT_TITLES[h] for h in PATHOLOGY_HEADS),
                "mean_all": f"mean ({len(HEADS)} heads)"}
-LEVEL_TITLES = {"slice": "Slice level", "study": "Study level"}
+LEVEL_TITLES = {"in_view": "In view (findings against their mimics)", "slice": "Slice level", "study": "Study level"}
 PALETTE = {
     "i2m2": "#1f5fa8", "intra": "#e07b00", "inter": EXPERT_COLORS["joint"], "i2m2-notab": "#7a4fb0",
     "mag": EXPERT_COLORS["magnitude"], "phase": EXPERT_COLORS["phase"], "tab": EXPERT_COLORS["tabular"],
@@ -270,12 +270,17 @@ def data_section(results: Mapping[str, Any]) -> str:
         ("formats", esc(", ".join(f"{k}: {v}" for k, v in (data.get("formats") or {}).items()))),
         ("studies / subjects", f"{data.get('studies')} / {data.get('subjects')}"),
         ("labels", esc(data.get("label_source"))),
-        ("split", esc(data.get("split_source")) + " (by subject)"),
+        ("split", esc(data.get("split_source")) + " (by subject)" if not data.get("cv") else
+         f"{esc((data.get('cv') or {}).get('folds'))}-fold cross-validation by subject: {esc((data.get('cv') or {}).get('what'))}; "
+         "the train and val rows below are the cohort's own split, unused; the test row is every study"),
         ("tabular features", esc(", ".join(data.get("tabular_features") or []) or "none")),
         ("slice &rarr; study rule", esc(f"{(data.get('aggregation') or {}).get('rule')} (k={(data.get('aggregation') or {}).get('k')}); a study is positive when any slice is")),
         ("data fingerprint", f"<code>{esc(str(data.get('fingerprint', ''))[:16])}</code>"),
     ]
     out.append('<dl class="kv">' + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in kv) + "</dl>")
+    checks = data.get("split_problems") or []
+    if checks:
+        out.append('<p class="explain">Split check, before any training: ' + "; ".join(esc(c) for c in checks) + ".</p>")
     rows = []
     for split in ("train", "val", "test"):
         b = (data.get("splits") or {}).get(split) or {}
@@ -308,19 +313,31 @@ def data_section(results: Mapping[str, Any]) -> str:
 
 
 def discrimination_section(results: Mapping[str, Any]) -> str:
-    out = ['<p class="explain">AUROC of p(y=1) on the test split: seed ensemble with its stratified percentile bootstrap 95&nbsp;% CI '
-           "(slice level: whole studies resampled, so correlated slices of one knee do not narrow the interval; study level: "
-           "studies resampled within positives and negatives), and below it the mean &plusmn; sd over seeds of single models.</p>"]
-    variants = results.get("variants") or {}
+    out = ['<p class="explain">AUROC of p(y=1) on the test split, primary first: <b>in view</b> (each head on the slices where '
+           "its anatomy is in view, from the synthetic cohort's episode table: a finding against its mimics and the quiet slices "
+           "of the same anatomy, which the slice position cannot separate) and <b>study level</b>; the slice level, which the "
+           "slice position alone mostly explains, last. Seed ensemble with its percentile bootstrap 95&nbsp;% CI, resampling "
+           "whole subjects (the PD and PD-FS studies of one knee together), and below it the mean &plusmn; sd over seeds of single "
+           "models. <b>Position only</b>: the training split's positive rate at the slice's relative position, the score that "
+           "knows only which slice this is; a model worth its images beats it.</p>"]
+    variants = dict(results.get("variants") or {})
+    baseline = results.get("position_baseline")
+    if isinstance(baseline, Mapping) and not undefined(baseline):
+        variants["__position__"] = {"table": baseline}
     ref = results.get("reference", "i2m2")
-    for level in ("slice", "study"):
+    for level in ("in_view", "study", "slice"):
+        if level == "in_view" and not any(isinstance(e.get("table"), Mapping) and (e.get("table") or {}).get("in_view")
+                                          for e in variants.values()):
+            out.append(f'<h3>{LEVEL_TITLES[level]}</h3><p class="na">Not available: the cohort has no episode table '
+                       "(episodes.csv, written by the synthetic generator), so where each head's anatomy is in view is unknown.</p>")
+            continue
         notes = Notes()
         rows, classes = [], []
         for v, e in variants.items():
             tbl = e.get("table") or {}
             block = None if undefined(tbl) else tbl.get(level)
             seeds = (e.get("seed_summary") or {}).get(level) or {}
-            row = [_variant_label(results, v)]
+            row = ["<i>position only</i>" if v == "__position__" else _variant_label(results, v)]
             for key in (*HEADS, "mean_pathologies", "mean_all"):
                 if undefined(tbl):
                     row.append(notes.na(tbl.get("reason")))
@@ -331,7 +348,7 @@ def discrimination_section(results: Mapping[str, Any]) -> str:
                 cell = block["per_head"].get(key) if key in HEADS else block.get(key)
                 row.append(_auroc_cell(cell, seeds.get(key), notes))
             rows.append(row)
-            classes.append("ref" if v == ref else "")
+            classes.append("ref" if v == ref else "baseline" if v == "__position__" else "")
         first = next((e.get("table") for e in variants.values() if isinstance(e.get("table"), Mapping) and (e.get("table") or {}).get(level)), None)
         counts = ""
         if first:
@@ -346,10 +363,11 @@ def discrimination_section(results: Mapping[str, Any]) -> str:
 def comparisons_section(results: Mapping[str, Any]) -> str:
     ref = results.get("reference", "i2m2")
     comps = results.get("comparisons") or {}
-    out = [f'<p class="explain">&Delta; = AUROC({esc(ref)}) &minus; AUROC(variant) on the same test cases (seed ensembles). '
-           "Study level: paired DeLong test (studies are independent); slice level: paired bootstrap resampling whole studies "
-           "(DeLong would treat the slices of one knee as independent). The mean over ACL/MTEAR/CART uses a paired bootstrap "
-           "that resamples all heads together. Two-sided p-values, not adjusted for multiple comparisons.</p>"]
+    out = [f'<p class="explain">&Delta; = AUROC({esc(ref)}) &minus; AUROC(variant) on the same test cases (seed ensembles), '
+           "by a paired bootstrap that resamples whole subjects at both levels: the PD and PD-FS studies of one knee share its "
+           "findings, so neither its slices nor its studies are independent (DeLong's test would assume they are). The mean over "
+           "ACL/MTEAR/CART resamples all heads together. The CI is the percentile interval of the replicates, p the two-sided "
+           "bootstrap p-value of no difference; not adjusted for multiple comparisons.</p>"]
     if not comps:
         out.append(f'<p class="na">No comparison: the grid has only {esc(ref)}.</p>')
     for level in ("slice", "study"):
@@ -369,8 +387,9 @@ def comparisons_section(results: Mapping[str, Any]) -> str:
                 row.append(f"{float(cell['diff']):+.3f}<br>{ci_text(ci)}<br><span class=\"ci\">p = {pval(cell.get('p'))}</span>"
                            + _excluded_note(cell, notes))
             rows.append(row)
-        method = "paired cluster bootstrap" if level == "slice" else "DeLong"
-        out.append(f"<h3>{LEVEL_TITLES[level]} ({method})</h3>")
+        method = next((c[level].get("method") for c in comps.values() if isinstance(c.get(level), Mapping) and c[level].get("method")),
+                      "paired bootstrap")
+        out.append(f"<h3>{LEVEL_TITLES[level]} ({esc(method)})</h3>")
         if rows:
             out.append(table(["variant", *[HEAD_TITLES[h] for h in HEADS], HEAD_TITLES["mean_pathologies"]], rows))
         out.append(notes.html())
