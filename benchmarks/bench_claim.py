@@ -31,20 +31,6 @@ from benchmarks.common import Context
 TITLE = "The paper's claim on held-out cohorts: I2M2 against intra and inter, three regimes, three seeds"
 CLAIM_DIR_ENV = "I2M2_CLAIM_DIR"
 HELDOUT_DIR_ENV = "I2M2_HELDOUT_DIR"
-FULL_OVERRIDES = {"training.warm_start_epochs": 2, "training.max_epochs": 5, "training.epoch_slices": 4096,
-                  "training.early_stopping.patience": 2}
-
-
-def settings(quick: bool) -> Any:
-    from i2m2_med.ablation.claim import ClaimSettings
-
-    if quick:
-        return ClaimSettings(regimes=("inter",), seeds=2, train_volumes=8, val_volumes=6, curve_regime="inter",
-                             curve_volumes=(4, 8), heldout_volumes=8, n_boot=50,
-                             overrides={"training.warm_start_epochs": 1, "training.max_epochs": 1, "training.epoch_slices": 128})
-    return ClaimSettings(overrides=dict(FULL_OVERRIDES))
-
-
 def _fmt(value: Any) -> str:
     return "n/a" if value is None else f"{float(value):.3f}"
 
@@ -54,12 +40,12 @@ def _ci(ci: Any) -> str:
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    from i2m2_med.ablation.claim import run_claim_study
+    from i2m2_med.ablation.claim import claim_settings, run_claim_study
 
     work = Path(os.environ.get(CLAIM_DIR_ENV) or (ctx.workdir / "claim"))
     heldout = os.environ.get(HELDOUT_DIR_ENV) or None
     started = time.perf_counter()
-    result = run_claim_study(work, settings(ctx.quick), heldout_dir=heldout, progress=ctx.log)
+    result = run_claim_study(work, claim_settings(ctx.quick), heldout_dir=heldout, progress=ctx.log)
     minutes = (time.perf_counter() - started) / 60.0
     figures: list[dict[str, Any]] = [{"key": "wall_min", "label": "whole study, wall time (target <= 90 min)", "unit": "min",
                                       "values": [minutes]}]

@@ -104,6 +104,7 @@ def run(
     progress: bool = True,
     argv: Sequence[str] | None = None,
     cv: int | None = None,
+    claim_study: bool = False,
 ) -> int:
     """Run the ablation, write the report; returns the exit code (fatal errors propagate as
     :class:`~i2m2_med.errors.I2M2Error` for the CLI to print in one line)."""
@@ -115,6 +116,7 @@ def run(
     settings = default_settings(
         quick=quick, variants=names, seeds=seeds, config=str(config), epochs=epochs, n_boot=n_boot,
         regime_study=regime_study, robustness=None if robustness else False, regime_volumes=regime_volumes, cv=cv,
+        claim_study=claim_study,
     )
     t0 = time.perf_counter()
 

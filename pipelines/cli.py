@@ -207,6 +207,11 @@ def ablate_cmd(
         None, "--cv", help="K-fold cross-validation by subject for a cohort too small for a held-out test: every study tested once "
                            "(no robustness study; a cohort too small for K folds is refused)."
     ),
+    claim_study: bool = typer.Option(
+        False, "--claim-study/--no-claim-study", help="Also run the paper's claim at scale on synthetic cohorts: i2m2, intra and inter "
+                                                      "over three seeds per regime, tested on held-out cohorts, with a learning curve "
+                                                      "(about two hours on 2 cores; minutes with --quick)."
+    ),
 ) -> None:
     """Train every variant over the seeds and write the clinical ablation report (CIs, paired tests, calibration, robustness, regimes).
 
@@ -221,6 +226,7 @@ def ablate_cmd(
             data, out, variants=variants, seeds=seeds, config=config, quick=quick, regime_study=regime_study,
             epochs=epochs, n_boot=n_boot, robustness=robustness, cache=cache, regime_volumes=regime_volumes,
             progress=progress, argv=["i2m2-med", *_state.get("argv", sys.argv[1:])], cv=cv,
+            claim_study=claim_study,
         )
     )
 

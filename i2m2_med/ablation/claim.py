@@ -118,6 +118,24 @@ class ClaimSettings:
         return asdict(self)
 
 
+QUICK_CLAIM = {
+    "regimes": ("inter",), "seeds": 2, "train_volumes": 8, "val_volumes": 6, "curve_regime": "inter", "curve_volumes": (4, 8),
+    "heldout_volumes": 8, "n_boot": 50,
+    "overrides": {"training.warm_start_epochs": 1, "training.max_epochs": 1, "training.epoch_slices": 128},
+}
+"""A claim study of seconds (one regime, tiny pools and held-out cohort): for tests; it claims nothing."""
+FULL_OVERRIDES = {"training.warm_start_epochs": 2, "training.max_epochs": 5, "training.epoch_slices": 4096,
+                  "training.early_stopping.patience": 2}
+"""The benchmark's shortening of the bundled recipe: 2 warm-start and at most 5 product epochs of
+4,096 draws, so three regimes x three variants x three seeds plus the learning curve fit a
+benchmark run on two cores."""
+
+
+def claim_settings(quick: bool = False) -> ClaimSettings:
+    """The benchmark's claim study, or with ``quick`` :data:`QUICK_CLAIM`."""
+    return ClaimSettings(**QUICK_CLAIM) if quick else ClaimSettings(overrides=dict(FULL_OVERRIDES))
+
+
 def _rank(subject: str) -> str:
     return hashlib.sha256(("claim-split:" + subject).encode("utf-8")).hexdigest()
 
@@ -419,4 +437,4 @@ def _jsonable(obj: Any) -> Any:
     raise TypeError(f"not JSON: {type(obj).__name__}")
 
 
-__all__ = ["ClaimSettings", "POOL_SEEDS", "ensure_heldout", "ensure_pool", "regime_result", "run_claim_study", "subset_cohort"]
+__all__ = ["FULL_OVERRIDES", "QUICK_CLAIM", "ClaimSettings", "POOL_SEEDS", "claim_settings", "ensure_heldout", "ensure_pool", "regime_result", "run_claim_study", "subset_cohort"]

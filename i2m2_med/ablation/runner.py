@@ -264,6 +264,14 @@ def run_ablation(
         why = "turned off (--no-regime-study)" if settings.regime_study is False else "the data is not a synthetic cohort (no i2m2_med.synth manifest.json)"
         regime = {"value": None, "reason": f"regime study not run: {why}"}
 
+    if settings.claim_study:
+        from i2m2_med.ablation.claim import claim_settings, run_claim_study
+
+        claim = run_claim_study(cache_root / "claim", claim_settings(settings.quick), progress=progress)
+    else:
+        claim = {"value": None, "reason": "not run: --claim-study trains i2m2, intra and inter over three seeds per regime "
+                                          "and tests them on held-out cohorts (about two hours on two cores)"}
+
     runs = [r.to_dict() for r in grid.records.values()]
     results: dict[str, Any] = {
         "schema": RESULTS_SCHEMA,
@@ -277,6 +285,7 @@ def run_ablation(
         "runs": runs,
         **analysis,
         "regime_study": regime,
+        "claim_study": claim,
         "model_card": model_card(data, settings, base_config, command, list(grid.records.values())),
     }
     results["targets"] = _targets(results)

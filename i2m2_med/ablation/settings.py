@@ -68,6 +68,10 @@ class AblationSettings:
         cv: K for subject-level K-fold cross-validation (:mod:`i2m2_med.ablation.crossval`: every
             study tested once, on the pooled out-of-fold predictions; no robustness study), or
             None for the cohort's own train / val / test split.
+    The paper's claim at scale:
+        claim_study: run :mod:`i2m2_med.ablation.claim` (training pools per regime, three seeds,
+            held-out test cohorts, learning curve) under ``CACHE_DIR/claim`` and draw it in the
+            report; about two hours on two cores (its quick preset with ``quick``).
     """
 
     variants: tuple[str, ...] = ALL_VARIANTS
@@ -96,6 +100,7 @@ class AblationSettings:
     regime_reuse_data: bool = True
     eval_batch_size: int = 64
     cv: int | None = None
+    claim_study: bool = False
     quick: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -42,6 +42,7 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("evidence", "Per-expert evidence"),
     ("robustness", "Robustness"),
     ("regimes", "Regime study"),
+    ("claim", "The paper's claim (held-out)"),
     ("card", "Model card"),
     ("runs", "Runs"),
 )
@@ -841,6 +842,8 @@ def render_report(results: Mapping[str, Any]) -> str:
     """The whole report (one HTML string, plotly inlined once, no external resource)."""
     from plotly.offline import get_plotlyjs
 
+    from pipelines.report.claim import claim_section  # it builds on this module's helpers
+
     figs = Figures()
     body = "\n".join([
         summary_section(results),
@@ -853,6 +856,7 @@ def render_report(results: Mapping[str, Any]) -> str:
         evidence_section(results, figs),
         robustness_section(results, figs),
         regime_section(results, figs),
+        claim_section(results, figs),
         card_section(results),
         runs_section(results),
     ])
