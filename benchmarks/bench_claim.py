@@ -73,6 +73,10 @@ def run(ctx: Context) -> dict[str, Any]:
                 parts.append(f"{level.replace('_', '-')} {d['diff']:+.3f}{_ci(d.get('ci'))}, p = {d['p']:.3f}" if d.get("diff") is not None
                              else f"{level}: {d.get('reason') or m.get('reason')}")
             notes.append(f"{regime} · I2M2 − {other} (paired, subjects): " + "; ".join(parts))
+        base = block.get("position_baseline") or {}
+        if base:
+            notes.append(f"{regime} · position only (the slice's relative position): in view {_fmt((base.get('in_view') or {}).get('value'))}, "
+                         f"study {_fmt((base.get('study') or {}).get('value'))}, slice {_fmt((base.get('slice') or {}).get('value'))}")
         singles = block.get("single_experts") or {}
         if singles:
             notes.append(f"{regime} · intra's experts alone, in view: " + ", ".join(

@@ -65,6 +65,8 @@ def test_results_measure_every_variant_on_the_heldout_cohort(claim) -> None:
             ens = entry["ensemble"][level]
             assert 0.0 <= ens["value"] <= 1.0 and ens["ci"][0] <= ens["value"] <= ens["ci"][1]
     assert set(block["single_experts"]) == {"magnitude", "phase", "tabular"}
+    base = block["position_baseline"]  # the slice position alone, on the same held-out slices
+    assert all(0.0 <= base[level]["value"] <= 1.0 for level in ("in_view", "study", "slice"))
     for other in ("intra", "inter"):
         m = block["margins"][other]["in_view"]
         assert m["method"] == "paired bootstrap over whole subjects (seed ensembles)"
@@ -99,6 +101,6 @@ def test_report_draws_the_claim_and_its_learning_curve(claim) -> None:
     page = render_report({"claim_study": json.loads(json.dumps(result))})
     assert 'id="claim"' in page and "inter regime" in page and "held-out: 8 studies" in page
     assert "training volumes" in page and "in-view AUROC, mean ACL" in page  # the curve's axes
-    assert "paired" in page and "I2M2 &ge; max(intra, inter) &minus; 0.01 in view" in page
+    assert "paired" in page and "I2M2 &ge; max(intra, inter) &minus; 0.01 in view" in page and "position only" in page
     empty = render_report({"claim_study": {"value": None, "reason": "not run: --claim-study ..."}})
     assert "not run: --claim-study" in empty

@@ -17,7 +17,8 @@ Design (every number is on a cohort that no training, early stopping or recipe c
   AUROC (each head on the slices where its anatomy is in view: findings against their mimics),
   the study-level AUROC and the slice AUROC (means over ACL / MTEAR / CART), and the seed
   ensemble's values with 95 % CIs that resample whole subjects. The single experts are the
-  intra model's magnitude, phase and tabular experts read alone.
+  intra model's magnitude, phase and tabular experts read alone; beside them the position-only
+  baseline (the training split's positive rate at the slice's relative position).
 * Paired margins: I2M2's seed ensemble against intra's and inter's on the same held-out slices,
   in view and at study level, by a paired bootstrap over whole subjects.
 * Targets (never used to choose anything): in every regime ``i2m2 >= max(intra, inter) - 0.01``
@@ -51,10 +52,11 @@ from i2m2_med.data.layout import TENSOR_CACHE_DIR
 from i2m2_med.errors import UsageError
 from i2m2_med.heads import HEADS, PATHOLOGY_HEADS
 from i2m2_med.metrics.aggregation import aggregation_rule, study_level
+from i2m2_med.metrics.baselines import position_scores, relative_position
 from i2m2_med.synth import generate_cohort
 from i2m2_med.synth.heldout import HELDOUT_VOLUMES, generate_heldout
 from i2m2_med.training.options import resolve_config
-from i2m2_med.training.results import predict_dataset, prediction_metrics
+from i2m2_med.training.results import position_prior_of, predict_dataset, prediction_metrics
 from i2m2_med.transforms.dictionary import build_modality_pipeline
 
 Progress = Callable[[str], None]
@@ -347,6 +349,22 @@ def regime_result(regime: str, runs: Mapping[str, Sequence[RunRecord]], heldout:
     return out
 
 
+def position_result(train: Cohort, heldout: Cohort, cache: TensorCache, rule_name: str, n_boot: int) -> dict[str, Any]:
+    """The position-only baseline on the held-out cohort: the training split's positive rate at
+    each slice's relative position (:mod:`i2m2_med.metrics.baselines`), scored like a variant
+    (labels and slice numbers only: no image is read)."""
+    train_ds = SliceDataset(train, "train", image_size=cache.image_size, cache_size=0, tensor_cache=cache)
+    test_ds = SliceDataset(heldout, None, image_size=cache.image_size, cache_size=0, tensor_cache=cache)
+    prior = position_prior_of(train_ds)
+    slices = test_ds.items[:, 1].astype(np.int64)
+    n = np.asarray([test_ds.studies[int(i)].n_slices for i in test_ds.items[:, 0]], dtype=np.int64)
+    pred = {"study_id": test_ds.study_ids().astype(str), "slice": slices, "labels": test_ds.label_matrix(),
+            "p": {"combined": position_scores(prior, relative_position(slices, n))}}
+    table = prediction_metrics(pred, "heldout", rule_name, n_boot=n_boot, seed=0, in_view=heldout.in_view, subjects=heldout.subjects)
+    return {level: {"value": _mean3(table["summary"]["combined"], level), "ci": _level_ci(table["combined"], level)}
+            for level in ("in_view", "study", "slice")}
+
+
 def regime_targets(regime: str, variants: Mapping[str, Any]) -> dict[str, Any]:
     """The claim's targets on the seed means of the in-view AUROC (see the module docstring)."""
     means = {v: ((variants.get(v) or {}).get("seed_summary") or {}).get("in_view", {}).get("mean") for v in ("i2m2", "intra", "inter")}
@@ -395,6 +413,8 @@ def run_claim_study(work_dir: str | os.PathLike, settings: ClaimSettings | None 
             progress(f"{regime}: predicting the held-out cohort")
         regimes[regime] = regime_result(regime, trained[settings.train_volumes], heldout, cache, base.training.aggregation, settings)
         regimes[regime]["pool"] = {"generator_seed": POOL_SEEDS[regime], "volumes": len(pool.studies)}
+        regimes[regime]["position_baseline"] = position_result(subset_cohort(pool, settings.train_volumes, settings.val_volumes),
+                                                               heldout, cache, base.training.aggregation, settings.n_boot)
         if regime == settings.curve_regime:
             rule, k = aggregation_rule(base.training.aggregation)
             fp = data_fingerprint(heldout)

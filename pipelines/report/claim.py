@@ -68,6 +68,10 @@ def claim_section(results: Mapping[str, Any], figs: Figures) -> str:
                 continue
             rows.append([f"<b>{esc(v)}</b><br><span class=\"ci\">seeds {esc(entry.get('seeds'))}</span>",
                          *(_cell(entry, level) for level, _ in LEVELS)])
+        base = block.get("position_baseline") or {}
+        if base:
+            rows.append(["<i>position only</i>", *(f"{num((base.get(level) or {}).get('value'))} {ci_text((base.get(level) or {}).get('ci'))}"
+                                                   for level, _ in LEVELS)])
         for name, single in (block.get("single_experts") or {}).items():
             rows.append([f"<i>{esc(name)} expert of intra, alone</i>",
                          *(f"<span class=\"ci\">ensemble</span> {num((single.get(level) or {}).get('value'))} "
