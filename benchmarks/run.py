@@ -42,6 +42,7 @@ SECTIONS: dict[str, str] = {
     "diagnose": "benchmarks.bench_diagnose",
     "heldout": "benchmarks.bench_heldout",
     "claim": "benchmarks.bench_claim",
+    "finetune": "benchmarks.bench_finetune",
 }
 
 REPO = Path(__file__).resolve().parents[1]

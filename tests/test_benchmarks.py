@@ -504,3 +504,28 @@ def test_heldout_section_measures_the_bundled_model_against_position(tmp_path: P
     assert set(result["heldout"]["met"]) == set(bench_heldout.TARGETS)
     assert any(n.startswith("Targets: ") for n in result["notes"])
     assert not any(p.suffix == ".h5" for p in tmp_path.rglob("*.h5"))  # generated straight into the cache
+
+
+@pytest.mark.slow
+def test_claim_and_finetune_sections_quick(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The claim section runs the quick claim study and reports per-seed figures, margins, targets
+    and the learning curve; the fine-tuning section reuses its pool and chooses a scale on
+    validation."""
+    from benchmarks import bench_claim, bench_finetune
+    from benchmarks.common import Context
+
+    monkeypatch.setenv("I2M2_CLAIM_DIR", str(tmp_path / "claim"))
+    ctx = Context(quick=True, repeats=1, workdir=tmp_path)
+    claim = bench_claim.run(ctx)
+    keys = {f["key"] for f in claim["figures"]}
+    assert {"wall_min", "inter_i2m2_in_view", "inter_intra_study", "inter_inter_in_view"} <= keys
+    assert all(len(f["values"]) == 2 for f in claim["figures"] if f["key"] != "wall_min")  # two seeds each
+    text = "\n".join(claim["notes"])
+    assert "I2M2 − intra (paired, subjects)" in text and "position only" in text and "Learning curve" in text
+    assert claim["claim"]["targets"]["per_regime"]["inter"]["met"] in (True, False)
+    tune = bench_finetune.run(ctx)
+    rows = tune["finetune"]["rows"]
+    assert [r["scale"] for r in rows] == [0.1, 0.3, 1.0]
+    best = max(rows, key=lambda r: r["val_in_view_mean4"])
+    assert tune["finetune"]["chosen"] == best["scale"]
+    assert len(list((tmp_path / "claim" / "pools").iterdir())) == 1  # the pool was reused, not generated again
