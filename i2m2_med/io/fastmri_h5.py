@@ -13,6 +13,7 @@ Layout (as in the fastMRI knee release):
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import numpy as np
 from i2m2_med.atomic import atomic_path
 from i2m2_med.errors import StudyReadError
 from i2m2_med.io.ismrmrd import parse_header
+from i2m2_med.io.limits import read_limits
 from i2m2_med.io.study import Study
 
 
@@ -338,11 +340,40 @@ def _h5_reason(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+def check_regular_file(path: Path) -> None:
+    """Refuse anything but a regular file (a FIFO or a device would block or never end)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        raise StudyReadError(str(path), "no such file") from None
+    if not stat.S_ISREG(mode):
+        raise StudyReadError(str(path), "not a regular file (a FIFO, device or folder): not read")
+
+
+def _inside_dataset(f: h5py.File, name: str, where: str) -> h5py.Dataset:
+    """``f[name]`` when it is a dataset stored inside this file; refuses an external link, a
+    virtual dataset (whose data may come from other files) and external raw storage (bytes read
+    from another file, e.g. /etc/passwd), before any of their data is read."""
+    link = f.get(name, getlink=True)
+    if isinstance(link, h5py.ExternalLink):
+        raise StudyReadError(where, f"'{name}' is a link to another file: refused (only data inside the file is read)")
+    obj = f[name]
+    if not isinstance(obj, h5py.Dataset):
+        raise StudyReadError(where, f"'{name}' is not a dataset")
+    if obj.is_virtual:
+        raise StudyReadError(where, f"'{name}' is a virtual dataset (its data may live in other files): refused")
+    if obj.external:
+        raise StudyReadError(where, f"'{name}' is stored in external files: refused (only data inside the file is read)")
+    return obj
+
+
 def read_fastmri_h5(path: str | os.PathLike, study_id: str | None = None) -> Study:
     """Open a fastMRI knee h5 file as a k-space :class:`Study` (nothing but metadata is loaded).
 
     Validated now (each failure is a :class:`StudyReadError` naming the file and the reason):
-    the file is HDF5 and not truncated; ``kspace`` exists, is complex, of rank 3 (singlecoil
+    the path is a regular file; it is HDF5 and not truncated; ``kspace`` (and a stored
+    reconstruction) is a dataset inside the file (no external link, virtual dataset or external
+    storage); its declared shape is within :mod:`i2m2_med.io.limits`; ``kspace`` exists, is complex, of rank 3 (singlecoil
     (S, 640, W)) or 4 (multicoil (S, C, 640, W)) with at least one slice; the
     ``ismrmrd_header`` (optional; its absence is noted) parses. NaN/Inf values are detected
     when a slice is read.
@@ -356,20 +387,19 @@ def read_fastmri_h5(path: str | os.PathLike, study_id: str | None = None) -> Stu
     """
     path = Path(path)
     where = str(path)
-    if not path.is_file():
-        raise StudyReadError(where, "no such file")
+    check_regular_file(path)
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
         raise StudyReadError(where, f"cannot open as HDF5 ({_h5_reason(exc)})") from None
+    except Exception as exc:  # whatever HDF5 raises, it is this file's fault: one line, typed
+        raise StudyReadError(where, f"cannot open as HDF5 ({_h5_reason(exc)})") from None
     notes: list[str] = []
     try:
-        if "kspace" not in f:
+        if f.get("kspace", getlink=True) is None:
             keys = ", ".join(sorted(f.keys())) or "none"
             raise StudyReadError(where, f"no 'kspace' dataset (keys: {keys})")
-        ds = f["kspace"]
-        if not isinstance(ds, h5py.Dataset):
-            raise StudyReadError(where, "'kspace' is not a dataset")
+        ds = _inside_dataset(f, "kspace", where)
         if ds.dtype.kind != "c":
             raise StudyReadError(where, f"kspace dtype {ds.dtype} is not complex")
         shape = tuple(int(n) for n in ds.shape)
@@ -382,6 +412,8 @@ def read_fastmri_h5(path: str | os.PathLike, study_id: str | None = None) -> Stu
         n_slices = shape[0]
         multicoil = len(shape) == 4
         readout, width = shape[-2], shape[-1]
+        read_limits().check(where, slices=n_slices, coils=shape[1] if multicoil else 1, matrix=(readout, width),
+                            item_bytes=max(8, int(ds.dtype.itemsize)))
 
         tags: dict[str, Any] = {}
         if "ismrmrd_header" in f:
@@ -392,7 +424,7 @@ def read_fastmri_h5(path: str | os.PathLike, study_id: str | None = None) -> Stu
                 tags.update(parse_header(raw))
             except ValueError as exc:
                 raise StudyReadError(where, str(exc)) from None
-            except OSError as exc:
+            except Exception as exc:  # HDF5 or XML failures of any type: this file's fault
                 raise StudyReadError(where, f"cannot read ismrmrd_header ({_h5_reason(exc)})") from None
         else:
             notes.append("no ismrmrd_header: sequence, scanner and padding tags missing")
@@ -414,16 +446,16 @@ def read_fastmri_h5(path: str | os.PathLike, study_id: str | None = None) -> Stu
         tags["kspace_shape"] = list(shape[1:])
         tags["n_coils"] = shape[1] if multicoil else 1
 
-        recon_key = next((k for k in _RECON_KEYS if k in f and isinstance(f[k], h5py.Dataset)), None)
+        recon_key = next((k for k in _RECON_KEYS if f.get(k, getlink=True) is not None), None)
         if recon_key is not None:
-            rshape = tuple(f[recon_key].shape)
+            rshape = tuple(_inside_dataset(f, recon_key, where).shape)
             if len(rshape) != 3 or rshape[0] != n_slices:
                 notes.append(f"{recon_key} shape {rshape} does not match {n_slices} slices: ignored")
                 recon_key = None
     except StudyReadError:
         f.close()
         raise
-    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
+    except Exception as exc:  # whatever h5py raises on a damaged file becomes this file's one line
         f.close()
         raise StudyReadError(where, f"corrupt HDF5 file ({_h5_reason(exc)})") from None
     f.close()

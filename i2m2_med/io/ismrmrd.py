@@ -14,6 +14,8 @@ fastMRI's padding convention (also used by its SliceDataset)::
 
 from __future__ import annotations
 
+import math
+
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +48,9 @@ class HeaderParams:
     fov_phase_mm: float = 140.0
     slice_thickness_mm: float = 3.0
 
+
+_MAX_HEADER_NUMBER = 1e9
+"""The largest magnitude a header number may have (matrix sizes, TR, coils ...)."""
 
 def build_header(p: HeaderParams) -> bytes:
     """Serialise ``p`` as an ISMRMRD header (UTF-8 XML bytes, as fastMRI stores it)."""
@@ -113,8 +118,9 @@ def build_header(p: HeaderParams) -> bytes:
 def parse_header(xml: bytes | str) -> dict[str, Any]:
     """Parse an ISMRMRD header into the standard study tags (see :mod:`i2m2_med.io.study`).
 
-    Raises ``ValueError`` with a one-line reason on malformed XML or a missing encoding block;
-    fields that are simply absent are left out of the result.
+    Raises ``ValueError`` with a one-line reason on malformed XML, a missing encoding block or a
+    number that is infinite, NaN or beyond 10^9 in magnitude (a header must not be able to claim
+    an impossible matrix); fields that are simply absent are left out of the result.
     """
     if isinstance(xml, str):
         xml = xml.encode("utf-8")
@@ -130,9 +136,12 @@ def parse_header(xml: bytes | str) -> dict[str, Any]:
     def num(*path: str) -> float | None:
         text = find(*path)
         try:
-            return None if text is None else float(text)
+            value = None if text is None else float(text)
         except ValueError:
             return None
+        if value is not None and not (math.isfinite(value) and abs(value) <= _MAX_HEADER_NUMBER):
+            raise ValueError(f"ismrmrd_header: {'/'.join(path)} is {text[:40]!r}, not a finite number of sensible size")
+        return value
 
     out: dict[str, Any] = {}
     enc_x = num("encoding", "encodedSpace", "matrixSize", "x")

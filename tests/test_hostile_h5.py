@@ -1,0 +1,152 @@
+"""Hostile fastMRI h5 files: a few bytes must not claim gigabytes, read outside the file, hang on
+a FIFO, or stop the good files beside them. Every file here is a real HDF5 file made with h5py."""
+
+from __future__ import annotations
+
+import csv
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from i2m2_med.errors import StudyReadError
+from i2m2_med.io.fastmri_h5 import read_fastmri_h5, write_fastmri_h5
+from i2m2_med.io.ismrmrd import HeaderParams, build_header
+from i2m2_med.io.limits import ReadLimits
+from pipelines.cli import main
+
+
+def _declared(path: Path, shape: tuple[int, ...], chunks: tuple[int, ...]) -> Path:
+    """A tiny file that declares a huge complex k-space (chunked, nothing written: fill value)."""
+    with h5py.File(path, "w") as f:
+        f.create_dataset("kspace", shape=shape, dtype=np.complex64, chunks=chunks)
+    assert path.stat().st_size < 64 * 1024
+    return path
+
+
+def _good(path: Path, slices: int = 2) -> Path:
+    rng = np.random.default_rng(0)
+    k = (rng.standard_normal((slices, 64, 48)) + 1j * rng.standard_normal((slices, 64, 48))).astype(np.complex64)
+    write_fastmri_h5(path, k, header=build_header(HeaderParams()))
+    return path
+
+
+@pytest.mark.parametrize("shape, chunks, what", [
+    ((1, 1, 10**9), (1, 1, 1024), "samples along one axis"),
+    ((2, 20000, 2, 2), (1, 20000, 2, 2), "coils"),
+    ((2, 640, 368, 1), (1, 640, 368, 1), "coils"),
+    ((100000, 64, 48), (1, 64, 48), "slices"),
+])
+def test_declared_memory_and_time_bombs_are_refused_before_allocation(tmp_path: Path, shape, chunks, what) -> None:
+    path = _declared(tmp_path / "bomb.h5", shape, chunks)
+    with pytest.raises(StudyReadError, match=f"declares .* {what}.*beyond the limit") as err:
+        read_fastmri_h5(path)
+    assert str(path) in err.value.one_line() and "I2M2_MAX_" in err.value.one_line()
+
+
+def test_inspect_on_a_bomb_stays_within_a_small_address_space(tmp_path: Path) -> None:
+    """`inspect` on an 8 KB file declaring 8 GB of k-space, in a process that may map 3 GiB: the
+    reason and exit 1 (an allocation of the declared size would fail or be killed instead)."""
+    path = _declared(tmp_path / "bomb.h5", (1, 1, 10**9), (1, 1, 1024))
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))
+
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "inspect", str(path)], capture_output=True, text=True,
+                          timeout=120, preexec_fn=cap, cwd=Path(__file__).resolve().parents[1])
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 1, text
+    assert "beyond the limit" in text and "Traceback" not in text and "MemoryError" not in text
+
+
+def test_limits_can_be_raised_for_a_real_acquisition(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _declared(tmp_path / "many.h5", (1100, 8, 8), (1, 8, 8))
+    with pytest.raises(StudyReadError, match="1,100 slices"):
+        read_fastmri_h5(path)
+    monkeypatch.setenv("I2M2_MAX_SLICES", "2000")
+    assert read_fastmri_h5(path).n_slices == 1100
+    monkeypatch.setenv("I2M2_MAX_SLICES", "0")  # nonsense never lowers a limit to nothing
+    assert ReadLimits.from_env().slices == ReadLimits().slices
+
+
+@pytest.mark.parametrize("text", ["inf", "1e400", "-inf", "nan", "1e12"])
+def test_impossible_header_numbers_are_the_readers_error(tmp_path: Path, text: str) -> None:
+    path = _good(tmp_path / "good.h5")
+    header = build_header(HeaderParams()).decode("utf-8")
+    start = header.index("<encodedSpace>")
+    x_open = header.index("<x>", start) + 3
+    x_close = header.index("</x>", x_open)
+    with h5py.File(path, "r+") as f:
+        del f["ismrmrd_header"]
+        f["ismrmrd_header"] = (header[:x_open] + text + header[x_close:]).encode("utf-8")
+    with pytest.raises(StudyReadError, match="not a finite number of sensible size"):
+        read_fastmri_h5(path)
+
+
+def test_external_storage_links_and_virtual_datasets_are_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "outside" / "secret.bin"
+    secret.parent.mkdir()
+    secret.write_bytes(os.urandom(2 * 64 * 48 * 8))
+    ext = tmp_path / "external.h5"
+    with h5py.File(ext, "w") as f:
+        f.create_dataset("kspace", shape=(2, 64, 48), dtype=np.complex64, external=[(str(secret), 0, h5py.h5f.UNLIMITED)])
+    with pytest.raises(StudyReadError, match="stored in external files: refused"):
+        read_fastmri_h5(ext)
+
+    other = _good(tmp_path / "outside" / "other.h5")
+    linked = tmp_path / "linked.h5"
+    with h5py.File(linked, "w") as f:
+        f["kspace"] = h5py.ExternalLink(str(other), "kspace")
+    with pytest.raises(StudyReadError, match="link to another file: refused"):
+        read_fastmri_h5(linked)
+
+    virtual = tmp_path / "virtual.h5"
+    layout = h5py.VirtualLayout(shape=(2, 64, 48), dtype=np.complex64)
+    layout[:] = h5py.VirtualSource(str(other), "kspace", shape=(2, 64, 48))
+    with h5py.File(virtual, "w") as f:
+        f.create_virtual_dataset("kspace", layout)
+    with pytest.raises(StudyReadError, match="virtual dataset"):
+        read_fastmri_h5(virtual)
+
+    recon = _good(tmp_path / "recon.h5")
+    with h5py.File(recon, "r+") as f:
+        f["reconstruction_rss"] = h5py.ExternalLink(str(other), "kspace")
+    with pytest.raises(StudyReadError, match="'reconstruction_rss' is a link to another file"):
+        read_fastmri_h5(recon)
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.h5"
+    os.mkfifo(fifo)
+    with pytest.raises(StudyReadError, match="not a regular file"):
+        read_fastmri_h5(fifo)
+
+
+@pytest.mark.slow
+def test_diagnose_keeps_the_good_file_beside_the_bombs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = tmp_path / "in"
+    data.mkdir()
+    _declared(data / "bomb.h5", (1, 1, 10**9), (1, 1, 1024))
+    _declared(data / "coils.h5", (2, 20000, 2, 2), (1, 20000, 2, 2))
+    good = _good(data / "good.h5", slices=3)
+    header = build_header(HeaderParams()).decode("utf-8").replace("<x>640</x>", "<x>inf</x>", 1)
+    bad_header = _good(data / "badheader.h5")
+    with h5py.File(bad_header, "r+") as f:
+        del f["ismrmrd_header"]
+        f["ismrmrd_header"] = header.encode("utf-8")
+    out = tmp_path / "out"
+    rc = main(["diagnose", str(data), "--out", str(out), "--no-progress"])
+    captured = capsys.readouterr()
+    assert rc == 2, captured.err  # some studies failed, the run went on
+    assert "Traceback" not in captured.err
+    with (out / "predictions.csv").open(encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted(r["status"] for r in rows).count("ok") == 1 and len(rows) == 4  # the good study and three refusals
+    failed = " ".join(" ".join(r.values()) for r in rows if r["status"] != "ok")
+    assert failed.count("beyond the limit") == 2 and "not a finite number" in failed
+    assert good.exists()
