@@ -47,6 +47,7 @@ from typing import Any, Iterable, NamedTuple
 import numpy as np
 
 from i2m2_med.errors import StudyReadError
+from i2m2_med.io.limits import check_regular_file, read_limits
 from i2m2_med.io.study import Study
 
 #: File names never read as DICOM images.
@@ -349,6 +350,7 @@ def _read_header(path: Path) -> Any:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    check_regular_file(path)
     try:
         return pydicom.dcmread(path, defer_size=1024, force=not is_dicom_file(path))
     except InvalidDicomError as exc:
@@ -385,6 +387,8 @@ def _scan_file(path: Path, series: dict[tuple[str, str], _Series]) -> str | None
     rows, cols = _int(ds.get("Rows")), _int(ds.get("Columns"))
     if not rows or not cols:
         raise StudyReadError(path, "Rows/Columns missing or zero")
+    read_limits().check(str(path), slices=max(1, _int(ds.get("NumberOfFrames")) or 1), matrix=(rows, cols),
+                        item_bytes=max(4, (_int(ds.get("BitsAllocated")) or 16) // 8))
     short = _native_pixel_shortfall(ds, rows, cols)
     if short:
         raise StudyReadError(path, short)

@@ -13,7 +13,6 @@ Layout (as in the fastMRI knee release):
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ import numpy as np
 from i2m2_med.atomic import atomic_path
 from i2m2_med.errors import StudyReadError
 from i2m2_med.io.ismrmrd import parse_header
-from i2m2_med.io.limits import read_limits
+from i2m2_med.io.limits import check_regular_file, read_limits
 from i2m2_med.io.study import Study
 
 
@@ -338,16 +337,6 @@ def _h5_reason(exc: BaseException) -> str:
     if "file signature not found" in text or "not an HDF5 file" in text.lower():
         return "not an HDF5 file"
     return text or type(exc).__name__
-
-
-def check_regular_file(path: Path) -> None:
-    """Refuse anything but a regular file (a FIFO or a device would block or never end)."""
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        raise StudyReadError(str(path), "no such file") from None
-    if not stat.S_ISREG(mode):
-        raise StudyReadError(str(path), "not a regular file (a FIFO, device or folder): not read")
 
 
 def _inside_dataset(f: h5py.File, name: str, where: str) -> h5py.Dataset:

@@ -21,7 +21,9 @@ bytes of one slice     512 MiB    ``I2M2_MAX_SLICE_MB`` (all coils, as the reade
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 from i2m2_med.errors import StudyReadError
@@ -67,9 +69,20 @@ class ReadLimits:
             refuse("bytes per slice", n_bytes, self.slice_mb * 2**20, "slice_mb")
 
 
+def check_regular_file(path: str | os.PathLike) -> None:
+    """Refuse anything but a regular file (a FIFO or a device would block a reader or never end;
+    a symlink is followed to what it names)."""
+    try:
+        mode = Path(path).stat().st_mode
+    except OSError:
+        raise StudyReadError(str(path), "no such file") from None
+    if not stat.S_ISREG(mode):
+        raise StudyReadError(str(path), "not a regular file (a FIFO, device or folder): not read")
+
+
 def read_limits() -> ReadLimits:
     """The limits in force for this process (:meth:`ReadLimits.from_env`)."""
     return ReadLimits.from_env()
 
 
-__all__ = ["ReadLimits", "read_limits"]
+__all__ = ["ReadLimits", "check_regular_file", "read_limits"]

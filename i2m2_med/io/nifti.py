@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from i2m2_med.errors import StudyReadError
+from i2m2_med.io.limits import check_regular_file, read_limits
 from i2m2_med.io.study import Study
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -64,8 +65,7 @@ def phase_sibling(path: str | os.PathLike) -> Path | None:
 def _load(path: Path) -> Any:
     import nibabel as nib
 
-    if not path.is_file():
-        raise StudyReadError(path, "no such file")
+    check_regular_file(path)
     try:
         img = nib.load(str(path))
     except Exception as exc:  # nibabel raises ImageFileError, EOFError, gzip errors...
@@ -80,6 +80,7 @@ def _load(path: Path) -> Any:
     if min(shape) < 1:
         raise StudyReadError(path, f"volume is empty {tuple(img.shape)}")
     dtype = np.dtype(img.get_data_dtype())
+    read_limits().check(str(path), slices=shape[2], matrix=(shape[0], shape[1]), item_bytes=max(4, dtype.itemsize))
     if dtype.kind == "c":
         raise StudyReadError(path, f"complex NIfTI ({dtype}) is not supported: store magnitude and phase volumes")
     if dtype.names:

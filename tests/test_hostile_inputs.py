@@ -1,5 +1,6 @@
-"""Hostile fastMRI h5 files: a few bytes must not claim gigabytes, read outside the file, hang on
-a FIFO, or stop the good files beside them. Every file here is a real HDF5 file made with h5py."""
+"""Hostile input files (fastMRI h5, DICOM, NIfTI): a few bytes must not claim gigabytes or hours,
+read outside the file, hang on a FIFO, or stop the good files beside them. Every file here is a
+real file made with h5py, pydicom or nibabel."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pydicom
 import pytest
 
 from i2m2_med.errors import StudyReadError
@@ -150,3 +152,54 @@ def test_diagnose_keeps_the_good_file_beside_the_bombs(tmp_path: Path, capsys: p
     failed = " ".join(" ".join(r.values()) for r in rows if r["status"] != "ok")
     assert failed.count("beyond the limit") == 2 and "not a finite number" in failed
     assert good.exists()
+
+
+def test_dicom_frame_bomb_and_nifti_slice_bomb_are_refused_from_their_headers(tmp_path: Path) -> None:
+    """A DICOM claiming 5 x 10^7 encapsulated frames and a 2 KB .nii.gz claiming 30,000 slices are
+    refused from their headers in one line, without looping over what they claim."""
+    import time
+
+    import nibabel as nib
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit, MRImageStorage, generate_uid
+
+    from i2m2_med.io.dicom import read_dicom_series
+    from i2m2_med.io.nifti import read_nifti
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.SeriesInstanceUID, ds.StudyInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.Rows, ds.Columns, ds.NumberOfFrames = "MR", 64, 64, 50_000_000
+    ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 8, 8, 7, 0
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelData = encapsulate([b"\xff\xd8\xff\xd9"])
+    folder = tmp_path / "dicom"
+    folder.mkdir()
+    bomb = folder / "frames.dcm"
+    ds.save_as(bomb, enforce_file_format=True)
+    started = time.perf_counter()
+    with pytest.raises(StudyReadError, match="50,000,000 slices, beyond the limit"):
+        read_dicom_series([bomb])
+    assert time.perf_counter() - started < 10
+
+    header = nib.Nifti1Header()
+    header.set_data_shape((64, 64, 30000))
+    header.set_data_dtype(np.uint8)
+    nii = tmp_path / "slices.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((1, 1, 1), np.uint8), np.eye(4)), nii)  # a real file, then its header claims more
+    img = nib.load(str(nii))
+    img.header.set_data_shape((64, 64, 30000))
+    with open(nii, "wb") as fh:
+        import gzip
+
+        with gzip.GzipFile(fileobj=fh, mode="wb") as gz:
+            gz.write(img.header.binaryblock + b"\x00" * 4)
+    assert nii.stat().st_size < 4096
+    with pytest.raises(StudyReadError, match="30,000 slices, beyond the limit"):
+        read_nifti(nii)
