@@ -11,13 +11,24 @@ Layout (safetensors header ``__metadata__``, all strings):
   is detected.
 
 Loading never unpickles: safetensors holds raw tensors only. :func:`load_checkpoint` verifies the
-file structure, the hash, the config and that the weights match the variant's structure exactly,
-and raises :class:`~i2m2_med.errors.CheckpointError` (file, reason) otherwise. Writes are atomic.
+file structure, the hash, the config (every size bounded, :data:`i2m2_med.config.MAX_WIDTH`) and
+that the weights match the variant's structure exactly -- on a model built on PyTorch's ``meta``
+device first, so that no memory is allocated for a structure the file does not hold -- and raises
+:class:`~i2m2_med.errors.CheckpointError` (file, reason) otherwise. Writes are atomic.
+
+What the hash protects, plainly: the unkeyed SHA-256 detects accidental damage (a truncated copy,
+a flipped byte, an edited value without a recomputed hash). It does not stop a deliberate forgery:
+anyone can change the config or weights and recompute it. A deployment that must refuse models it
+did not produce sets ``I2M2_MODEL_KEY``: :func:`save_checkpoint` then also writes
+``hmac_sha256``, an HMAC-SHA-256 of the same bytes under that key, and :func:`load_checkpoint`
+refuses any checkpoint without a valid one (the bundled demo model is unsigned: sign your own
+with ``save_checkpoint`` under the key, or leave the variable unset).
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import math
 import os
@@ -31,7 +42,7 @@ from safetensors.torch import save as safetensors_save
 
 from i2m2_med import __version__
 from i2m2_med.atomic import write_bytes
-from i2m2_med.config import Config, config_from_dict
+from i2m2_med.config import MAX_WIDTH, Config, config_from_dict
 from i2m2_med.errors import CheckpointError, ConfigError, UsageError
 from i2m2_med.heads import HEADS
 from i2m2_med.models.registry import VARIANTS, I2M2Model, build_model
@@ -116,6 +127,20 @@ def _file_sha(weights_hex: str, meta_json: str) -> str:
     return hashlib.sha256(weights_hex.encode() + b"\n" + meta_json.encode()).hexdigest()
 
 
+MODEL_KEY_ENV = "I2M2_MODEL_KEY"
+MAX_CHECKPOINT_BYTES = 1 << 30
+"""The largest checkpoint file read (the paper config's i2m2 is about 140 MB)."""
+
+
+def _model_key() -> bytes | None:
+    key = os.environ.get(MODEL_KEY_ENV, "")
+    return key.encode("utf-8") if key else None
+
+
+def _signature(key: bytes, weights_hex: str, meta_json: str) -> str:
+    return hmac.new(key, weights_hex.encode() + b"\n" + meta_json.encode(), hashlib.sha256).hexdigest()
+
+
 def _jsonable(obj: Any) -> Any:
     """Plain JSON (NaN / inf -> None, numpy / tensor scalars -> Python numbers)."""
     if isinstance(obj, Mapping):
@@ -194,6 +219,9 @@ def save_checkpoint(
         "meta": meta_json,
         "sha256": _file_sha(w_sha, meta_json),
     }
+    key = _model_key()
+    if key is not None:
+        header["hmac_sha256"] = _signature(key, w_sha, meta_json)
     write_bytes(path, safetensors_save(state, metadata=header))
     return _meta_from(Path(path), meta, header["sha256"], config)
 
@@ -234,6 +262,9 @@ _REQUIRED = {
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], str, Config]:
     if not path.is_file():
         raise CheckpointError(path, "no such checkpoint file")
+    size = path.stat().st_size
+    if size > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(path, f"{size:,} bytes: larger than any model of this project ({MAX_CHECKPOINT_BYTES:,} at most)")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             header = handle.metadata() or {}
@@ -260,6 +291,11 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], str, Con
     w_sha = weights_sha256(state)
     if w_sha != meta["weights_sha256"] or _file_sha(w_sha, meta_json) != sha:
         raise CheckpointError(path, "sha256 mismatch: the checkpoint is corrupt or was modified after it was written")
+    key = _model_key()
+    if key is not None:
+        signed = header.get("hmac_sha256")
+        if not isinstance(signed, str) or not hmac.compare_digest(signed, _signature(key, w_sha, meta_json)):
+            raise CheckpointError(path, f"not signed with this deployment's key ({MODEL_KEY_ENV} is set): refused")
     try:
         config = config_from_dict(meta["config"], where=path)
     except ConfigError as exc:
@@ -298,15 +334,36 @@ def load_checkpoint(
         raise CheckpointError(p, f"checkpoint is variant {variant!r}, expected {expected_variant!r}")
     if expected_n_tabular is not None and meta["n_tabular"] != expected_n_tabular:
         raise CheckpointError(p, f"checkpoint expects {meta['n_tabular']} tabular features, the data has {expected_n_tabular}")
+    if not 0 <= meta["n_tabular"] <= MAX_WIDTH:
+        raise CheckpointError(p, f"n_tabular={meta['n_tabular']} is out of range 0..{MAX_WIDTH}")
+    # the structure is checked on the meta device (no memory) before the real model is built
+    with torch.device("meta"):
+        expected = dict(_build(p, variant, config, meta["n_tabular"], {}).state_dict())
+    if "prior_offset" in state:  # the buffers fitted after training, when the file has them
+        expected["prior_offset"] = torch.empty(len(HEADS), device="meta")
+    if "study_calibration" in state:
+        expected["study_calibration"] = torch.empty((len(HEADS), 2), device="meta")
+    _check_structure(p, variant, expected, state)
+    model = _build(p, variant, config, meta["n_tabular"], state)
+    model.load_state_dict(state, strict=True)
+    model.to(map_location)
+    model.eval()
+    return model, _meta_from(p, meta, sha, config)
+
+
+def _build(p: Path, variant: str, config: Config, n_tabular: int, state: Mapping[str, torch.Tensor]) -> I2M2Model:
     try:
-        model = build_model(variant, config, meta["n_tabular"])
+        model = build_model(variant, config, n_tabular)
     except (UsageError, ValueError) as exc:
         raise CheckpointError(p, f"cannot build variant {variant!r} from the checkpoint's config: {exc}") from None
     if "prior_offset" in state:
-        model.set_prior_offset(torch.zeros(len(HEADS)))  # shape checked and value loaded below
+        model.set_prior_offset(torch.zeros(len(HEADS)))  # value loaded afterwards
     if "study_calibration" in state:
         model.set_study_calibration(torch.tensor([[1.0, 0.0]] * len(HEADS)))  # likewise
-    expected = model.state_dict()
+    return model
+
+
+def _check_structure(p: Path, variant: str, expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> None:
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -323,7 +380,3 @@ def load_checkpoint(
                 f"weights do not match variant {variant!r}: {name} is {tuple(state[name].shape)} {state[name].dtype}, "
                 f"expected {tuple(tensor.shape)} {tensor.dtype}",
             )
-    model.load_state_dict(state, strict=True)
-    model.to(map_location)
-    model.eval()
-    return model, _meta_from(p, meta, sha, config)

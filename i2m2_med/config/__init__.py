@@ -43,6 +43,11 @@ from i2m2_med.errors import ConfigError
 from i2m2_med.metrics.aggregation import CONFIG_RULES
 
 SHIPPED_CONFIGS: tuple[str, ...] = ("cpu", "demo", "paper")
+MAX_WIDTH = 2048
+"""The widest layer a config may ask for (the paper config's widest is 512): with
+:data:`MAX_BLOCKS`, a config -- a YAML file or a checkpoint's header -- cannot make building the
+model exhaust memory."""
+MAX_BLOCKS = 16
 
 
 class _Strict(BaseModel):
@@ -61,12 +66,12 @@ class ImageExpertConfig(_Strict):
     ``final_norm`` adds a GroupNorm + ReLU before the pool (the reference has none).
     """
 
-    stem_width: int = Field(64, ge=1)
+    stem_width: int = Field(64, ge=1, le=MAX_WIDTH)
     stem_stride: int = Field(1, ge=1, le=2)
     blocks: list[int] = Field(default_factory=lambda: [2, 2, 2, 2], min_length=1, max_length=8)
     widths: list[int] = Field(default_factory=lambda: [64, 128, 256, 512], min_length=1, max_length=8)
-    groups: int = Field(32, ge=1)
-    pool_size: int = Field(10, ge=1)
+    groups: int = Field(32, ge=1, le=MAX_WIDTH)
+    pool_size: int = Field(10, ge=1, le=64)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     final_norm: bool = False
 
@@ -76,6 +81,8 @@ class ImageExpertConfig(_Strict):
             raise ValueError(f"blocks ({len(self.blocks)} stages) and widths ({len(self.widths)} stages) must have the same length")
         if any(b < 1 for b in self.blocks) or any(w < 1 for w in self.widths):
             raise ValueError("every stage needs at least one block and a positive width")
+        if any(b > MAX_BLOCKS for b in self.blocks) or any(w > MAX_WIDTH for w in self.widths):
+            raise ValueError(f"at most {MAX_BLOCKS} blocks and width {MAX_WIDTH} per stage")
         for width in [self.stem_width, *self.widths]:
             if width % self.groups:
                 raise ValueError(f"groups={self.groups} must divide every width (stem_width and widths); {width} is not a multiple")
@@ -97,8 +104,8 @@ class TabularExpertConfig(_Strict):
 
     @model_validator(mode="after")
     def _positive(self) -> "TabularExpertConfig":
-        if any(h < 1 for h in self.hidden):
-            raise ValueError("hidden sizes must be positive")
+        if any(h < 1 or h > MAX_WIDTH for h in self.hidden):
+            raise ValueError(f"hidden sizes must lie in 1..{MAX_WIDTH}")
         return self
 
 
@@ -114,7 +121,7 @@ class JointConfig(_Strict):
     """
 
     tabular_fusion: Literal["film", "concat", "none"] = "film"
-    tabular_hidden: int = Field(32, ge=1)
+    tabular_hidden: int = Field(32, ge=1, le=MAX_WIDTH)
     tabular_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     """Probability that a training sample's tabular vector is withheld from the joint model, so
     that it also learns to read the images alone: without a tabular vector the joint model still
