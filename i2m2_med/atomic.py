@@ -23,7 +23,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    # a short temporary name: the target's own name may be near the file system's 255 bytes
+    head = target.name.encode("utf-8")[:32].decode("utf-8", errors="ignore")
+    fd, tmp = tempfile.mkstemp(prefix=f".{head}.", suffix=".part", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:

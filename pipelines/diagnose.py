@@ -41,6 +41,7 @@ Exit codes: 0 every study succeeded; 2 some studies failed (their rows say why);
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -50,7 +51,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from i2m2_med.data.layout import CLINICAL_CSV, clinical_row
 from i2m2_med.errors import I2M2Error, UsageError
@@ -205,8 +206,75 @@ def plan(root: Path, keep_ids: bool) -> list[Item]:
 # ---- records and rows -------------------------------------------------------------------------
 
 
+MAX_NAME_BYTES = 200
+"""Longest output file name written (file systems stop at 255 bytes): a longer study id (a long
+relative path kept with --keep-ids) is cut and ends in a hash of the whole id."""
+
+
 def _json_path(out_dir: Path, out_id: str) -> Path:
-    return out_dir / STUDIES_DIR / f"{out_id}.json"
+    name = out_id
+    if len(f"{name}.json".encode("utf-8")) > MAX_NAME_BYTES:
+        digest = hashlib.sha256(out_id.encode("utf-8")).hexdigest()[:16]
+        name = out_id.encode("utf-8")[: MAX_NAME_BYTES - 40].decode("utf-8", errors="ignore") + "-" + digest
+    return out_dir / STUDIES_DIR / f"{name}.json"
+
+
+LOCK_NAME = ".i2m2-diagnose.lock"
+
+
+@contextlib.contextmanager
+def output_lock(out_dir: Path) -> Iterator[None]:
+    """Hold ``OUT/.i2m2-diagnose.lock`` for the run: a second run into the same folder is refused
+    (one line, exit 1) instead of interleaving its files; a lock left by a process that no longer
+    runs is taken over. Also the first write into the folder: a read-only or full output folder
+    is reported here, before any study is read."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(out_dir, f"cannot create the output folder ({exc.strerror or exc})") from None
+    lock = out_dir / LOCK_NAME
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text(encoding="utf-8").strip() or "0")
+            except (OSError, ValueError):
+                pid = 0
+            if pid > 0 and _alive(pid):
+                raise UsageError(out_dir, f"another diagnose (process {pid}) is writing into this folder; "
+                                          "wait for it or choose another --out") from None
+            with contextlib.suppress(OSError):
+                lock.unlink()  # stale: its process is gone
+            continue
+        except OSError as exc:
+            raise UsageError(out_dir, f"cannot write into the output folder ({exc.strerror or exc})") from None
+        try:
+            os.write(fd, str(os.getpid()).encode())
+        except OSError as exc:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                lock.unlink()
+            raise UsageError(out_dir, f"cannot write into the output folder ({exc.strerror or exc})") from None
+        os.close(fd)
+        break
+    else:
+        raise UsageError(out_dir, "cannot take the output folder's lock")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            lock.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _error_record(item: Item, reason: str, ctx: Context) -> dict[str, Any]:
@@ -400,7 +468,10 @@ def process(item: Item, ctx: Context, on_batch: Callable[[int], None] | None = N
             if ctx.debug and not isinstance(exc, I2M2Error):
                 raise
             record = _error_record(item, _reason(exc), ctx)
-    write_json(_json_path(ctx.out_dir, item.out_id), record)
+    try:
+        write_json(_json_path(ctx.out_dir, item.out_id), record)
+    except OSError as exc:  # a full disk or a refused name: this study's row says so, the run goes on
+        record = _error_record(item, f"its result could not be written ({exc.strerror or exc})", ctx)
     return record
 
 
@@ -563,7 +634,12 @@ def run(
     skipped = len(items) - len(pending)
     if skipped:
         print(f"resume: {skipped} of {len(items)} studies already done with model {ctx.info['fingerprint']}", file=sys.stderr)
-    ctx.out_dir.mkdir(parents=True, exist_ok=True)
+    with output_lock(ctx.out_dir):
+        return _run_pending(ctx, items, pending, records, progress, on_study_done)
+
+
+def _run_pending(ctx: Context, items: list[Item], pending: list[Item], records: dict[str, dict[str, Any]], progress: bool,
+                 on_study_done: Callable[[dict[str, Any]], None] | None) -> int:
     total = sum(it.study.n_slices for it in pending if it.study is not None)
     bar = _progress(total, progress)
     t0 = time.perf_counter()
@@ -588,7 +664,8 @@ def run(
                 bar.update(max(0, it.study.n_slices - counted[0]))
             now = time.perf_counter()
             if now - last_csv >= _CSV_INTERVAL_S:
-                write_predictions(ctx.out_dir, items, records, ctx.term_names)
+                with contextlib.suppress(OSError):  # an interim table; the final one reports a failure
+                    write_predictions(ctx.out_dir, items, records, ctx.term_names)
                 last_csv = now
             if on_study_done is not None:
                 on_study_done(record)
@@ -601,7 +678,11 @@ def run(
         if read_ahead is not None:
             read_ahead.close()
     bar.close()
-    write_predictions(ctx.out_dir, items, records, ctx.term_names)
+    try:
+        write_predictions(ctx.out_dir, items, records, ctx.term_names)
+    except OSError as exc:
+        raise UsageError(ctx.out_dir / "predictions.csv", f"cannot be written ({exc.strerror or exc}); "
+                                                          "the per-study JSONs that were written stay, rerun with --resume") from None
     return _summary(records, items, ctx.out_dir, time.perf_counter() - t0, done_slices)
 
 
