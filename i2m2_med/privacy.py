@@ -8,7 +8,9 @@ without the key can link back. The same key gives the same ids (``diagnose --res
 matching a batch run's ids to its studies); the key itself is never written anywhere.
 
 Free text (paths, messages, notes) is scrubbed by one rule, :func:`scrub`: a raw id is replaced by
-its hash wherever it occurs, a part of a patient's name by ``anon`` where it stands as a word.
+its hash wherever it occurs, a part of a patient's name by ``anon`` where it stands as a word, and
+a calendar date standing as a word (``19700101``, ``1970-01-01``, ``01.01.1970``: a birth or scan
+date in a folder name) by ``date``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,15 @@ ANON = "anon"
 MIN_SECRET_CHARS = 3
 """Shorter ids and name parts are left in free text: they would match inside unrelated words."""
 _HASHED = re.compile(rf"^[0-9a-f]{{{HASH_HEX}}}(-[0-9]+)?$")
+DATE = "date"
+"""What a calendar date becomes in free text."""
+_MONTH, _DAY = r"(?:0[1-9]|1[0-2])", r"(?:0[1-9]|[12][0-9]|3[01])"
+_DATES = re.compile(
+    r"(?<![0-9A-Za-z])(?:"
+    rf"(?:19|20)[0-9]{{2}}[-_.]?{_MONTH}[-_.]?{_DAY}"  # 19700101, 1970-01-01, 1970_01_01
+    rf"|{_DAY}[-_.]{_MONTH}[-_.](?:19|20)[0-9]{{2}}"  # 01.01.1970, 01-01-1970
+    r")(?![0-9A-Za-z])"
+)
 
 
 def id_salt() -> bytes | None:
@@ -80,9 +91,11 @@ def scrub(text: str, replacements: Sequence[tuple[str, str]]) -> str:
     ``"anon"``) where it stands as a whole word (``DOE_JANE`` -> ``anon_anon``), an id wherever it
     occurs (``PAT-1.h5`` -> ``<hash>.h5``). One pass over ``text``: where two could match at the
     same place the earlier pair wins, and a replacement is never scrubbed again (a short id cannot
-    match inside the hash that replaced a longer one)."""
+    match inside the hash that replaced a longer one). Then calendar dates standing as words become
+    ``date``, with or without replacements (a hash is letters and digits, never a word-bounded
+    date)."""
     if not replacements:
-        return str(text)
+        return _DATES.sub(DATE, str(text))
     alternatives = []
     for raw, replacement in replacements:
         pattern = re.escape(raw)
@@ -90,7 +103,7 @@ def scrub(text: str, replacements: Sequence[tuple[str, str]]) -> str:
             pattern = r"(?<![A-Za-z0-9])" + pattern + r"(?![A-Za-z0-9])"
         alternatives.append(f"({pattern})")
     combined = re.compile("|".join(alternatives), flags=re.IGNORECASE)
-    return combined.sub(lambda m: replacements[m.lastindex - 1][1], str(text))
+    return _DATES.sub(DATE, combined.sub(lambda m: replacements[m.lastindex - 1][1], str(text)))
 
 
 def scrub_ids(text: str, ids: Iterable[Any]) -> str:

@@ -162,6 +162,10 @@ def _secrets(study: Any, keep_ids: bool) -> list[tuple[str, str]]:
     out = [] if keep_ids else id_replacements([study.patient_id])
     if study.format == "dicom":
         out += name_replacements(_dicom_name_parts(study))
+    if study.format == "nifti" and not keep_ids:
+        # a NIfTI file carries no identity tags, and converters name it from the patient's name
+        # and dates: its name is its study id, hashed like one
+        out += id_replacements([study.study_id])
     return out
 
 
@@ -183,7 +187,6 @@ def plan(root: Path, keep_ids: bool) -> list[Item]:
             patient_id=out_pid,
             secrets=secrets,
         )
-        item.source = item.clean(item.source)
         items.append(item)
     for path, reason in found.problems:
         source = _relative(path, root)
@@ -193,6 +196,14 @@ def plan(root: Path, keep_ids: bool) -> list[Item]:
             format=_format_of(Path(path)),
             problem=reason,
         ))
+    # one scrubbing rule for every row: what any study of the run revealed (its patient's id and
+    # name parts) is removed from every path and message, unreadable files' included
+    everyone = sorted({pair for it in items for pair in it.secrets}, key=lambda pair: (-len(pair[0]), pair[0]))
+    for it in items:
+        it.secrets = everyone
+        it.source = it.clean(it.source)
+        if it.problem is not None and keep_ids:
+            it.out_id = it.source  # its reason is scrubbed when its record is written
     items.sort(key=lambda it: (it.source, it.out_id))
     seen: dict[str, int] = {}
     for it in items:

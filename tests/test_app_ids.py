@@ -138,3 +138,17 @@ def test_the_scrubbing_rule():
     assert scrub(f"{long_id} 123", id_replacements([long_id, "123"])) == f"{hash_id(long_id)} {hash_id('123')}"
     assert is_hashed_id(hash_id("x")) and is_hashed_id(hash_id("x") + "-2")
     assert not is_hashed_id("PAT-1234") and not is_hashed_id(hash_id("x").upper())
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("anon anon 19700101", "anon anon date"),
+    ("scan_2021-03-04_T2", "scan_date_T2"),
+    ("visit 04.03.2021/series", "visit date/series"),
+    ("file1000001.h5", "file1000001.h5"),  # a fastMRI id is not a date
+    ("a8c20190705b3e1f", "a8c20190705b3e1f"),  # nor are the digits inside a hash
+    ("20191399", "20191399"),  # no 13th month
+])
+def test_scrub_replaces_calendar_dates_standing_as_words(text: str, expected: str) -> None:
+    from i2m2_med.privacy import scrub
+
+    assert scrub(text, []) == expected

@@ -25,6 +25,7 @@ from diagnose_inputs import (
     write_broken,
     write_dicom_study,
     write_h5,
+    write_nifti,
 )
 
 from i2m2_med.heads import HEADS
@@ -95,7 +96,8 @@ def test_mixed_folder_rows_statuses_and_columns(mixed_run, mixed):
     ok = {
         "h5/knee_single.h5": ("fastmri_h5", 3),
         "h5/knee_multi.h5": ("fastmri_h5", 2),
-        "nifti/knee_vol.nii.gz": ("nifti", 3),
+        # a NIfTI name is its study id (converters build it from the patient's name and dates): hashed
+        f"nifti/{_sha('knee_vol')}.nii.gz": ("nifti", 3),
         "dicom/with_phase/magnitude": ("dicom", 3),
         "dicom/magnitude_only/magnitude": ("dicom", 3),
     }
@@ -235,7 +237,7 @@ def test_no_patient_name_or_raw_id_in_any_output(mixed_run):
     by_source = {r["source"]: r for r in rows}
     assert by_source["h5/knee_single.h5"]["study_id"] == _sha("knee_single")
     assert by_source["h5/knee_single.h5"]["patient_id"] == _sha(PATIENT_IDS[2])
-    assert by_source["nifti/knee_vol.nii.gz"]["study_id"] == _sha("knee_vol")
+    assert by_source[f"nifti/{_sha('knee_vol')}.nii.gz"]["study_id"] == _sha("knee_vol")
 
 
 def test_patient_name_and_id_in_folder_names_are_removed(capsys, tmp_path, checkpoint):
@@ -486,7 +488,7 @@ def test_synthetic_cohort_all_formats_with_clinical_table(capsys, tmp_path, chec
     assert sorted((r["format"], r["status"], r["n_slices"]) for r in rows.values()) == sorted(
         [(f, "ok", "8") for f in ("fastmri_h5", "dicom", "nifti") for _ in range(2)])
     before = {r["source"]: r for r in _rows(plain)}
-    for source in ("nifti/synth0_0000.nii.gz", "nifti/synth0_0001.nii.gz"):
+    for source in (f"nifti/{_sha('synth0_0000')}.nii.gz", f"nifti/{_sha('synth0_0001')}.nii.gz"):
         # a NIfTI header has no age / sex / BMI: only the clinical table supplies them
         assert rows[source]["contrib_tabular_acl"] != before[source]["contrib_tabular_acl"]
         assert rows[source]["contrib_magnitude_acl"] == before[source]["contrib_magnitude_acl"]
@@ -495,3 +497,30 @@ def test_synthetic_cohort_all_formats_with_clinical_table(capsys, tmp_path, chec
         data = path.read_bytes()
         for secret in ("SYNTH", "ANON", *subjects):
             assert secret.encode() not in data, f"{secret} in {path.name}"
+
+
+def test_unreadable_files_dates_and_nifti_names_are_scrubbed_like_ok_rows(capsys, tmp_path, checkpoint, monkeypatch):
+    """What one study reveals (its patient's name and id) is removed from every row's path and
+    message, the rows of unreadable files beside it included; dates in names become ``date``; a
+    NIfTI name (no identity tags to go by) is hashed like the study id it is."""
+    monkeypatch.setenv("I2M2_ID_SALT", "site key")
+    src = tmp_path / "in"
+    folder = src / f"DOE_JANE_{PATIENT_IDS[0]}"
+    write_dicom_study(folder / "series", n_slices=2, phase=False, patient=0)
+    (folder / "notes.h5").write_bytes(b"not an hdf5 file at all")  # unreadable, in the patient's folder
+    write_nifti(src / "anon anon 19700101" / "ROE_RICHARD_2021-03-04.nii.gz", n_slices=2, phase=False)
+    out = tmp_path / "out"
+    rc, err = _diagnose(capsys, src, "--out", out, "--model", checkpoint, "--no-progress")
+    assert rc == 2, err
+    rows = _rows(out)
+    assert sorted(r["status"] for r in rows) == ["error", "ok", "ok"]
+    for path in _all_files(out):
+        data = path.read_bytes()
+        for secret in (*PATIENT_NAME_PARTS, PATIENT_IDS[0], "19700101", "2021-03-04", "ROE_RICHARD"):
+            assert secret.encode() not in data, f"{secret} in {path.relative_to(out)}"
+    for secret in ("DOE", "JANE", PATIENT_IDS[0], "19700101", "RICHARD"):
+        assert secret not in err
+    error = next(r for r in rows if r["status"] == "error")
+    assert error["source"].endswith("/notes.h5") and error["source"].startswith("anon_anon_")
+    nifti = next(r for r in rows if r["format"] == "nifti")
+    assert nifti["source"].startswith("anon anon date/") and nifti["source"].endswith(".nii.gz")
