@@ -203,3 +203,29 @@ def test_dicom_frame_bomb_and_nifti_slice_bomb_are_refused_from_their_headers(tm
     assert nii.stat().st_size < 4096
     with pytest.raises(StudyReadError, match="30,000 slices, beyond the limit"):
         read_nifti(nii)
+
+
+def test_a_dicom_image_cut_short_takes_its_study_out_whole(tmp_path: Path) -> None:
+    """An image cut before Rows used to be skipped without a word: the magnitude series was scored
+    on 3 of its 4 slices and its phase series became a study of its own. Now the pair is left out
+    as one problem naming the lost image, and the cut file is a problem of its own."""
+    from diagnose_inputs import write_dicom_study
+
+    from i2m2_med.io.dicom import collect_dicom
+
+    folder = tmp_path / "exam"
+    write_dicom_study(folder, n_slices=4, phase=True, patient=1)
+    other = tmp_path / "other"
+    write_dicom_study(other, n_slices=3, phase=True, patient=0)  # an intact study beside it
+    cut = folder / "magnitude" / "im002.dcm"
+    data = cut.read_bytes()
+    cut.write_bytes(data[: data.index(b"\x28\x00\x10\x00")])  # just before (0028,0010) Rows
+    files = sorted(p for p in tmp_path.rglob("*.dcm"))
+    scan = collect_dicom(files)
+    assert [s.n_slices for s in scan.studies] == [3]  # only the intact study
+    assert scan.studies[0].source.is_relative_to(other)
+    reasons = dict((str(p), r) for p, r in scan.problems)
+    assert "cut short" in reasons[str(cut)]
+    series = [r for p, r in scan.problems if "left out whole" in r]
+    assert len(series) == 1 and "1 of its 4 images unusable" in series[0] and "phase series" in series[0]
+    assert not scan.skipped

@@ -42,7 +42,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Iterable, Mapping, NamedTuple
 
 import numpy as np
 
@@ -359,6 +359,14 @@ def _read_header(path: Path) -> Any:
         raise StudyReadError(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from None
 
 
+def _damaged(path: Path, ds: Any, reason: str) -> StudyReadError:
+    """The error of an image file that cannot be used, carrying the series it belongs to (when
+    its header names one), so that the series is not assembled without it."""
+    exc = StudyReadError(path, reason)
+    exc.series_uid = str(ds.get("SeriesInstanceUID") or "")  # type: ignore[attr-defined]
+    return exc
+
+
 def _scan_file(path: Path, series: dict[tuple[str, str], _Series]) -> str | None:
     """Add the frames of one file to ``series``; return a reason when the file is set aside.
 
@@ -374,10 +382,12 @@ def _scan_file(path: Path, series: dict[tuple[str, str], _Series]) -> str | None
     has_pixels = any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
     if not has_pixels:
         if "Rows" in ds or "Columns" in ds:
-            raise StudyReadError(path, "no pixel data (PixelData element absent)")
+            raise _damaged(path, ds, "no pixel data (PixelData element absent)")
         if not ds.get("SOPClassUID") and not ds.get("SeriesInstanceUID"):
             raise StudyReadError(path, "not a DICOM file (no SOP class, series or pixel data)")
         name = getattr(ds.get("SOPClassUID"), "name", sop) or "unknown SOP class"
+        if str(name).endswith("Image Storage"):  # an image object without its image: cut short
+            raise _damaged(path, ds, f"an image ({name}) without Rows, Columns or pixel data: the file is cut short")
         return f"not an image ({name})"
     problem = _transfer_syntax_problem(ds)
     if problem:
@@ -643,11 +653,15 @@ def collect_dicom(paths: Iterable[str | os.PathLike]) -> DicomScan:
     series: dict[tuple[str, str], _Series] = {}
     problems: list[tuple[Path, str]] = []
     skipped: list[tuple[Path, str]] = []
+    lost: dict[str, list[tuple[Path, str]]] = {}  # series uid -> its images that could not be used
     for p in sorted({Path(p) for p in paths}):
         try:
             reason = _scan_file(p, series)
         except StudyReadError as exc:
             problems.append((p, exc.reason))
+            uid = getattr(exc, "series_uid", "")
+            if uid:
+                lost.setdefault(uid, []).append((p, exc.reason))
             continue
         except Exception as exc:  # a malformed element surfaces when pydicom converts it
             problems.append((p, f"malformed DICOM header ({type(exc).__name__}: {' '.join(str(exc).split())})"))
@@ -667,6 +681,7 @@ def collect_dicom(paths: Iterable[str | os.PathLike]) -> DicomScan:
             problems.append((_source(s), f"series of {s.component} component images is not supported (magnitude/phase only)"))
             continue
         good.append(s)
+    good = _without_lost(good, lost, problems)
 
     mags = sorted((s for s in good if s.component == "M"), key=lambda s: (s.study_uid, s.series_number or 0, s.series_uid))
     phases = [s for s in good if s.component == "P"]
@@ -692,6 +707,42 @@ def collect_dicom(paths: Iterable[str | os.PathLike]) -> DicomScan:
     studies.sort(key=lambda st: (str(st.source), st.study_id))
     problems.sort(key=lambda item: str(item[0]))
     return DicomScan(studies, problems, skipped)
+
+
+def _without_lost(good: list[_Series], lost: Mapping[str, list[tuple[Path, str]]], problems: list[tuple[Path, str]]) -> list[_Series]:
+    """The series of ``good`` minus those that lost images (``lost``: series uid -> unusable
+    files), and minus the other component (magnitude or phase) each of those would have been
+    paired with: a study is never scored on fewer slices than it has, and its phase never splits
+    off as a study of its own. Each left-out study is one problem naming the lost images."""
+    if not lost:
+        return good
+    damaged = [s for s in good if s.series_uid in lost]
+    dropped: set[tuple[str, str]] = {s.key for s in damaged}
+    for s in damaged:
+        partners = [o for o in good if o.key not in dropped and o.component != s.component and _partial_pair(s, o)]
+        dropped.update(o.key for o in partners)
+        files = lost[s.series_uid]
+        first_path, first_reason = files[0]
+        what = "series and its " + ("phase" if s.component == "M" else "magnitude") + " series" if partners else "series"
+        problems.append((_source(s), f"{len(files)} of its {len(s.frames) + len(files)} images unusable "
+                                     f"({first_path.name}: {first_reason}): the {what} left out whole, "
+                                     "rather than scored on fewer slices"))
+    return [s for s in good if s.key not in dropped]
+
+
+def _partial_pair(damaged: _Series, other: _Series) -> bool:
+    """Whether ``other`` is the magnitude/phase partner of a series that lost images: same study
+    and image size, and the damaged series' slice positions a subset of the other's."""
+    if damaged.study_uid != other.study_uid:
+        return False
+    if (damaged.frames[0].rows, damaged.frames[0].cols) != (other.frames[0].rows, other.frames[0].cols):
+        return False
+    if damaged.series_uid == other.series_uid:
+        return True  # one series split into magnitude and phase frames
+    pd, po = _slice_positions(damaged), _slice_positions(other)
+    if pd is None or po is None:
+        return len(damaged.frames) < len(other.frames)
+    return bool(all(np.isclose(po, x, atol=0.01).any() for x in pd))
 
 
 def _walk(paths_or_folder: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
