@@ -27,8 +27,16 @@ st.set_page_config(
     initial_sidebar_state="expanded",
 )
 
-from viewer import ui  # noqa: E402
+from viewer import sources, ui  # noqa: E402
 
+
+@st.cache_resource
+def _remove_stale_uploads() -> int:
+    """Once per server: the upload folders of servers that no longer run are deleted."""
+    return sources.remove_stale_uploads()
+
+
+_remove_stale_uploads()
 ui.style()
 ui.banner()
 st.sidebar.toggle("Show identifiers from the files", key="show_ids",

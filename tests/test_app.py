@@ -322,6 +322,27 @@ def _zip(entries: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
+def _declared_bomb() -> bytes:
+    """An 8 KB h5 that declares 10^9 k-space samples (chunked, nothing written)."""
+    import h5py
+
+    with h5py.File(io.BytesIO(), "w") as f:
+        f.create_dataset("kspace", shape=(1, 1, 10**9), dtype=np.complex64, chunks=(1, 1, 1024))
+        f.flush()
+        return f.id.get_file_image()
+
+
+def test_stale_upload_folders_are_removed_at_start(tmp_path) -> None:
+    dead = tmp_path / f"{sources.UPLOAD_PREFIX}999999999-abc"
+    mine = tmp_path / f"{sources.UPLOAD_PREFIX}{os.getpid()}-def"
+    other = tmp_path / "unrelated"
+    for folder in (dead, mine, other):
+        folder.mkdir()
+        (folder / "study.h5").write_bytes(b"x")
+    assert sources.remove_stale_uploads(tmp_path) == 1
+    assert not dead.exists() and mine.exists() and other.exists()
+
+
 def test_upload_validation(tmp_path, private_tmp):
     from diagnose_inputs import write_dicom_study
 
@@ -345,6 +366,9 @@ def test_upload_validation(tmp_path, private_tmp):
         ("empty.h5", b""): "empty",
         ("huge.nii", b"\0" * (2 << 20)): "upload limit",
         ("garbage.nii.gz", b"\x1f\x8b not gzip"): "",
+        ("long.zip", _zip({"x" * 300 + ".dcm": b"x"})): "longer than",
+        ("clash.zip", _zip({"a": b"x", "a/b.dcm": b"y"})): "clashes with another entry",
+        ("bomb.h5", _declared_bomb()): "beyond the limit",
     }
     for (name, data), fragment in cases.items():
         with pytest.raises(sources.UploadRejected) as info:

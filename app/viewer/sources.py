@@ -242,6 +242,8 @@ def demo_refs(folder: Path) -> list[StudyRef]:
 
 UPLOAD_SUFFIXES: tuple[str, ...] = (".h5", ".hdf5", ".nii", ".nii.gz", ".zip")
 MAX_ZIP_MEMBERS = 4096
+MAX_ZIP_NAME_BYTES = 200
+"""Longest name of one path component of a zip entry (file systems stop at 255 bytes)."""
 ZIP_EXPANSION = 4
 """A zip may expand to at most this many times the upload limit (zip-bomb guard)."""
 
@@ -288,10 +290,18 @@ def _extract_zip(archive: Path, target: Path, max_bytes: int) -> None:
                 raise UploadRejected(f"the zip entry {name!r} is a symbolic link")
             if info.flag_bits & 0x1:
                 raise UploadRejected("the zip is encrypted")
+            if any(len(part.encode("utf-8")) > MAX_ZIP_NAME_BYTES for part in parts):
+                raise UploadRejected(f"the zip entry {name[:60]!r}... has a name longer than {MAX_ZIP_NAME_BYTES} bytes")
             if info.is_dir():
                 continue
             out = target.joinpath(*parts)
-            out.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                if out.exists():
+                    raise FileExistsError(str(out))
+            except OSError:
+                raise UploadRejected(f"the zip entry {name!r} clashes with another entry (a file and a folder, "
+                                     "or the same name twice)") from None
             try:
                 with zf.open(info) as src, open(out, "wb") as dst:
                     while True:
@@ -329,6 +339,38 @@ class Upload:
         return not self.folder.exists()
 
 
+UPLOAD_PREFIX = "i2m2-upload-"
+
+
+def remove_stale_uploads(base: str | os.PathLike | None = None) -> int:
+    """Delete the upload folders that servers which no longer run left in the temporary folder
+    (an upload folder's name carries its server's process id); returns how many went. Called
+    when the app starts."""
+    removed = 0
+    root = Path(base) if base is not None else Path(tempfile.gettempdir())
+    try:
+        entries = list(root.glob(f"{UPLOAD_PREFIX}*"))
+    except OSError:
+        return 0
+    for entry in entries:
+        pid_text = entry.name[len(UPLOAD_PREFIX):].split("-", 1)[0]
+        if not pid_text.isdigit() or not entry.is_dir() or entry.is_symlink():
+            continue
+        pid = int(pid_text)
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+            continue  # its server still runs
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError, OSError):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed += 1
+    return removed
+
+
 def accept_upload(name: str, data: bytes, max_bytes: int) -> Upload:
     """Validate and store an upload in a private temporary folder; return the studies in it.
 
@@ -347,7 +389,10 @@ def accept_upload(name: str, data: bytes, max_bytes: int) -> Upload:
     suffix = _suffix(name)
     if suffix is None:
         raise UploadRejected(f"{name}: not a supported file; upload a fastMRI .h5, a NIfTI (.nii / .nii.gz) or a .zip of a DICOM series")
-    folder = Path(tempfile.mkdtemp(prefix="i2m2-upload-"))
+    try:
+        folder = Path(tempfile.mkdtemp(prefix=f"{UPLOAD_PREFIX}{os.getpid()}-"))
+    except OSError as exc:
+        raise UploadRejected(f"{name}: the server cannot store uploads now ({exc.strerror or exc})") from None
     os.chmod(folder, 0o700)
     try:
         target = folder / _safe_name(name, suffix)
@@ -367,6 +412,8 @@ def accept_upload(name: str, data: bytes, max_bytes: int) -> Upload:
             found = discover(target)
         except I2M2Error as exc:
             raise UploadRejected(f"{name}: {exc.reason}") from None
+        except Exception as exc:  # whatever a hostile file makes a reader raise: refused, never a traceback
+            raise UploadRejected(f"{name}: cannot be read ({type(exc).__name__})") from None
         problems = [f"{Path(p).name}: {r}" for p, r in found.problems]
         if not found.studies:
             reason = found.problems[0][1] if found.problems else (
@@ -377,8 +424,8 @@ def accept_upload(name: str, data: bytes, max_bytes: int) -> Upload:
         for i, study in enumerate(found.studies, start=1):
             try:
                 study.read_slice(study.n_slices // 2)
-            except (I2M2Error, IndexError, OSError, ValueError) as exc:
-                reason = exc.reason if isinstance(exc, I2M2Error) else str(exc)
+            except Exception as exc:  # a reader's error, or whatever a hostile file raises: refused
+                reason = exc.reason if isinstance(exc, I2M2Error) else f"cannot be read ({type(exc).__name__})"
                 raise UploadRejected(f"{name}: {reason}") from None
             finally:
                 study.close()
