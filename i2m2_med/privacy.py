@@ -106,6 +106,42 @@ def scrub(text: str, replacements: Sequence[tuple[str, str]]) -> str:
     return _DATES.sub(DATE, combined.sub(lambda m: replacements[m.lastindex - 1][1], str(text)))
 
 
+def dicom_name_parts(study: Any) -> list[str]:
+    """Parts (3+ characters) of the Patient's Name of a DICOM study's first image, read only to
+    remove them from paths and messages (PACS exports often name folders after the patient)."""
+    reader = study.slice_reader
+    entries = getattr(reader, "magnitude", None) or getattr(reader, "phase", None) or []
+    if not entries:
+        return []
+    try:
+        import pydicom
+
+        ds = pydicom.dcmread(entries[0][0], stop_before_pixels=True, specific_tags=["PatientName"])
+        name = str(ds.get("PatientName") or "")
+    except Exception:  # unreadable now: the study itself will report it
+        return []
+    return name_parts(name)
+
+
+def study_secrets(study: Any, keep_ids: bool) -> list[tuple[str, str]]:
+    """What a study reveals, as ``(text, replacement)`` pairs for :func:`scrub`: the parts of its
+    patient's name always (DICOM), its raw patient id unless ``keep_ids``, and the name of a
+    NIfTI file unless ``keep_ids`` (a NIfTI carries no identity tags, and converters build its name
+    from the patient's name and dates: the name is its study id, hashed like one)."""
+    out = [] if keep_ids else id_replacements([study.patient_id])
+    if study.format == "dicom":
+        out += name_replacements(dicom_name_parts(study))
+    if study.format == "nifti" and not keep_ids:
+        out += id_replacements([study.study_id])
+    return out
+
+
+def merge_secrets(groups: Iterable[Sequence[tuple[str, str]]]) -> list[tuple[str, str]]:
+    """The pairs of several studies as one list for :func:`scrub`, longest text first: what any
+    study of a run reveals is removed from every path and message of that run."""
+    return sorted({pair for group in groups for pair in group}, key=lambda pair: (-len(pair[0]), pair[0]))
+
+
 def scrub_ids(text: str, ids: Iterable[Any]) -> str:
     """``text`` with every id of ``ids`` replaced by its :func:`hash_id` (see :func:`scrub`)."""
     return scrub(text, id_replacements(ids))

@@ -72,11 +72,12 @@ def inspect_cmd(
     clinical: Optional[Path] = typer.Option(
         None, "--clinical", help="Clinical CSV joined by study id (age, sex, BMI, ...)."
     ),
+    keep_ids: bool = typer.Option(False, "--keep-ids", help="Show the readers' study and patient ids instead of their hashes."),
 ) -> None:
     """Summarise a study or a folder: format, slices, k-space shape, acquisition, tabular features, labels, what is missing."""
     from pipelines import inspect as pipeline
 
-    raise typer.Exit(pipeline.run(path, as_json=as_json, annotations=annotations, clinical=clinical))
+    raise typer.Exit(pipeline.run(path, as_json=as_json, annotations=annotations, clinical=clinical, keep_ids=keep_ids))
 
 
 @app.command("diagnose")

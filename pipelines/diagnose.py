@@ -56,13 +56,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from i2m2_med.data.layout import CLINICAL_CSV, clinical_row
 from i2m2_med.errors import I2M2Error, UsageError
 from i2m2_med.heads import HEADS
-from i2m2_med.privacy import (
-    hash_id,
-    id_replacements,
-    name_parts,
-    name_replacements,
-    scrub,
-)
+from i2m2_med.privacy import hash_id, merge_secrets, scrub, study_secrets
 
 LEADING_COLUMNS: tuple[str, ...] = (
     "study_id", "source", "format", "status", "error", "n_slices",
@@ -139,36 +133,6 @@ def _relative(path: Path | str, root: Path) -> str:
     return p.name
 
 
-def _dicom_name_parts(study: Any) -> list[str]:
-    """Parts (3+ characters) of the Patient's Name of a DICOM study's first image, read only to
-    remove them from paths and messages (PACS exports often name folders after the patient)."""
-    reader = study.slice_reader
-    entries = getattr(reader, "magnitude", None) or getattr(reader, "phase", None) or []
-    if not entries:
-        return []
-    try:
-        import pydicom
-
-        ds = pydicom.dcmread(entries[0][0], stop_before_pixels=True, specific_tags=["PatientName"])
-        name = str(ds.get("PatientName") or "")
-    except Exception:  # unreadable now: the study itself will report it
-        return []
-    return name_parts(name)
-
-
-def _secrets(study: Any, keep_ids: bool) -> list[tuple[str, str]]:
-    """(text, replacement) pairs for paths and messages: the patient's name parts always, the raw
-    patient id unless ``keep_ids``."""
-    out = [] if keep_ids else id_replacements([study.patient_id])
-    if study.format == "dicom":
-        out += name_replacements(_dicom_name_parts(study))
-    if study.format == "nifti" and not keep_ids:
-        # a NIfTI file carries no identity tags, and converters name it from the patient's name
-        # and dates: its name is its study id, hashed like one
-        out += id_replacements([study.study_id])
-    return out
-
-
 def plan(root: Path, keep_ids: bool) -> list[Item]:
     """Every study (and unreadable file) under ``root``, in source order, with its output id."""
     from i2m2_med.io.discover import discover
@@ -176,7 +140,7 @@ def plan(root: Path, keep_ids: bool) -> list[Item]:
     found = discover(root)
     items: list[Item] = []
     for study in found.studies:
-        secrets = _secrets(study, keep_ids)
+        secrets = study_secrets(study, keep_ids)
         pid = study.patient_id
         out_pid = None if not pid else (str(pid) if keep_ids else hash_id(pid))
         item = Item(
@@ -198,7 +162,7 @@ def plan(root: Path, keep_ids: bool) -> list[Item]:
         ))
     # one scrubbing rule for every row: what any study of the run revealed (its patient's id and
     # name parts) is removed from every path and message, unreadable files' included
-    everyone = sorted({pair for it in items for pair in it.secrets}, key=lambda pair: (-len(pair[0]), pair[0]))
+    everyone = merge_secrets(it.secrets for it in items)
     for it in items:
         it.secrets = everyone
         it.source = it.clean(it.source)

@@ -9,9 +9,11 @@ the reader's notes; then the files that could not be read, with their reasons.
 The middle slice of every study is read as a check (a corrupt chunk or NaN/Inf there makes the
 study a problem); the other slices are not loaded.
 
-Privacy: patient names are never read; patient ids are shown only hashed, by the rule of
-``diagnose`` (:func:`i2m2_med.privacy.hash_id`: 16 hex digits of their sha256, keyed by
-``I2M2_ID_SALT`` when it is set).
+Privacy, by the rules of ``diagnose``: study and patient ids are shown hashed
+(:func:`i2m2_med.privacy.hash_id`: 16 hex digits of their sha256, keyed by ``I2M2_ID_SALT`` when
+it is set) unless ``--keep-ids``; every path is shown relative to the inspected path and scrubbed
+by :func:`i2m2_med.privacy.scrub` with what any study found reveals (patient ids, the parts of a
+DICOM patient's name, read only for that, NIfTI names) and calendar dates.
 
 ``--json`` prints the same content as one JSON object::
 
@@ -39,7 +41,7 @@ from i2m2_med.errors import AnnotationError, I2M2Error
 from i2m2_med.heads import HEADS
 from i2m2_med.io.discover import discover
 from i2m2_med.io.study import Study
-from i2m2_med.privacy import hash_id
+from i2m2_med.privacy import hash_id, merge_secrets, scrub, study_secrets
 
 #: Tags the tabular modality draws on; the ones a study lacks are listed as missing.
 TABULAR_TAGS: tuple[str, ...] = (
@@ -96,7 +98,8 @@ def _tabular(study: Study, clinical_row: Mapping[str, Any] | None) -> dict[str, 
     return {"available": True, "names": list(names), "values": [float(v) for v in vector]}
 
 
-def summarise(study: Study, *, annotations: Any | None = None, clinical: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+def summarise(study: Study, *, annotations: Any | None = None, clinical: dict[str, dict[str, Any]] | None = None,
+              keep_ids: bool = True, source: str | None = None, clean: Any = str) -> dict[str, Any]:
     """One study as a JSON-ready dict (see the module docstring). Reads the middle slice;
     raises :class:`I2M2Error` when that fails. The clinical row is found as ``diagnose`` and
     training find it (:func:`i2m2_med.data.layout.clinical_row`)."""
@@ -106,8 +109,8 @@ def summarise(study: Study, *, annotations: Any | None = None, clinical: dict[st
     missing_tags = [k for k in TABULAR_TAGS if k not in tags]
     clinical_row = None if clinical is None else clinical_row_of(clinical, study)
     entry: dict[str, Any] = {
-        "study_id": study.study_id,
-        "source": str(study.source),
+        "study_id": study.study_id if keep_ids else hash_id(study.study_id),
+        "source": str(study.source) if source is None else source,
         "format": study.format,
         "domain": study.domain,
         "slices": study.n_slices,
@@ -115,12 +118,12 @@ def summarise(study: Study, *, annotations: Any | None = None, clinical: dict[st
         "checked_slice": middle,
         "modalities": list(study.modalities),
         "missing": {"modalities": study.missing_modalities, "tags": missing_tags},
-        "patient": None if study.patient_id is None else hash_id(study.patient_id),
+        "patient": None if study.patient_id is None else (str(study.patient_id) if keep_ids else hash_id(study.patient_id)),
         "acquisition": {k: tags[k] for k in _ACQUISITION_TAGS if k in tags},
         "tags": tags,
         "tabular": _tabular(study, clinical_row),
         "labels": None if annotations is None else _labels(study, annotations),
-        "notes": list(study.notes),
+        "notes": [clean(n) for n in study.notes],
     }
     if study.domain == "kspace":
         entry["n_coils"] = int(tags.get("n_coils", 1))
@@ -131,8 +134,20 @@ def summarise(study: Study, *, annotations: Any | None = None, clinical: dict[st
     return json_safe(entry)
 
 
+def _shown(path: Path | str, root: Path, secrets: Any) -> str:
+    """A path as inspect shows it: relative to the inspected path (its name for the path itself),
+    scrubbed."""
+    p = Path(path)
+    base = root if root.is_dir() else root.parent
+    try:
+        rel = p.resolve().relative_to(base.resolve()).as_posix()
+    except (ValueError, OSError):
+        rel = p.name
+    return scrub(rel if rel not in ("", ".") else p.name, secrets)
+
+
 def inspect_path(path: str | Path, annotations: str | Path | None = None,
-                 clinical: str | Path | None = None) -> dict[str, Any]:
+                 clinical: str | Path | None = None, keep_ids: bool = False) -> dict[str, Any]:
     """Discover and summarise everything under ``path``; the JSON document of the module docstring.
 
     Raises :class:`I2M2Error` when ``path`` does not exist or an annotation / clinical file
@@ -142,18 +157,24 @@ def inspect_path(path: str | Path, annotations: str | Path | None = None,
     table = None if annotations is None else _read_annotations(Path(annotations))
     clinical_rows = None if clinical is None else _read_clinical(Path(clinical))
     found = discover(path)
-    studies, problems = [], [(str(p), r) for p, r in found.problems]
+    secrets = merge_secrets(study_secrets(s, keep_ids) for s in found.studies)
+
+    def clean(text: Any) -> str:
+        return scrub(str(text).replace(str(path.resolve()), ".").replace(str(path), "."), secrets)
+
+    studies, problems = [], [(_shown(p, path, secrets), clean(r)) for p, r in found.problems]
     for study in found.studies:
         try:
-            studies.append(summarise(study, annotations=table, clinical=clinical_rows))
+            studies.append(summarise(study, annotations=table, clinical=clinical_rows, keep_ids=keep_ids,
+                                     source=_shown(study.source, path, secrets), clean=clean))
         except I2M2Error as exc:
-            problems.append((exc.where or str(study.source), exc.reason))
+            problems.append((_shown(exc.where or study.source, path, secrets), clean(exc.reason)))
     problems.sort()
     return {
-        "path": str(path),
+        "path": scrub(path.resolve().name or str(path), secrets),
         "studies": studies,
         "problems": [{"path": p, "reason": r} for p, r in problems],
-        "skipped": [{"path": str(p), "reason": r} for p, r in found.skipped],
+        "skipped": [{"path": _shown(p, path, secrets), "reason": clean(r)} for p, r in found.skipped],
         "summary": {"studies": len(studies), "problems": len(problems), "skipped": len(found.skipped)},
     }
 
@@ -255,14 +276,14 @@ def render(report: dict[str, Any], console: Any) -> None:
 
 
 def run(path: str | Path, as_json: bool = False, annotations: str | Path | None = None,
-        clinical: str | Path | None = None) -> int:
+        clinical: str | Path | None = None, keep_ids: bool = False) -> int:
     """Print the summary of ``path`` (rich tables, or JSON with ``as_json``) and return the exit
     code: 0 all read, 1 path missing or nothing readable, 2 some files failed.
 
     A missing ``path`` or an unreadable annotation / clinical file raises :class:`I2M2Error`
     (the command line prints it as one line and exits 1).
     """
-    report = inspect_path(path, annotations=annotations, clinical=clinical)
+    report = inspect_path(path, annotations=annotations, clinical=clinical, keep_ids=keep_ids)
     if as_json:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     else:

@@ -112,7 +112,7 @@ def test_report_diagnose_and_inspect_give_one_id_per_study(salt, folder, checkpo
     # the DICOM study: the same id in diagnose and the app report; the same patient in diagnose and inspect
     (dicom_row,) = [r for r in rows if r["format"] == "dicom"]
     (dicom_seen,) = [s for s in inspected if s["format"] == "dicom"]
-    assert dicom_doc["study"]["id"] == dicom_row["study_id"] == hash_id(dicom_seen["study_id"])
+    assert dicom_doc["study"]["id"] == dicom_row["study_id"] == dicom_seen["study_id"]  # inspect hashes ids too
     assert dicom_seen["patient"] == dicom_row["patient_id"] == hash_id(DICOM_PATIENT)
     if salt is not None:
         assert dicom_row["patient_id"] != hashlib.sha256(DICOM_PATIENT.encode()).hexdigest()[:16]
@@ -152,3 +152,19 @@ def test_scrub_replaces_calendar_dates_standing_as_words(text: str, expected: st
     from i2m2_med.privacy import scrub
 
     assert scrub(text, []) == expected
+
+
+def test_the_picker_hides_what_the_folder_names_reveal(tmp_path: Path) -> None:
+    """A PACS export named after the patient: with identifiers hidden the picker's label has
+    neither the name nor the id (nor a date); with them shown it is the path as it is."""
+    from diagnose_inputs import PATIENT_IDS, write_dicom_study
+
+    root = tmp_path / "root"
+    write_dicom_study(root / "DOE_JANE_19700101" / PATIENT_IDS[0], n_slices=2, phase=False, patient=0)
+    (found,), problems = sources.scan_folder(root, root)
+    assert not problems
+    assert "DOE_JANE_19700101" in found.ref.label and PATIENT_IDS[0] in found.ref.label
+    private = found.private_label
+    for secret in ("DOE", "JANE", "19700101", PATIENT_IDS[0]):
+        assert secret.lower() not in private.lower(), private
+    assert private.startswith("anon_anon_date/") and "DICOM series" in private

@@ -70,7 +70,8 @@ def test_json_summary_of_a_folder(folder, capsys):
     assert rc == 0 and err == ""
     assert report["summary"] == {"studies": 2, "problems": 0, "skipped": 0}
     dcm, h5 = report["studies"]
-    assert h5["study_id"] == "file1000001" and h5["format"] == "fastmri_h5" and h5["domain"] == "kspace"
+    assert h5["study_id"] == _sha16("file1000001") and h5["format"] == "fastmri_h5" and h5["domain"] == "kspace"
+    assert h5["source"] == "file1000001.h5"  # relative to the inspected folder
     assert h5["slices"] == 4 and h5["kspace_shape"] == [640, 372] and h5["n_coils"] == 1
     assert h5["checked_slice"] == 2
     assert h5["acquisition"]["acquisition"] == "CORPDFS_FBK" and h5["acquisition"]["fat_sat"] is True
@@ -93,8 +94,8 @@ def test_no_patient_names_or_raw_ids_in_any_output(folder, capsys):
     for args in ([str(folder)], [str(folder), "--json"]):
         assert main(["inspect", *args]) == 0
         out = capsys.readouterr().out
-        for secret in ("Rossi", "Maria", "HOSP-778899", "pat-0042"):
-            assert secret not in out
+        for secret in ("Rossi", "Maria", "HOSP-778899", "pat-0042", str(folder)):
+            assert secret not in out  # nor the absolute path of the folder
         assert _sha16("HOSP-778899") in out and _sha16("pat-0042") in out
 
 
@@ -116,7 +117,7 @@ def test_partial_failure_exit_2(folder, capsys):
     write_fastmri_h5(folder / "nan.h5", nan, build_header(HeaderParams(encoded_y=320, n_slices=3)))
     rc, report, _ = _json(capsys, str(folder))
     assert rc == 2
-    assert [s["study_id"] for s in report["studies"]] == [report["studies"][0]["study_id"], "file1000001"]
+    assert [s["study_id"] for s in report["studies"]] == [report["studies"][0]["study_id"], _sha16("file1000001")]
     reasons = {Path(p["path"]).name: p["reason"] for p in report["problems"]}
     assert "not an HDF5 file" in reasons["broken.h5"]
     assert "slice 1" in reasons["nan.h5"] and "NaN/Inf" in reasons["nan.h5"]
@@ -144,7 +145,10 @@ def test_missing_path_one_line_error(tmp_path, capsys):
 
 def test_single_file(folder, capsys):
     rc, report, _ = _json(capsys, str(folder / "file1000001.h5"))
-    assert rc == 0 and [s["study_id"] for s in report["studies"]] == ["file1000001"]
+    assert rc == 0 and [s["study_id"] for s in report["studies"]] == [_sha16("file1000001")]
+    assert report["studies"][0]["source"] == "file1000001.h5"
+    rc, report, _ = _json(capsys, str(folder / "file1000001.h5"), "--keep-ids")
+    assert rc == 0 and [(s["study_id"], s["patient"]) for s in report["studies"]] == [("file1000001", "pat-0042")]
 
 
 def test_labels_from_fastmri_plus(folder, tmp_path, capsys):

@@ -448,13 +448,19 @@ class FoundStudy:
     format: str
     n_slices: int
     modalities: tuple[str, ...]
+    private_label: str = ""
+    """The label with what the folder's studies reveal scrubbed (patient names and ids, NIfTI
+    names, dates): what the picker shows while identifiers are hidden."""
 
 
 def scan_folder(folder: Path, root: Path) -> tuple[list[FoundStudy], list[str]]:
     """The studies under ``folder`` (already checked to lie inside ``root``) and the problems."""
     from i2m2_med.io.discover import discover
 
+    from i2m2_med.privacy import merge_secrets, scrub, study_secrets
+
     found = discover(folder)
+    secrets = merge_secrets(study_secrets(s, keep_ids=False) for s in found.studies)
     out = []
     for study in found.studies:
         source = Path(study.source)
@@ -471,8 +477,9 @@ def scan_folder(folder: Path, root: Path) -> tuple[list[FoundStudy], list[str]]:
             ref=StudyRef("root", str(path.resolve()), study.study_id, label,
                          cohort=str(cohort.resolve()) if cohort else None, token=file_token(path)),
             format=str(study.format), n_slices=int(study.n_slices), modalities=tuple(study.modalities),
+            private_label=scrub(label, secrets),
         ))
-    problems = [f"{Path(p).name}: {r}" for p, r in found.problems]
+    problems = [scrub(f"{Path(p).name}: {r}", secrets) for p, r in found.problems]
     return out, problems
 
 

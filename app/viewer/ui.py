@@ -179,7 +179,8 @@ def _pick_root(cfg: Settings) -> sources.StudyRef | None:
     if not found:
         st.sidebar.warning("No study found there (fastMRI .h5, DICOM series or NIfTI).")
         return None
-    labels = [f"{f.ref.label} - {f.n_slices} slices" for f in found]
+    shown = [f.ref.label if show_identifiers() else (f.private_label or f.ref.label) for f in found]
+    labels = [f"{label} - {f.n_slices} slices" for label, f in zip(shown, found)]
     choice = st.sidebar.selectbox(f"Study ({len(found)} found)", labels, key="root_study")
     return found[labels.index(choice)].ref
 
