@@ -40,6 +40,7 @@ from i2m2_med.data.tabular import read_clinical_csv, tabular_features
 from i2m2_med.errors import AnnotationError, I2M2Error
 from i2m2_med.heads import HEADS
 from i2m2_med.io.discover import discover
+from i2m2_med.io.series import classify_series
 from i2m2_med.io.study import Study
 from i2m2_med.privacy import hash_id, merge_secrets, scrub, study_secrets
 
@@ -124,6 +125,7 @@ def summarise(study: Study, *, annotations: Any | None = None, clinical: dict[st
         "tabular": _tabular(study, clinical_row),
         "labels": None if annotations is None else _labels(study, annotations),
         "notes": [clean(n) for n in study.notes],
+        "series": classify_series(tags).to_dict(),
     }
     if study.domain == "kspace":
         entry["n_coils"] = int(tags.get("n_coils", 1))
@@ -221,14 +223,16 @@ def render(report: dict[str, Any], console: Any) -> None:
     from rich.table import Table
 
     overview = Table(title=f"{report['summary']['studies']} studies in {report['path']}", show_lines=False)
-    for col in ("study", "format", "slices", "shape", "modalities", "missing", "labels"):
+    for col in ("study", "format", "slices", "shape", "series", "modalities", "missing", "labels"):
         overview.add_column(col, overflow="fold")
     for s in report["studies"]:
         shape = s.get("kspace_shape") or s.get("image_shape")
         missing = s["missing"]["modalities"]
+        series = s.get("series") or {}
         overview.add_row(
             s["study_id"], s["format"], str(s["slices"]),
             ("k-space " if s["domain"] == "kspace" else "image ") + _fmt(shape),
+            series.get("label", "-") + ("" if series.get("is_model_series", True) else " (not read by the model)"),
             ", ".join(s["modalities"]), ", ".join(missing) or "-",
             "-" if s["labels"] is None else ("known" if s["labels"]["known"] else "unknown"),
         )
@@ -239,6 +243,10 @@ def render(report: dict[str, Any], console: Any) -> None:
         detail.add_column("value", overflow="fold")
         detail.add_row("source", s["source"])
         detail.add_row("format / domain", f"{s['format']} / {s['domain']}")
+        series = s.get("series") or {}
+        if series:
+            detail.add_row("series", series["label"] + (f" -- {series['reason']}" if series.get("reason") else
+                                                        " -- the series the model reads"))
         detail.add_row("slices", f"{s['slices']} (slice {s['checked_slice']} read as a check)")
         if "kspace_shape" in s:
             detail.add_row("k-space shape", f"{_fmt(s['kspace_shape'])} per slice, {s['n_coils']} coil(s)")

@@ -267,6 +267,18 @@ def dicom_tags(ds: Any) -> dict[str, Any]:
     fat = _fat_sat(ds)
     if fat is not None:
         tags["fat_sat"] = fat
+    # what the series classification reads (i2m2_med.io.series)
+    for key, keyword in (("series_description", "SeriesDescription"), ("study_description", "StudyDescription"),
+                         ("body_part", "BodyPartExamined")):
+        value = str(ds.get(keyword) or "").strip()
+        if value:
+            tags[key] = value[:128]
+    for key, keyword in (("image_type", "ImageType"), ("scanning_sequence", "ScanningSequence"),
+                         ("sequence_variant", "SequenceVariant")):
+        value = ds.get(keyword)
+        if value:
+            items = [value] if isinstance(value, str) else list(value)
+            tags[key] = [str(v).strip().upper()[:32] for v in items[:8]]
     return tags
 
 
@@ -621,6 +633,8 @@ def _build_study(mag: _Series | None, ph: _Series | None) -> Study:
     tags = dict(main.tags)
     f0 = main.frames[0]
     tags["image_shape"] = [f0.rows, f0.cols]
+    if f0.orientation is not None:
+        tags["orientation"] = [round(float(v), 4) for v in f0.orientation]
     if main.series_number is not None:
         tags["series_number"] = main.series_number
     reader = DicomSliceReader(
