@@ -107,11 +107,15 @@ def diagnose_cmd(
     strategy: str = typer.Option("ddp", "--strategy", help="Lightning strategy for --devices/--num-nodes (ddp, ddp_spawn, ...)."),
     accelerator: str = typer.Option("cpu", "--accelerator", help="Lightning accelerator for --devices (cpu, gpu, auto)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with ETA on stderr."),
+    series: Optional[str] = typer.Option(
+        None, "--series", help="Diagnose only this series: a SeriesInstanceUID, or a pattern of the series description "
+                               "(default: every coronal PD / PD-FS knee series; the others are listed as skipped, with why)."
+    ),
 ) -> None:
     """Run a model over every study of a folder: per-study predictions, per-slice evidence, DICOM SR.
 
-    Exit codes: 0 every study succeeded; 2 some studies failed (error rows in predictions.csv say
-    why, the others are complete); 1 usage error (bad path or option, corrupt or mismatched
+    Exit codes: 0 every study succeeded or was skipped (a series the model does not read); 2 some
+    studies failed (error rows in predictions.csv say why, the others are complete); 1 usage error (bad path or option, corrupt or mismatched
     checkpoint, no study found); 130 interrupted (rerun with --resume to complete).
     """
     from pipelines import diagnose as pipeline
@@ -138,6 +142,7 @@ def diagnose_cmd(
             progress=progress,
             debug=_state["debug"],
             auto_clinical=not no_clinical,
+            series=series,
         )
     )
 

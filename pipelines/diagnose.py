@@ -11,7 +11,9 @@ p_acl, p_mtear, p_cart, p_abnormal``; then ``contrib_<term>_<head>`` for every t
 model's product (its experts, and ``prior`` when it has one): the term's study-level log-odds
 contribution in nats (see :mod:`i2m2_med.inference.predict`; empty when the expert was dropped); then
 ``top_slice_<head>``, ``missing_modalities``, ``dropped_experts``, ``patient_id`` and
-``model_fingerprint``. ``status`` is ``ok`` or ``error``; ``error`` is a one-line reason.
+``model_fingerprint``. ``status`` is ``ok``, ``error``, or ``skipped`` (a series the model does
+not read: a localiser, another plane or contrast, another body part; :mod:`i2m2_med.io.series`,
+or not the one chosen with ``--series``); ``error`` is the one-line reason of an error or a skip.
 
 The per-study JSON is the source of truth: a study is done when its JSON is written (after its
 SR), and ``predictions.csv`` is rebuilt from the JSONs of the studies found -- after each study
@@ -35,7 +37,7 @@ HMAC-SHA256 with the secret key in ``I2M2_ID_SALT`` when it is set (:mod:`i2m2_m
 patient id is replaced by its hash wherever it occurs in a path or message. Paths are relative to
 INPUT_DIR.
 
-Exit codes: 0 every study succeeded; 2 some studies failed (their rows say why); 1 usage error
+Exit codes: 0 every study succeeded or was skipped; 2 some studies failed (their rows say why); 1 usage error
 (bad path or option, corrupt or mismatched checkpoint, no study found); 130 interrupted.
 """
 
@@ -44,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import re
 import io
 import json
 import os
@@ -56,6 +59,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from i2m2_med.data.layout import CLINICAL_CSV, clinical_row
 from i2m2_med.errors import I2M2Error, UsageError
 from i2m2_med.heads import HEADS
+from i2m2_med.io.series import classify_series
 from i2m2_med.privacy import hash_id, merge_secrets, scrub, study_secrets
 
 LEADING_COLUMNS: tuple[str, ...] = (
@@ -81,6 +85,8 @@ class Item:
     problem: str | None = None
     patient_id: str | None = None
     secrets: list[tuple[str, str]] = field(default_factory=list)
+    series: dict[str, Any] | None = None
+    skip: str | None = None
 
     def clean(self, text: str) -> str:
         """``text`` with the patient's id replaced by its hash (wherever it occurs) and the parts
@@ -186,6 +192,31 @@ MAX_NAME_BYTES = 200
 relative path kept with --keep-ids) is cut and ends in a hash of the whole id."""
 
 
+def choose_series(items: Sequence[Item], pattern: str | None = None) -> None:
+    """Classify every study's series (:mod:`i2m2_med.io.series`) and mark those the model does not
+    read as skipped, with the reason in words. ``pattern`` (``--series``) chooses by hand: a
+    study is read when its SeriesInstanceUID equals it or its series description or protocol
+    matches it (a case-insensitive regular expression); every other study is skipped."""
+    rule = None
+    if pattern:
+        try:
+            rule = re.compile(pattern, re.IGNORECASE)
+        except re.error as exc:
+            raise UsageError("--series", f"{pattern!r} is not a valid pattern ({exc})") from None
+    for it in items:
+        if it.study is None:
+            continue
+        tags = it.study.tags
+        c = classify_series(tags)
+        it.series = {"label": c.label, "is_model_series": c.is_model_series, "reason": c.reason, "body_part": c.body_part}
+        if rule is None:
+            it.skip = None if c.is_model_series else it.clean(str(c.reason))
+            continue
+        text = " ".join(str(tags.get(k) or "") for k in ("series_description", "protocol"))
+        chosen = pattern == str(tags.get("series_uid") or "") or bool(rule.search(text))
+        it.skip = None if chosen else it.clean(f"{c.label}: not the series chosen with --series")
+
+
 def _json_path(out_dir: Path, out_id: str) -> Path:
     name = out_id
     if len(f"{name}.json".encode("utf-8")) > MAX_NAME_BYTES:
@@ -266,6 +297,7 @@ def _error_record(item: Item, reason: str, ctx: Context) -> dict[str, Any]:
         "missing_modalities": list(study.missing_modalities) if study is not None else [],
         "patient_id": item.patient_id,
         "notes": [item.clean(n) for n in (study.notes if study is not None else [])],
+        "series": item.series,
     }
 
 
@@ -422,6 +454,8 @@ def process(item: Item, ctx: Context, on_batch: Callable[[int], None] | None = N
 
     if item.problem is not None:
         record = _error_record(item, item.problem, ctx)
+    elif item.skip is not None:
+        record = {**_error_record(item, item.skip, ctx), "status": "skipped"}
     else:
         try:
             row = clinical_row(ctx.clinical, item.study)
@@ -437,6 +471,7 @@ def process(item: Item, ctx: Context, on_batch: Callable[[int], None] | None = N
             record = pred.with_identity(item.out_id, item.source, [item.clean(n) for n in pred.notes]).to_json()
             record["patient_id"] = item.patient_id
             record["clinical_table"] = ctx.clinical_digest
+            record["series"] = item.series
             if item.format == "dicom":
                 record["sr"] = _write_sr(ctx, item, record)
         except Exception as exc:  # one bad study never stops the run
@@ -549,16 +584,20 @@ def prepare(
 
 
 def _summary(records: dict[str, dict[str, Any]], items: Sequence[Item], out: Path, seconds: float, slices: int) -> int:
-    failed = [r for r in (records.get(it.out_id) for it in items) if r is not None and r.get("status") != "ok"]
+    failed = [r for r in (records.get(it.out_id) for it in items) if r is not None and r.get("status") not in ("ok", "skipped")]
     ok = sum(1 for it in items if (records.get(it.out_id) or {}).get("status") == "ok")
+    skipped = [r for r in (records.get(it.out_id) for it in items) if r is not None and r.get("status") == "skipped"]
     rate = f", {slices / seconds:.1f} slices/s" if seconds > 0 and slices else ""
-    print(f"{len(items)} studies: {ok} ok, {len(failed)} failed -> {out / PREDICTIONS_CSV}{rate}", file=sys.stderr)
+    also = f", {len(skipped)} skipped (not the series the model reads)" if skipped else ""
+    print(f"{len(items)} studies: {ok} ok, {len(failed)} failed{also} -> {out / PREDICTIONS_CSV}{rate}", file=sys.stderr)
+    for r in skipped[:10]:
+        print(f"  skipped {r.get('source')}: {r.get('error')}", file=sys.stderr)
     for r in failed[:10]:
         error, source = str(r.get("error")), str(r.get("source"))
         print(f"  {error if error.startswith(source) else f'{source}: {error}'}", file=sys.stderr)
     if len(failed) > 10:
         print(f"  ... and {len(failed) - 10} more (see the error column)", file=sys.stderr)
-    return 0 if not failed and ok == len(items) else 2
+    return 0 if not failed and ok + len(skipped) == len(items) else 2
 
 
 def run(
@@ -579,6 +618,7 @@ def run(
     debug: bool = False,
     on_study_done: Callable[[dict[str, Any]], None] | None = None,
     auto_clinical: bool = True,
+    series: str | None = None,
 ) -> int:
     """Diagnose every study under ``input_dir`` into ``out_dir``; returns the exit code
     (0 all ok, 2 some failed). Usage errors and an unusable checkpoint raise
@@ -587,7 +627,7 @@ def run(
     ``devices`` > 1 or ``num_nodes`` > 1 runs through Lightning's predict loop with ``strategy``
     (DDP): each rank diagnoses its share of the studies and writes their files; rank 0 then
     writes predictions.csv from every rank's JSONs. ``on_study_done`` is called with each
-    finished study's record (single-process runs).
+    finished study's record (single-process runs). ``series``: see :func:`choose_series`.
     """
     if devices is not None and devices < 1:
         raise UsageError("--devices", f"must be >= 1, got {devices}")
@@ -595,6 +635,7 @@ def run(
         raise UsageError("--num-nodes", f"must be >= 1, got {num_nodes}")
     ctx, items = prepare(input_dir, out_dir, model, keep_ids, workers, clinical, batch_size, drop_modalities, debug,
                          auto_clinical=auto_clinical)
+    choose_series(items, series)
     if (devices or 1) > 1 or num_nodes > 1:
         return _run_distributed(ctx, items, resume, devices or 1, num_nodes, strategy, accelerator, progress)
 
@@ -737,7 +778,7 @@ def _run_distributed(ctx: Context, items: list[Item], resume: bool, devices: int
         trainer.predict(_diagnose_task(ctx, items, len(pending), progress), dataloaders=loader, return_predictions=False)
     records = {it.out_id: slim(r) for it in items if (r := read_record(ctx.out_dir, it)) is not None}
     if trainer.global_rank != 0:
-        return 0 if all((records.get(it.out_id) or {}).get("status") == "ok" for it in items) else 2
+        return 0 if all((records.get(it.out_id) or {}).get("status") in ("ok", "skipped") for it in items) else 2
     write_predictions(ctx.out_dir, items, records, ctx.term_names)
     slices = sum(int(records[items[i].out_id].get("n_slices") or 0) for i in pending if items[i].out_id in records)
     return _summary(records, items, ctx.out_dir, time.perf_counter() - t0, slices)

@@ -121,7 +121,7 @@ def summarise(study: Study, *, annotations: Any | None = None, clinical: dict[st
         "missing": {"modalities": study.missing_modalities, "tags": missing_tags},
         "patient": None if study.patient_id is None else (str(study.patient_id) if keep_ids else hash_id(study.patient_id)),
         "acquisition": {k: tags[k] for k in _ACQUISITION_TAGS if k in tags},
-        "tags": tags,
+        "tags": {k: clean(v) if isinstance(v, str) else v for k, v in tags.items()},
         "tabular": _tabular(study, clinical_row),
         "labels": None if annotations is None else _labels(study, annotations),
         "notes": [clean(n) for n in study.notes],

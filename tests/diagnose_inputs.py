@@ -99,9 +99,16 @@ def _mr_template():
         return pydicom.dcmread(pydicom.data.get_testdata_file("MR_small.dcm"))
 
 
+CORONAL = [-1.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+"""Rows along the patient's -x, columns along z: slices stacked along y (the knee protocol's plane)."""
+
+
 def write_dicom_study(folder: Path, n_slices: int = 3, phase: bool = True, patient: int = 0, size: int = 32,
-                      seed: int = 0) -> dict[str, str]:
-    """A magnitude series (and, with ``phase``, its phase series) of one study; returns the UIDs."""
+                      seed: int = 0, description: str = "PD COR", orientation: list[float] | None = None,
+                      body_part: str | None = None, image_type: str | None = None) -> dict[str, str]:
+    """A magnitude series (and, with ``phase``, its phase series) of one study; returns the UIDs.
+    The default is a coronal PD series; ``description``, ``orientation``, ``body_part`` and
+    ``image_type`` (the third value of ImageType, e.g. LOCALIZER) make the other series of an exam."""
     from pydicom.uid import generate_uid
 
     rng = np.random.default_rng(seed)
@@ -124,10 +131,14 @@ def write_dicom_study(folder: Path, n_slices: int = 3, phase: bool = True, patie
             ds.SeriesInstanceUID = uids[component]
             ds.SOPInstanceUID = generate_uid()
             ds.SeriesNumber = 2 if component == "phase" else 1
-            ds.SeriesDescription = "PD COR"
-            ds.ImageType = ["ORIGINAL", "PRIMARY", "P" if component == "phase" else "M", "ND"]
-            ds.ImageOrientationPatient = [0.0, 1.0, 0.0, 0.0, 0.0, -1.0]
-            ds.ImagePositionPatient = [3.0 * k, -80.0, 60.0]
+            ds.SeriesDescription = description
+            ds.ImageType = ["ORIGINAL", "PRIMARY", "P" if component == "phase" else "M", image_type or "ND"]
+            o = orientation or CORONAL
+            ds.ImageOrientationPatient = o
+            normal = np.cross(np.asarray(o[:3]), np.asarray(o[3:]))
+            ds.ImagePositionPatient = [float(v) for v in np.asarray([-60.0, -80.0, 60.0]) + 3.0 * k * normal]
+            if body_part:
+                ds.BodyPartExamined = body_part
             ds.InstanceNumber = k + 1
             ds.Rows = ds.Columns = size
             ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0

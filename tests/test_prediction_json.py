@@ -87,7 +87,7 @@ def test_from_json_refuses_what_is_not_a_prediction(predictions):
 
 
 def test_diagnose_records_read_back(tmp_path):
-    """A record with the keys diagnose adds (patient id, clinical table, SR) reads back too."""
+    """A record with the keys diagnose adds (patient id, clinical table, SR, series class) reads back too."""
     from pipelines import diagnose
 
     src = tmp_path / "in"
@@ -97,4 +97,5 @@ def test_diagnose_records_read_back(tmp_path):
     (path,) = (tmp_path / "out" / "studies").glob("*.json")
     record = json.loads(Path(path).read_text())
     back = StudyPrediction.from_json(record)
-    assert back.to_json() == {k: v for k, v in record.items() if k not in ("patient_id", "clinical_table", "sr")}
+    assert back.to_json() == {k: v for k, v in record.items() if k not in ("patient_id", "clinical_table", "sr", "series")}
+    assert record["series"]["label"] == "coronal PD" and record["series"]["is_model_series"]

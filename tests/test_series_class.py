@@ -80,3 +80,48 @@ def test_inspect_shows_each_series_class(tmp_path: Path, capsys: pytest.CaptureF
         assert s["series"]["body_part"] == "knee"
     assert main(["inspect", str(dicom)]) == 0
     assert "coronal PD" in capsys.readouterr().out
+
+
+def test_diagnose_reads_the_model_series_and_lists_the_others(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """An exam of five series: the coronal PD (with its phase) is diagnosed; a sagittal T2 FS, an
+    axial PD FS, a localiser and a shoulder series get rows of their own, status skipped, with the
+    reason; --series chooses another by hand."""
+    import csv
+
+    from diagnose_inputs import make_checkpoint, write_dicom_study
+
+    ckpt = make_checkpoint(tmp_path / "run" / "model.safetensors", seed=1)
+    exam = tmp_path / "exam"
+    write_dicom_study(exam / "cor_pd", n_slices=3, phase=True, seed=1)
+    write_dicom_study(exam / "sag_t2", n_slices=3, phase=False, seed=2, description="t2_tse_fs_sag", orientation=SAG)
+    write_dicom_study(exam / "ax_pd", n_slices=3, phase=False, seed=3, description="PD FS AX", orientation=AX)
+    write_dicom_study(exam / "loc", n_slices=3, phase=False, seed=4, description="localizer", image_type="LOCALIZER")
+    write_dicom_study(exam / "shoulder", n_slices=3, phase=False, seed=5, description="PD FS COR", body_part="SHOULDER")
+
+    def rows(out: Path) -> dict[str, dict[str, str]]:
+        with (out / "predictions.csv").open(encoding="utf-8", newline="") as fh:
+            return {r["source"].split("/")[0]: r for r in csv.DictReader(fh)}
+
+    out = tmp_path / "out"
+    rc = main(["diagnose", str(exam), "--out", str(out), "--model", str(ckpt), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    got = rows(out)
+    assert got["cor_pd"]["status"] == "ok" and got["cor_pd"]["p_acl"] != ""
+    assert "4 skipped" in err
+    expected = {"sag_t2": "sagittal T2 FS: the model reads coronal PD / PD-FS", "ax_pd": "axial PD FS: the model reads",
+                "loc": "a localiser", "shoulder": "shoulder: not a knee"}
+    for name, reason in expected.items():
+        assert got[name]["status"] == "skipped" and reason in got[name]["error"] and got[name]["p_acl"] == "", got[name]
+    doc = json.loads(next((out / "studies").glob(f"{got['sag_t2']['study_id']}.json")).read_text())
+    assert doc["status"] == "skipped" and doc["series"]["label"] == "sagittal T2 FS"
+
+    chosen = tmp_path / "chosen"
+    rc = main(["diagnose", str(exam), "--out", str(chosen), "--model", str(ckpt), "--no-progress", "--series", "t2_tse"])
+    capsys.readouterr()
+    got = rows(chosen)
+    assert rc == 0 and got["sag_t2"]["status"] == "ok"
+    assert all(got[n]["status"] == "skipped" and "not the series chosen with --series" in got[n]["error"]
+               for n in ("cor_pd", "ax_pd", "loc", "shoulder"))
+    assert main(["diagnose", str(exam), "--out", str(tmp_path / "bad"), "--model", str(ckpt), "--series", "("]) == 1
+    assert "not a valid pattern" in capsys.readouterr().err

@@ -635,6 +635,8 @@ def _build_study(mag: _Series | None, ph: _Series | None) -> Study:
     tags["image_shape"] = [f0.rows, f0.cols]
     if f0.orientation is not None:
         tags["orientation"] = [round(float(v), 4) for v in f0.orientation]
+    if not main.series_uid.startswith("file:"):  # a series without a UID is named by its file: not a tag
+        tags["series_uid"] = main.series_uid
     if main.series_number is not None:
         tags["series_number"] = main.series_number
     reader = DicomSliceReader(
