@@ -33,3 +33,25 @@ def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny_cohort") / "cohort"
     generate_cohort(out, TINY_COHORT_VOLUMES, TINY_COHORT_SEED, regime="mixed", n_slices=TINY_COHORT_SLICES)
     return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread for a module (its trainings are tiny; two workers of pytest-xdist share
+    the two cores), restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def small_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The cpu config at 32 x 32 pixels as a YAML file (also exercises --config FILE.yaml)."""
+    from i2m2_med.config import load_config
+
+    path = tmp_path_factory.mktemp("config") / "small.yaml"
+    path.write_text(load_config("cpu").with_updates(image_size=32, name="small").to_yaml())
+    return path

@@ -24,7 +24,6 @@ from i2m2_med.ablation import regimes as reg
 from i2m2_med.ablation import stats
 from i2m2_med.ablation.predict import Predictions, ensemble
 from i2m2_med.ablation.settings import AblationSettings, default_settings
-from i2m2_med.config import load_config
 from i2m2_med.errors import UsageError
 from i2m2_med.heads import HEADS
 from i2m2_med.metrics.ranking import auroc
@@ -35,19 +34,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 BAD_VARIANT = "not-a-variant"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def small_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("config") / "small.yaml"
-    path.write_text(load_config("cpu").with_updates(image_size=32, name="small").to_yaml())
-    return path
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

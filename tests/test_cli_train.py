@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from i2m2_med.config import load_config
 from pipelines.cli import main
@@ -15,20 +14,7 @@ from pipelines.cli import main
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def small_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The cpu config at 32 x 32 pixels as a YAML file (exercises --config FILE.yaml)."""
-    path = tmp_path_factory.mktemp("config") / "small.yaml"
-    path.write_text(load_config("cpu").with_updates(image_size=32, name="small").to_yaml())
-    return path
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _one_error_line(capsys: pytest.CaptureFixture, argv: list[str]) -> str:

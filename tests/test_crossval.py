@@ -9,10 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from i2m2_med.ablation.crossval import cv_folds, fold_notes
-from i2m2_med.config import load_config
 from i2m2_med.data.cohort import load_cohort
 from i2m2_med.errors import UsageError
 from pipelines.cli import main
@@ -31,19 +29,7 @@ def cv_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def small_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("config") / "small.yaml"
-    path.write_text(load_config("cpu").with_updates(image_size=32, name="small").to_yaml())
-    return path
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_folds_partition_subjects_and_keep_knees_together(cv_cohort: Path) -> None:

@@ -31,7 +31,6 @@ Design (every number is on a cohort that no training, early stopping or recipe c
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -42,7 +41,7 @@ import numpy as np
 
 from i2m2_med.ablation.runs import RunRecord, train_or_reuse
 from i2m2_med.ablation.stats import paired_mean_auroc_difference
-from i2m2_med.atomic import write_json
+from i2m2_med.atomic import json_safe, write_json
 from i2m2_med.checkpoint import load_checkpoint
 from i2m2_med.config import Config, load_config
 from i2m2_med.data.cache import TensorCache, cache_then_drop
@@ -443,18 +442,8 @@ def run_claim_study(work_dir: str | os.PathLike, settings: ClaimSettings | None 
                     "tolerance": TOLERANCE},
         "seconds": time.perf_counter() - t0,
     }
-    write_json(work / "claim.json", json.loads(json.dumps(result, default=_jsonable)))
+    write_json(work / "claim.json", json_safe(result))
     return result
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON: {type(obj).__name__}")
 
 
 __all__ = ["FULL_OVERRIDES", "QUICK_CLAIM", "ClaimSettings", "POOL_SEEDS", "claim_settings", "ensure_heldout", "ensure_pool", "regime_result", "run_claim_study", "subset_cohort"]
