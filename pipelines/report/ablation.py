@@ -42,7 +42,7 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("evidence", "Per-expert evidence"),
     ("robustness", "Robustness"),
     ("regimes", "Regime study"),
-    ("claim", "The paper's claim (held-out)"),
+    ("claim", "Paper claim on held-out cohorts"),
     ("card", "Model card"),
     ("runs", "Runs"),
 )
