@@ -38,9 +38,11 @@ def learning_curve_figure(curve: Mapping[str, Any], figs: Figures) -> str:
         pts.sort()
         fig.add_trace(go.Scatter(x=[x for x, _ in pts], y=[y for _, y in pts], mode="lines+markers", name=v,
                                  line=dict(color=colour(v)), hovertemplate=f"{v}: %{{x}} volumes, in view %{{y:.3f}}<extra></extra>"))
+    top = max([y for pts in variants.values() for _, y in pts] or [0.5])
+    fig.add_hline(y=0.5, line_dash="dot", line_color="#888", annotation_text="chance", annotation_position="bottom right")
     fig.update_layout(title=f"Learning curve ({esc(curve.get('regime'))} regime, held-out test cohort)",
                       xaxis=dict(title="training volumes", type="log", tickvals=sorted({x for pts in variants.values() for x, _ in pts})),
-                      yaxis=dict(title="in-view AUROC, mean ACL/MTEAR/CART"))
+                      yaxis=dict(title="in-view AUROC, mean ACL/MTEAR/CART", range=[0.45, max(0.9, top + 0.05)]))
     return figs.div(fig, 380)
 
 
