@@ -39,20 +39,11 @@ HELDOUT_DIR_ENV = "I2M2_HELDOUT_DIR"
 
 def heldout_cohort(regime: str, ctx: Context, volumes: int | None = None) -> tuple[Any, Any]:
     """The held-out cohort of ``regime`` and its tensor cache, generated on first use."""
-    from i2m2_med.data.cache import TensorCache
-    from i2m2_med.data.cohort import load_cohort
-    from i2m2_med.data.layout import TENSOR_CACHE_DIR
-    from i2m2_med.synth.heldout import HELDOUT_VOLUMES, generate_heldout
-    from i2m2_med.transforms.dictionary import build_modality_pipeline
+    from i2m2_med.ablation.heldout import ensure_heldout
+    from i2m2_med.synth.heldout import HELDOUT_VOLUMES
 
-    n = volumes or HELDOUT_VOLUMES
     base = Path(os.environ.get(HELDOUT_DIR_ENV) or ctx.workdir)
-    root = base / f"heldout_{regime}_{n}"
-    cache = TensorCache(root / TENSOR_CACHE_DIR, 64, build_modality_pipeline(64))
-    if not (root / "manifest.json").is_file():
-        ctx.log(f"generating the held-out {regime} cohort ({n} volumes) into {root} ...")
-        generate_heldout(regime, root, cache, workers=2, volumes=n)
-    return load_cohort(root, tensor_cache=cache), cache
+    return ensure_heldout(base, regime, volumes or HELDOUT_VOLUMES, progress=ctx.log)
 
 
 def _mean3(summary: dict[str, Any], level: str) -> float | None:

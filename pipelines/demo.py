@@ -61,11 +61,8 @@ def _tensor_cache(cohort_dir: Path):  # -> TensorCache (imported on use: MONAI t
     """The demo cohort's tensor cache at the demo config's image size."""
     from i2m2_med.config import load_config
     from i2m2_med.data.cache import TensorCache
-    from i2m2_med.data.layout import TENSOR_CACHE_DIR
-    from i2m2_med.transforms.dictionary import build_modality_pipeline
 
-    size = load_config(DEMO_CONFIG).image_size
-    return TensorCache(cohort_dir / TENSOR_CACHE_DIR, size, build_modality_pipeline(size))
+    return TensorCache.of_cohort(cohort_dir, load_config(DEMO_CONFIG).image_size)
 
 
 def command_line(volumes: int, seed: int) -> str:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from i2m2_med.ablation.claim import _cache, claim_settings, run_claim_study, subset_cohort
+from i2m2_med.ablation.claim import claim_settings, run_claim_study, subset_cohort
+from i2m2_med.data.cache import TensorCache
 from i2m2_med.data.cohort import load_cohort
 from i2m2_med.errors import UsageError
 
@@ -28,7 +29,7 @@ def claim(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 
 def _pool(work: Path):
     root = next((work / "pools").iterdir())
-    return load_cohort(root, tensor_cache=_cache(root, 64))
+    return load_cohort(root, tensor_cache=TensorCache.of_cohort(root, 64))
 
 
 @pytest.mark.slow

@@ -39,6 +39,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from i2m2_med.ablation.heldout import ensure_heldout
 from i2m2_med.ablation.runs import RunRecord, train_or_reuse
 from i2m2_med.ablation.stats import paired_mean_auroc_difference
 from i2m2_med.atomic import json_safe, write_json
@@ -47,16 +48,14 @@ from i2m2_med.config import Config, load_config
 from i2m2_med.data.cache import TensorCache, cache_then_drop
 from i2m2_med.data.cohort import Cohort, data_fingerprint, in_view_rows, load_cohort
 from i2m2_med.data.dataset import SliceDataset
-from i2m2_med.data.layout import TENSOR_CACHE_DIR
 from i2m2_med.errors import UsageError
 from i2m2_med.heads import HEADS, PATHOLOGY_HEADS
 from i2m2_med.metrics.aggregation import aggregation_rule, study_level
 from i2m2_med.metrics.baselines import position_scores, relative_position
 from i2m2_med.synth import generate_cohort
-from i2m2_med.synth.heldout import HELDOUT_VOLUMES, generate_heldout
+from i2m2_med.synth.heldout import HELDOUT_VOLUMES
 from i2m2_med.training.options import resolve_config
 from i2m2_med.training.results import position_prior_of, predict_dataset, prediction_metrics
-from i2m2_med.transforms.dictionary import build_modality_pipeline
 
 Progress = Callable[[str], None]
 
@@ -174,32 +173,16 @@ def subset_cohort(pool: Cohort, train_volumes: int, val_volumes: int) -> Cohort:
     )
 
 
-def _cache(root: Path, image_size: int) -> TensorCache:
-    return TensorCache(root / TENSOR_CACHE_DIR, image_size, build_modality_pipeline(image_size))
-
-
 def ensure_pool(work: Path, regime: str, volumes: int, image_size: int, workers: int, progress: Progress | None) -> tuple[Path, Cohort]:
     """The regime's training pool under ``work/pools``, generated into its tensor cache on first
     use (its manifest, written last, marks it complete)."""
     root = work / "pools" / f"{regime}-v{volumes}-s{POOL_SEEDS[regime]}"
-    cache = _cache(root, image_size)
+    cache = TensorCache.of_cohort(root, image_size)
     if not (root / "manifest.json").is_file():
         if progress:
             progress(f"generating the {regime} training pool ({volumes} volumes)")
         generate_cohort(root, volumes, POOL_SEEDS[regime], regime=regime, workers=workers, on_written=cache_then_drop(cache))
     return root, load_cohort(root, tensor_cache=cache)
-
-
-def ensure_heldout(base: Path, regime: str, volumes: int, image_size: int, workers: int, progress: Progress | None) -> tuple[Cohort, TensorCache]:
-    """The held-out test cohort of ``regime`` (``base/heldout_<regime>_<volumes>``, the layout the
-    held-out benchmark section uses), generated on first use."""
-    root = base / f"heldout_{regime}_{volumes}"
-    cache = _cache(root, image_size)
-    if not (root / "manifest.json").is_file():
-        if progress:
-            progress(f"generating the held-out {regime} cohort ({volumes} volumes)")
-        generate_heldout(regime, root, cache, workers=workers, volumes=volumes)
-    return load_cohort(root, tensor_cache=cache), cache
 
 
 def heldout_predictions(record: RunRecord, cohort: Cohort, cache: TensorCache, fingerprint: str) -> dict[str, Any]:
@@ -330,13 +313,13 @@ def regime_result(regime: str, runs: Mapping[str, Sequence[RunRecord]], heldout:
                 continue
             b = ensembles[other]
             st_b = study_level(b["study_id"], b["p"]["combined"], y, rule=rule, k=k)
-            common = dict(groups=None, n_boot=settings.n_boot, seed=17, names=PATHOLOGY_HEADS)
+            common = {"n_boot": settings.n_boot, "seed": 17, "names": PATHOLOGY_HEADS}
             out["margins"][other] = {
                 "in_view": paired_mean_auroc_difference(
                     y[:, PATHOLOGY_IDX], a["p"]["combined"][:, PATHOLOGY_IDX], b["p"]["combined"][:, PATHOLOGY_IDX],
-                    mask=view[:, PATHOLOGY_IDX], **{**common, "groups": subjects}),
+                    groups=subjects, mask=view[:, PATHOLOGY_IDX], **common),
                 "study": paired_mean_auroc_difference(
-                    st_a.y[:, PATHOLOGY_IDX], st_a.p[:, PATHOLOGY_IDX], st_b.p[:, PATHOLOGY_IDX], **{**common, "groups": study_subjects}),
+                    st_a.y[:, PATHOLOGY_IDX], st_a.p[:, PATHOLOGY_IDX], st_b.p[:, PATHOLOGY_IDX], groups=study_subjects, **common),
             }
             for level in ("in_view", "study"):
                 if out["margins"][other][level].get("method"):
@@ -446,4 +429,4 @@ def run_claim_study(work_dir: str | os.PathLike, settings: ClaimSettings | None 
     return result
 
 
-__all__ = ["FULL_OVERRIDES", "QUICK_CLAIM", "ClaimSettings", "POOL_SEEDS", "claim_settings", "ensure_heldout", "ensure_pool", "regime_result", "run_claim_study", "subset_cohort"]
+__all__ = ["FULL_OVERRIDES", "QUICK_CLAIM", "ClaimSettings", "POOL_SEEDS", "claim_settings", "ensure_pool", "regime_result", "run_claim_study", "subset_cohort"]

@@ -9,16 +9,31 @@ that nothing of the model was trained, stopped, chosen or calibrated on.
 from __future__ import annotations
 
 import os
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
 from i2m2_med.data.cache import TensorCache
-from i2m2_med.data.cohort import Cohort
+from i2m2_med.data.cohort import Cohort, load_cohort
 from i2m2_med.data.dataset import SliceDataset
 from i2m2_med.errors import UsageError
 from i2m2_med.inference.loading import load_model
+from i2m2_med.synth.heldout import generate_heldout
 from i2m2_med.training.results import predict_dataset, prediction_metrics
+
+
+def ensure_heldout(base: str | os.PathLike, regime: str, volumes: int, image_size: int = 64, workers: int = 2,
+                   progress: Callable[[str], None] | None = None) -> tuple[Cohort, TensorCache]:
+    """The held-out cohort of ``regime`` in ``base/heldout_<regime>_<volumes>`` with its tensor
+    cache, generated there on first use (its manifest, written last, marks it complete)."""
+    root = Path(base) / f"heldout_{regime}_{volumes}"
+    cache = TensorCache.of_cohort(root, image_size)
+    if not (root / "manifest.json").is_file():
+        if progress:
+            progress(f"generating the held-out {regime} cohort ({volumes} volumes) into {root}")
+        generate_heldout(regime, root, cache, workers=workers, volumes=volumes)
+    return load_cohort(root, tensor_cache=cache), cache
 
 
 def evaluate_checkpoint(

@@ -126,6 +126,15 @@ class TensorCache:
         self._cache_only: dict[str, str] = {}
         self.built = 0
 
+    @classmethod
+    def of_cohort(cls, cohort_dir: str | os.PathLike, image_size: int) -> "TensorCache":
+        """The tensor cache of a cohort folder (``DIR/.i2m2_cache``) under the default modality
+        pipeline at ``image_size``: the one training, the demo and the held-out cohorts share."""
+        from i2m2_med.data.layout import TENSOR_CACHE_DIR
+        from i2m2_med.transforms.dictionary import build_modality_pipeline  # MONAI: imported on use
+
+        return cls(Path(cohort_dir) / TENSOR_CACHE_DIR, image_size, build_modality_pipeline(image_size))
+
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_open"] = {}

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -188,9 +188,4 @@ def classify_series(tags: Mapping[str, Any]) -> SeriesClass:
     return SeriesClass(plane, oblique, contrast, fat_sat, localiser, derived, body, reason is None, reason, label, evidence)
 
 
-def model_series(classes: Sequence[SeriesClass]) -> list[int]:
-    """Indices of the series the model reads (coronal PD or PD-FS), in the given order."""
-    return [i for i, c in enumerate(classes) if c.is_model_series]
-
-
-__all__ = ["MODEL_SERIES", "SeriesClass", "classify_series", "model_series"]
+__all__ = ["MODEL_SERIES", "SeriesClass", "classify_series"]

@@ -43,7 +43,6 @@ from i2m2_med.config import Config
 from i2m2_med.data.cache import TensorCache
 from i2m2_med.data.cohort import Cohort, data_fingerprint
 from i2m2_med.data.dataset import SliceDataset
-from i2m2_med.data.layout import TENSOR_CACHE_DIR
 from i2m2_med.errors import UsageError
 from i2m2_med.heads import HEADS
 from i2m2_med.metrics.aggregation import aggregation_rule
@@ -68,7 +67,6 @@ from i2m2_med.training.results import (
     prediction_metrics,
     study_calibration_of,
 )
-from i2m2_med.transforms.dictionary import build_modality_pipeline
 
 __all__ = ["ACCELERATORS", "TrainResult", "TrainerOptions", "resolve_config", "train"]
 
@@ -240,10 +238,7 @@ def train(
     if out.exists() and not out.is_dir():
         raise UsageError(out, "the run folder is a file")
     data_dir = Path(data_dir)
-    tensor_cache = None
-    if cfg.training.tensor_cache:
-        pipeline = build_modality_pipeline(cfg.image_size)
-        tensor_cache = TensorCache(data_dir / TENSOR_CACHE_DIR, cfg.image_size, pipeline)
+    tensor_cache = TensorCache.of_cohort(data_dir, cfg.image_size) if cfg.training.tensor_cache else None
 
     pl.seed_everything(int(seed), workers=True, verbose=False)
     dm = I2M2DataModule(
