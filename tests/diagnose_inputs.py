@@ -105,10 +105,12 @@ CORONAL = [-1.0, 0.0, 0.0, 0.0, 0.0, 1.0]
 
 def write_dicom_study(folder: Path, n_slices: int = 3, phase: bool = True, patient: int = 0, size: int = 32,
                       seed: int = 0, description: str = "PD COR", orientation: list[float] | None = None,
-                      body_part: str | None = None, image_type: str | None = None) -> dict[str, str]:
+                      body_part: str | None = None, image_type: str | None = None,
+                      cols: int | None = None) -> dict[str, str]:
     """A magnitude series (and, with ``phase``, its phase series) of one study; returns the UIDs.
-    The default is a coronal PD series; ``description``, ``orientation``, ``body_part`` and
-    ``image_type`` (the third value of ImageType, e.g. LOCALIZER) make the other series of an exam."""
+    The default is a coronal PD series of ``size`` x ``size`` images (``cols``: another number of
+    columns); ``description``, ``orientation``, ``body_part`` and ``image_type`` (the third value
+    of ImageType, e.g. LOCALIZER) make the other series of an exam."""
     from pydicom.uid import generate_uid
 
     rng = np.random.default_rng(seed)
@@ -140,13 +142,13 @@ def write_dicom_study(folder: Path, n_slices: int = 3, phase: bool = True, patie
             if body_part:
                 ds.BodyPartExamined = body_part
             ds.InstanceNumber = k + 1
-            ds.Rows = ds.Columns = size
+            ds.Rows, ds.Columns = size, cols or size
             ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
             if component == "phase":
-                values = rng.integers(0, 4096, (size, size))
+                values = rng.integers(0, 4096, (size, cols or size))
                 ds.RescaleSlope, ds.RescaleIntercept = 2, -4096
             else:
-                values = 500 + 300 * k + rng.integers(0, 200, (size, size))
+                values = 500 + 300 * k + rng.integers(0, 200, (size, cols or size))
                 for key in ("RescaleSlope", "RescaleIntercept"):
                     if key in ds:
                         delattr(ds, key)
@@ -155,6 +157,111 @@ def write_dicom_study(folder: Path, n_slices: int = 3, phase: bool = True, patie
             path.parent.mkdir(parents=True, exist_ok=True)
             ds.save_as(path, enforce_file_format=True)
     return uids
+
+
+# ---- the same series stored another way --------------------------------------------------------------
+
+STORAGES = [(t, r, c) for t in (False, True) for r in (False, True) for c in (False, True)]
+"""The 8 in-plane storages of a slice: (rows and columns swapped, then rows reversed, then
+columns reversed)."""
+
+
+def store(image: np.ndarray, transpose: bool, flip_rows: bool, flip_cols: bool) -> np.ndarray:
+    """``image`` (H, W) stored another way: swapped, then rows and / or columns reversed."""
+    out = image.T if transpose else image
+    if flip_rows:
+        out = out[::-1]
+    if flip_cols:
+        out = out[:, ::-1]
+    return np.ascontiguousarray(out)
+
+
+def stored_geometry(iop: list[float], ipp: list[float], spacing: list[float], shape: tuple[int, int],
+                    transpose: bool, flip_rows: bool, flip_cols: bool) -> tuple[list[float], list[float], list[float]]:
+    """ImageOrientationPatient, ImagePositionPatient and PixelSpacing of a slice stored with
+    :func:`store`, so that every pixel keeps its place in the patient."""
+    r, c = np.asarray(iop[:3], float), np.asarray(iop[3:], float)  # along a row (columns), down a column (rows)
+    pos = np.asarray(ipp, float)
+    row_mm, col_mm = float(spacing[0]), float(spacing[1])  # between rows, between columns
+    rows, cols = shape
+    if transpose:
+        r, c, row_mm, col_mm, rows, cols = c, r, col_mm, row_mm, cols, rows
+    if flip_rows:
+        pos, c = pos + (rows - 1) * row_mm * c, -c
+    if flip_cols:
+        pos, r = pos + (cols - 1) * col_mm * r, -r
+    return [*map(float, r), *map(float, c)], [float(v) for v in pos], [row_mm, col_mm]
+
+
+def restore_dicom(src: Path, dst: Path, transpose: bool = False, flip_rows: bool = False, flip_cols: bool = False) -> Path:
+    """Every DICOM file under ``src`` written again under ``dst`` with its pixels stored another
+    way (:func:`store`) and ``ImageOrientationPatient`` / ``ImagePositionPatient`` /
+    ``PixelSpacing`` / ``Rows`` / ``Columns`` to match: the same images of the same patient. UIDs
+    are new (derived from the old ones and ``dst``), so the copy is a study of its own."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    def uid(old: str) -> str:
+        return str(generate_uid(entropy_srcs=[old, dst.name, str((transpose, flip_rows, flip_cols))]))
+
+    for path in sorted(p for p in src.rglob("*") if p.is_file()):
+        ds = pydicom.dcmread(path)
+        pixels = ds.pixel_array
+        spacing = [float(v) for v in ds.get("PixelSpacing", [1.0, 1.0])]
+        iop, ipp, spacing = stored_geometry([float(v) for v in ds.ImageOrientationPatient],
+                                            [float(v) for v in ds.ImagePositionPatient], spacing, pixels.shape,
+                                            transpose, flip_rows, flip_cols)
+        stored = store(pixels, transpose, flip_rows, flip_cols)
+        ds.ImageOrientationPatient = [round(v, 6) for v in iop]
+        ds.ImagePositionPatient = [round(v, 6) for v in ipp]
+        ds.PixelSpacing = [round(v, 6) for v in spacing]
+        ds.Rows, ds.Columns = stored.shape
+        ds.PixelData = stored.astype(pixels.dtype).tobytes()
+        for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID"):
+            if key in ds:
+                setattr(ds, key, uid(str(ds.get(key))))
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        out = dst / path.relative_to(src)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(out, enforce_file_format=True)
+    return dst
+
+
+def restore_nifti(src: Path, dst: Path, order: tuple[int, int, int] = (0, 1, 2), flips: tuple[int, ...] = (),
+                  phase: bool = True) -> Path:
+    """A NIfTI volume (and its ``_phase`` sibling) written again as ``dst`` with its voxel axes
+    permuted (``order``: new axis j is old axis ``order[j]``) and then reversed along ``flips``,
+    and the affine to match: the same voxels at the same places in the patient."""
+    import nibabel as nib
+
+    def rewrite(source: Path, target: Path) -> None:
+        img = nib.load(str(source))
+        data = np.asarray(img.dataobj)
+        shape = data.shape
+        new = np.transpose(data, order)
+        # old voxel index = T @ new voxel index (homogeneous)
+        t = np.zeros((4, 4))
+        t[3, 3] = 1.0
+        for j, old in enumerate(order):
+            n = shape[old]
+            if j in flips:
+                t[old, j], t[old, 3] = -1.0, n - 1
+            else:
+                t[old, j] = 1.0
+        for j in flips:
+            new = np.flip(new, axis=j)
+        out = nib.Nifti1Image(np.ascontiguousarray(new), img.affine @ t)
+        out.header.set_xyzt_units("mm")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        nib.save(out, str(target))
+
+    stem = src.name[: -len(".nii.gz")] if src.name.endswith(".nii.gz") else src.stem
+    new_stem = dst.name[: -len(".nii.gz")] if dst.name.endswith(".nii.gz") else dst.stem
+    rewrite(src, dst)
+    sibling = src.with_name(stem + "_phase" + src.name[len(stem):])
+    if phase and sibling.is_file():
+        rewrite(sibling, dst.with_name(new_stem + "_phase" + dst.name[len(new_stem):]))
+    return dst
 
 
 def write_nifti(path: Path, n_slices: int = 3, size: int = 32, phase: bool = True, seed: int = 0) -> Path:

@@ -9,9 +9,10 @@ What this reader does, in order:
    contribute one frame each; an enhanced multi-frame file contributes all its frames (and may
    hold both magnitude and phase frames, told apart per frame).
 3. **Order** the slices of a series by ``ImagePositionPatient`` projected on the slice normal
-   (the cross product of the two ``ImageOrientationPatient`` direction cosines), falling back to
-   ``InstanceNumber``, then to file name / frame number. A series whose frames differ in size is
-   a problem.
+   (the cross product of the two ``ImageOrientationPatient`` direction cosines; for a coronal
+   series the normal is turned to point posterior, so that slices run anterior to posterior
+   whichever way the series was stored), falling back to ``InstanceNumber``, then to file name
+   / frame number. A series whose frames differ in size is a problem.
 4. **Pair** each magnitude series with a phase series of the same study, matrix, slice count and
    slice positions (the nearest ``SeriesNumber`` when several fit). The component comes from
    ``ComplexImageComponent`` (enhanced MR) or ``ImageType``: value 3 ('M' / 'P', Siemens and
@@ -23,6 +24,15 @@ What this reader does, in order:
    is the rescaled smallest stored value (Siemens: 12 bits, slope 2, intercept -4096, i.e.
    -4096..4094 -> ``v * pi / 4096``, [-pi, pi)). Floating-point phase pixel data is taken as
    radians already. Results are clipped to [-pi, pi].
+6. **Orient**: a coronal series (the model's plane) is brought to the training orientation by
+   :mod:`i2m2_med.io.orientation` from its ``ImageOrientationPatient`` -- row index towards the
+   head, column index towards the patient's right -- by swapping rows and columns and / or
+   reversing them (pixels are only moved, never interpolated; ``image_shape`` follows a swap).
+   A paired phase series gets the transform of its own orientation, which for a phase stored
+   like its magnitude is the magnitude's (the magnitude's when the phase has no orientation).
+   Other planes, axes 45 degrees or more from every patient axis and series without the tag are
+   left as stored. Either way a note says what was done, and the ``image_directions`` tag gives
+   the anatomical direction in which the row and column index increase when it is known.
 
 Slices read as ``{"magnitude": (H, W) float32, "phase": (H, W) float32 radians}`` (phase only
 when paired). A study without a phase series has ``modalities == ("magnitude",)`` and the note
@@ -48,6 +58,7 @@ import numpy as np
 
 from i2m2_med.errors import StudyReadError
 from i2m2_med.io.limits import check_regular_file, read_limits
+from i2m2_med.io.orientation import AS_STORED, InPlane, Reorientation, dicom_reorientation, slice_direction
 from i2m2_med.io.study import Study
 
 #: File names never read as DICOM images.
@@ -101,6 +112,11 @@ class _Series:
     frames: list[_Frame] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     order_note: str = ""
+
+    @property
+    def orientation(self) -> Reorientation:
+        """The orientation rule for this series (from its first frame's orientation)."""
+        return dicom_reorientation(self.frames[0].orientation if self.frames else None)
 
 
 # ---- small helpers --------------------------------------------------------------------------
@@ -457,14 +473,14 @@ def _order(s: _Series) -> str:
     """Sort the frames of a series in place; return a note saying how."""
     frames = s.frames
     if all(f.position is not None for f in frames) and frames[0].orientation is not None:
-        o = np.asarray(frames[0].orientation, dtype=float)
-        normal = np.cross(o[:3], o[3:])
-        if np.linalg.norm(normal) > 0:
+        normal = slice_direction(frames[0].orientation)
+        if normal is not None:
             frames.sort(key=lambda f: (float(np.dot(normal, f.position)), f.instance or 0, str(f.path), f.frame or 0))
             proj = [float(np.dot(normal, f.position)) for f in frames]
             if len(set(round(p, 3) for p in proj)) < len(proj):
                 s.notes.append("several images share a slice position (multi-echo or repeated acquisition?)")
-            return "slices ordered by ImagePositionPatient along the slice normal"
+            how = "slices ordered by ImagePositionPatient along the slice normal"
+            return how + (", anterior to posterior" if s.orientation.canonical else "")
     if len({f.path for f in frames}) == 1 and frames[0].frame is not None:
         frames.sort(key=lambda f: f.frame or 0)
         return "slices ordered by frame number (no per-frame positions in the multi-frame file)"
@@ -495,8 +511,9 @@ def _check_sizes(s: _Series) -> None:
 def _slice_positions(s: _Series) -> np.ndarray | None:
     if not s.frames or any(f.position is None for f in s.frames) or s.frames[0].orientation is None:
         return None
-    o = np.asarray(s.frames[0].orientation, dtype=float)
-    normal = np.cross(o[:3], o[3:])
+    normal = slice_direction(s.frames[0].orientation)
+    if normal is None:
+        return None
     return np.asarray([np.dot(normal, f.position) for f in s.frames])
 
 
@@ -529,16 +546,21 @@ class DicomSliceReader:
     """Reads slice ``i`` of a DICOM study: one frame per modality, decoded on demand.
 
     Picklable (paths and numbers only). Returns ``{"magnitude": (H, W) float32}`` and, when a
-    phase series is paired, ``"phase": (H, W) float32`` in radians.
+    phase series is paired, ``"phase": (H, W) float32`` in radians; each image transformed by
+    its series' :class:`~i2m2_med.io.orientation.InPlane` (``magnitude_transform``,
+    ``phase_transform``) to the training orientation.
     """
 
     def __init__(self, magnitude: list[tuple], phase: list[tuple] | None, phase_map: tuple[float, float] | None,
-                 phase_only: bool = False):
+                 phase_only: bool = False, magnitude_transform: InPlane = AS_STORED,
+                 phase_transform: InPlane = AS_STORED):
         # each entry: (path str, frame index or None, slope, intercept)
         self.magnitude = magnitude
         self.phase = phase
         self.phase_map = phase_map
         self.phase_only = phase_only
+        self.magnitude_transform = magnitude_transform
+        self.phase_transform = phase_transform
 
     @staticmethod
     def _decode(entry: tuple, index: int) -> np.ndarray:
@@ -568,9 +590,9 @@ class DicomSliceReader:
     def __call__(self, index: int) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
         if not self.phase_only:
-            out["magnitude"] = self._decode(self.magnitude[index], index)
+            out["magnitude"] = self.magnitude_transform.apply(self._decode(self.magnitude[index], index))
         if self.phase is not None:
-            out["phase"] = self._to_radians(self._decode(self.phase[index], index))
+            out["phase"] = self.phase_transform.apply(self._to_radians(self._decode(self.phase[index], index)))
         return out
 
 
@@ -599,6 +621,14 @@ def _build_study(mag: _Series | None, ph: _Series | None) -> Study:
     assert main is not None
     notes = list(main.notes)
     notes.append(main.order_note)
+    rule = main.orientation
+    notes.append(rule.note)
+    main_transform = rule.in_plane
+    phase_transform = main_transform
+    if mag is not None and ph is not None and ph.frames[0].orientation is not None:
+        phase_transform = ph.orientation.in_plane
+        if phase_transform != main_transform:
+            notes.append(f"phase series stored in another orientation: {ph.orientation.note}")
     if main.transfer_syntax:
         from pydicom.uid import UID
 
@@ -632,9 +662,11 @@ def _build_study(mag: _Series | None, ph: _Series | None) -> Study:
     modalities = tuple(m for m, s in (("magnitude", mag), ("phase", ph)) if s is not None)
     tags = dict(main.tags)
     f0 = main.frames[0]
-    tags["image_shape"] = [f0.rows, f0.cols]
+    tags["image_shape"] = list(main_transform.shape(f0.rows, f0.cols))
     if f0.orientation is not None:
         tags["orientation"] = [round(float(v), 4) for v in f0.orientation]
+    if rule.directions is not None:
+        tags["image_directions"] = list(rule.directions)
     if not main.series_uid.startswith("file:"):  # a series without a UID is named by its file: not a tag
         tags["series_uid"] = main.series_uid
     if main.series_number is not None:
@@ -644,6 +676,8 @@ def _build_study(mag: _Series | None, ph: _Series | None) -> Study:
         _entries(ph) if ph is not None else None,
         phase_map,
         phase_only=mag is None,
+        magnitude_transform=main_transform,
+        phase_transform=phase_transform if mag is not None else main_transform,
     )
     return Study(
         study_id="dicom-" + _short_hash(main.study_uid, main.series_uid),

@@ -2,10 +2,19 @@
 
 Conventions:
 
-* The volume is 3-D (X, Y, Z) and slices run along the **last axis**: slice ``k`` is
-  ``data[:, :, k]``, returned as stored (axis 0 as rows, axis 1 as columns; no reorientation to
-  radiological display). A 2-D image is one slice; a 4-D volume is accepted only when its 4th
-  axis has length 1.
+* The volume is 3-D (X, Y, Z); a 2-D image is one slice; a 4-D volume is accepted only when its
+  4th axis has length 1.
+* Orientation (:mod:`i2m2_med.io.orientation`, from the affine nibabel reports: the sform, else
+  the qform): a **coronal** volume is read in the training orientation -- row index towards the
+  head, column index towards the patient's right, slices anterior to posterior -- whatever the
+  order and direction of its stored axes (rows and columns swapped and / or reversed, slices
+  read in reverse; voxels are only moved, never interpolated). Slices run along the last axis,
+  or along another axis when that one runs anterior-posterior with the largest voxel size (a
+  coronal acquisition stored with its slices elsewhere, as RAS-canonical tools write it).
+  Anything else -- another plane, an axis 45 degrees or more from every patient axis, a header
+  without sform and qform, a zero or singular affine -- is read as stored: slice ``k`` is
+  ``data[:, :, k]`` with axis 0 as rows and axis 1 as columns. A note says which; the
+  ``image_directions`` tag gives the anatomical directions of rows and columns when known.
 * ``scl_slope`` / ``scl_inter`` are applied by nibabel. Values are read slice by slice through
   nibabel's array proxy (the volume is never loaded whole).
 * Phase: when ``phase_path`` is not given, a sibling named ``<stem>_phase.nii.gz`` (or
@@ -13,7 +22,11 @@ Conventions:
   once from the middle slice: values within [-pi, pi] are radians; otherwise, when within
   [-4096, 4096], they are Siemens-style scaled phase (as dcm2niix writes it: -4096..4094 is
   -pi..pi) and mapped by ``v * pi / 4096``; anything else is an error. The choice is noted.
-* NIfTI carries no patient or sequence tags; ``tags`` holds the voxel size and image shape.
+* The phase volume is read like the magnitude: the orientation of its own affine when its header
+  has one (a phase whose affine describes another plane than the magnitude's is an error), else
+  the magnitude's.
+* NIfTI carries no patient or sequence tags; ``tags`` holds the voxel size (row, column, slice)
+  and image shape of the slices as read.
 """
 
 from __future__ import annotations
@@ -27,6 +40,7 @@ import numpy as np
 
 from i2m2_med.errors import StudyReadError
 from i2m2_med.io.limits import check_regular_file, read_limits
+from i2m2_med.io.orientation import VolumeLayout, volume_layout
 from i2m2_med.io.study import Study
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -88,16 +102,49 @@ def _load(path: Path) -> Any:
     return img, shape
 
 
+def _affine(img: Any) -> tuple[np.ndarray | None, str]:
+    """The voxel -> RAS+ affine nibabel uses (sform, else qform), None when the header sets
+    neither (nibabel would make one up from the voxel sizes), with the reason."""
+    header = img.header
+    try:
+        if hasattr(header, "get_sform"):
+            if not header.get_sform(coded=True)[1] and not header.get_qform(coded=True)[1]:
+                return None, "the header sets neither sform nor qform"
+        affine = img.affine
+    except Exception as exc:  # a damaged quaternion or matrix
+        return None, f"unreadable affine ({type(exc).__name__})"
+    return (None, "no affine") if affine is None else (np.asarray(affine, dtype=float), "")
+
+
+def _layout(img: Any, shape: tuple[int, int, int]) -> VolumeLayout:
+    affine, why = _affine(img)
+    layout = volume_layout(affine, why)
+    if layout.slice_axis != 2 and (len(img.shape) == 2 or shape[2] == 1):  # one 2-D image: never resliced
+        layout = volume_layout(None, "a single 2-D image")
+    return layout
+
+
+def _slice_shape(layout: VolumeLayout, shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    """(slices, rows, columns) of the volume read with ``layout``."""
+    a, b = layout.in_plane_axes
+    return (shape[layout.slice_axis], *layout.rule.in_plane.shape(shape[a], shape[b]))
+
+
 class NiftiSliceReader:
-    """Reads slice ``k`` (last axis) of the magnitude and, if any, phase volume.
+    """Reads slice ``k`` of the magnitude and, if any, phase volume, oriented by each volume's
+    :class:`~i2m2_med.io.orientation.VolumeLayout` (None: the last axis, as stored).
 
     Picklable: holds paths, and reopens the (lazy) nibabel images in each process.
     """
 
-    def __init__(self, magnitude: str, phase: str | None, phase_scale: float | None):
+    def __init__(self, magnitude: str, phase: str | None, phase_scale: float | None,
+                 layout: VolumeLayout | None = None, phase_layout: VolumeLayout | None = None):
         self.magnitude = magnitude
         self.phase = phase
         self.phase_scale = phase_scale  # radians per stored unit; None: already radians
+        self.layouts = {magnitude: layout}
+        if phase is not None:
+            self.layouts[phase] = phase_layout if phase_layout is not None else layout
         self._images: dict[str, Any] = {}
         self._pid: int | None = None
 
@@ -118,14 +165,23 @@ class NiftiSliceReader:
             if img is None:
                 img = self._images[path] = nib.load(path)
             proxy = img.dataobj
+            layout = self.layouts.get(path)
+            axis = 2 if layout is None else layout.slice_axis
+            stored = index
+            if layout is not None and layout.rule.reverse_slices:
+                stored = int(img.shape[axis]) - 1 - index
             if len(img.shape) == 2:
                 arr = np.asarray(proxy)
-            elif len(img.shape) == 4:
-                arr = np.asarray(proxy[:, :, index, 0])
             else:
-                arr = np.asarray(proxy[:, :, index])
+                key: list[Any] = [slice(None)] * len(img.shape)
+                key[axis] = stored
+                if len(img.shape) == 4:
+                    key[3] = 0
+                arr = np.asarray(proxy[tuple(key)])
         except Exception as exc:
             raise StudyReadError(path, f"slice {index}: cannot read ({type(exc).__name__}: {exc})") from None
+        if layout is not None:
+            arr = layout.rule.in_plane.apply(arr)
         arr = arr.astype(np.float32)
         if not np.isfinite(arr).all():
             raise StudyReadError(path, f"slice {index}: contains NaN/Inf")
@@ -154,16 +210,26 @@ def read_nifti(path: str | os.PathLike, phase_path: str | os.PathLike | None = N
                study_id: str | None = None) -> Study:
     """Open a NIfTI magnitude volume (and its phase volume) as an image-domain :class:`Study`.
 
-    ``path``: ``.nii`` / ``.nii.gz``, 3-D (X, Y, S), slices along the last axis.
+    ``path``: ``.nii`` / ``.nii.gz``, 3-D; a coronal volume is read in the training orientation
+    from its affine, anything else as stored with slices along the last axis (see the module).
     ``phase_path``: optional phase volume of the same shape; when None, a sibling
     ``<stem>_phase.nii[.gz]`` is paired automatically. ``study_id`` defaults to the stem.
     Raises :class:`StudyReadError` (file and reason) for unreadable files, wrong rank or
-    mismatched phase shape. Slices read as ``{"magnitude": (X, Y) float32}`` plus ``"phase"``
-    (X, Y) float32 radians when paired.
+    mismatched phase shape or orientation. Slices read as ``{"magnitude": (H, W) float32}`` plus
+    ``"phase"`` (H, W) float32 radians when paired.
     """
     path = Path(path)
     img, shape = _load(path)
-    notes = ["slices along the last axis of the volume (no reorientation)"]
+    layout = _layout(img, shape)
+    n_slices, rows, cols = _slice_shape(layout, shape)
+    if layout.slice_axis != 2:
+        a, b = layout.in_plane_axes
+        read_limits().check(str(path), slices=n_slices, matrix=(shape[a], shape[b]),
+                            item_bytes=max(4, np.dtype(img.get_data_dtype()).itemsize))
+    notes = [(layout.why_axis or "slices along the last axis of the volume")
+             + (", read in reverse order (anterior to posterior)" if layout.rule.reverse_slices else ""),
+             layout.rule.note]
+    phase_layout = None
     auto = False
     if phase_path is None:
         phase_path = phase_sibling(path)
@@ -174,26 +240,42 @@ def read_nifti(path: str | os.PathLike, phase_path: str | os.PathLike | None = N
         pimg, pshape = _load(phase_path)
         if pshape != shape:
             raise StudyReadError(phase_path, f"phase volume shape {pshape} differs from magnitude {shape} ({path.name})")
-        probe = NiftiSliceReader(str(phase_path), None, None)._slice(str(phase_path), shape[2] // 2)
+        phase_layout = _layout(pimg, pshape)
+        if phase_layout.rule.plane == "unknown":
+            phase_layout = layout
+            notes.append("phase volume without usable orientation: read like the magnitude")
+        elif phase_layout.rule.canonical != layout.rule.canonical or _slice_shape(phase_layout, pshape) != (n_slices, rows, cols):
+            raise StudyReadError(phase_path, f"phase volume's affine describes other slices than the magnitude's "
+                                             f"({phase_layout.rule.note}; magnitude: {layout.rule.note})")
+        elif phase_layout != layout:
+            notes.append(f"phase volume stored in another orientation: {phase_layout.rule.note}")
+        probe = NiftiSliceReader(str(phase_path), None, None, phase_layout)._slice(str(phase_path), n_slices // 2)
         phase_scale, how = _phase_scale(phase_path, probe)
         notes.append(("phase paired automatically from " if auto else "phase from ") + phase_path.name)
         notes.append(how)
     else:
         notes.append("no phase volume: phase modality missing")
-    tags: dict[str, Any] = {"image_shape": [shape[0], shape[1]]}
+    tags: dict[str, Any] = {"image_shape": [rows, cols]}
+    if layout.rule.directions is not None:
+        tags["image_directions"] = list(layout.rule.directions)
     try:
         zooms = [float(z) for z in img.header.get_zooms()[:3]]
+        if len(zooms) == 3:  # as read: (row, column, slice)
+            a, b = layout.in_plane_axes
+            pixel = [zooms[a], zooms[b]]
+            zooms = [*(pixel[::-1] if layout.rule.in_plane.transpose else pixel), zooms[layout.slice_axis]]
         if all(z > 0 for z in zooms):
             tags["voxel_size_mm"] = zooms
     except Exception:  # header without usable zooms: leave the tag out
         pass
-    reader = NiftiSliceReader(str(path), None if phase_path is None else str(phase_path), phase_scale)
+    reader = NiftiSliceReader(str(path), None if phase_path is None else str(phase_path), phase_scale, layout,
+                              phase_layout)
     return Study(
         study_id=study_id or nifti_stem(path),
         source=path,
         format="nifti",
         domain="image",
-        n_slices=shape[2],
+        n_slices=n_slices,
         modalities=("magnitude", "phase") if phase_path is not None else ("magnitude",),
         slice_reader=reader,
         tags=tags,

@@ -30,9 +30,13 @@ Standard tag keys (absent when unknown; units in the names):
 ``padding_right``      int, first zero-padded column on the right
 ``max`` ``norm``       floats, fastMRI h5 attrs (of the stored reconstruction)
 ``protocol``           string, protocol / series description as the scanner named it
-``image_shape``        [H, W] of one image-domain slice (DICOM / NIfTI)
+``image_shape``        [H, W] of one image-domain slice as read (DICOM / NIfTI)
+``image_directions``   ["S", "R"]: the anatomical direction (L R A P S I) in which the row and
+                       the column index of a slice as read increase, when the geometry tells
+                       (DICOM / NIfTI; see :mod:`i2m2_med.io.orientation`)
+``orientation``        DICOM ImageOrientationPatient of the magnitude series, as stored
 ``series_number``      int, DICOM SeriesNumber of the magnitude series
-``voxel_size_mm``      [x, y, z] NIfTI voxel size
+``voxel_size_mm``      [row, column, slice] NIfTI voxel size of the slices as read
 =====================  ===========================================================
 """
 
