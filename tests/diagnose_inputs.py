@@ -193,11 +193,13 @@ def stored_geometry(iop: list[float], ipp: list[float], spacing: list[float], sh
     return [*map(float, r), *map(float, c)], [float(v) for v in pos], [row_mm, col_mm]
 
 
-def restore_dicom(src: Path, dst: Path, transpose: bool = False, flip_rows: bool = False, flip_cols: bool = False) -> Path:
+def restore_dicom(src: Path, dst: Path, transpose: bool = False, flip_rows: bool = False, flip_cols: bool = False,
+                  keep_study: bool = False) -> Path:
     """Every DICOM file under ``src`` written again under ``dst`` with its pixels stored another
     way (:func:`store`) and ``ImageOrientationPatient`` / ``ImagePositionPatient`` /
     ``PixelSpacing`` / ``Rows`` / ``Columns`` to match: the same images of the same patient. UIDs
-    are new (derived from the old ones and ``dst``), so the copy is a study of its own."""
+    are new (derived from the old ones and ``dst``), so the copy is a study of its own -- unless
+    ``keep_study``: then the series joins its old study (a series of the study stored another way)."""
     import pydicom
     from pydicom.uid import generate_uid
 
@@ -217,7 +219,9 @@ def restore_dicom(src: Path, dst: Path, transpose: bool = False, flip_rows: bool
         ds.PixelSpacing = [round(v, 6) for v in spacing]
         ds.Rows, ds.Columns = stored.shape
         ds.PixelData = stored.astype(pixels.dtype).tobytes()
-        for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID"):
+        renamed = ("SeriesInstanceUID", "SOPInstanceUID") if keep_study else (
+            "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID")
+        for key in renamed:
             if key in ds:
                 setattr(ds, key, uid(str(ds.get(key))))
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
@@ -227,40 +231,44 @@ def restore_dicom(src: Path, dst: Path, transpose: bool = False, flip_rows: bool
     return dst
 
 
+def stored_volume(data: np.ndarray, affine: np.ndarray, order: tuple[int, int, int] = (0, 1, 2),
+                  flips: tuple[int, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """A volume and its voxel -> RAS affine stored another way: voxel axes permuted (new axis j
+    is old axis ``order[j]``), then reversed along ``flips``; every voxel keeps its place."""
+    t = np.zeros((4, 4))  # old voxel index = t @ new voxel index (homogeneous)
+    t[3, 3] = 1.0
+    for j, old in enumerate(order):
+        if j in flips:
+            t[old, j], t[old, 3] = -1.0, data.shape[old] - 1
+        else:
+            t[old, j] = 1.0
+    new = np.transpose(data, order)
+    for j in flips:
+        new = np.flip(new, axis=j)
+    return np.ascontiguousarray(new), np.asarray(affine, dtype=float) @ t
+
+
 def restore_nifti(src: Path, dst: Path, order: tuple[int, int, int] = (0, 1, 2), flips: tuple[int, ...] = (),
                   phase: bool = True) -> Path:
-    """A NIfTI volume (and its ``_phase`` sibling) written again as ``dst`` with its voxel axes
-    permuted (``order``: new axis j is old axis ``order[j]``) and then reversed along ``flips``,
-    and the affine to match: the same voxels at the same places in the patient."""
+    """A NIfTI volume (and its ``_phase`` sibling) written again as ``dst`` stored another way
+    (:func:`stored_volume`), the affine to match: the same voxels at the same places."""
     import nibabel as nib
 
     def rewrite(source: Path, target: Path) -> None:
         img = nib.load(str(source))
-        data = np.asarray(img.dataobj)
-        shape = data.shape
-        new = np.transpose(data, order)
-        # old voxel index = T @ new voxel index (homogeneous)
-        t = np.zeros((4, 4))
-        t[3, 3] = 1.0
-        for j, old in enumerate(order):
-            n = shape[old]
-            if j in flips:
-                t[old, j], t[old, 3] = -1.0, n - 1
-            else:
-                t[old, j] = 1.0
-        for j in flips:
-            new = np.flip(new, axis=j)
-        out = nib.Nifti1Image(np.ascontiguousarray(new), img.affine @ t)
+        data, affine = stored_volume(np.asarray(img.dataobj), img.affine, order, flips)
+        out = nib.Nifti1Image(data, affine)
         out.header.set_xyzt_units("mm")
         target.parent.mkdir(parents=True, exist_ok=True)
         nib.save(out, str(target))
 
-    stem = src.name[: -len(".nii.gz")] if src.name.endswith(".nii.gz") else src.stem
-    new_stem = dst.name[: -len(".nii.gz")] if dst.name.endswith(".nii.gz") else dst.stem
+    def stem(path: Path) -> str:
+        return path.name[: -len(".nii.gz")] if path.name.endswith(".nii.gz") else path.stem
+
     rewrite(src, dst)
-    sibling = src.with_name(stem + "_phase" + src.name[len(stem):])
+    sibling = src.with_name(stem(src) + "_phase" + src.name[len(stem(src)):])
     if phase and sibling.is_file():
-        rewrite(sibling, dst.with_name(new_stem + "_phase" + dst.name[len(new_stem):]))
+        rewrite(sibling, dst.with_name(stem(dst) + "_phase" + dst.name[len(stem(dst)):]))
     return dst
 
 

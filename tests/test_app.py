@@ -157,6 +157,62 @@ def test_phase_is_shown_as_the_model_sees_it_or_raw(env):
     assert out.shape == (320, 320) and np.abs(out[40:-40, 40:-40]).max() < 0.02
 
 
+def _edge_letters(at: AppTest) -> dict[str, dict[str, str]]:
+    """Chart title -> the anatomical letters at its edges (``edge-top`` ... annotations)."""
+    out = {}
+    for chart in charts(at):
+        layout = json.loads(chart.proto.spec).get("layout", {})
+        title = layout.get("title", {}).get("text", "")
+        out[title] = {a["name"][len("edge-"):]: a["text"].replace("<b>", "").replace("</b>", "")
+                      for a in layout.get("annotations", []) if str(a.get("name", "")).startswith("edge-")}
+    return out
+
+
+def test_images_are_labelled_with_the_patients_directions(env):
+    """Superior at the top (the rows of the training orientation shown reversed), the patient's
+    right at the right edge (column index towards the right); the letters follow the toggle."""
+    at = start()
+    assert not at.exception
+    letters = _edge_letters(at)
+    magnitude = next(v for t, v in letters.items() if t.startswith("Magnitude - slice"))
+    assert magnitude == {"top": "S", "bottom": "I", "left": "L", "right": "R"}
+    saliency = [v for t, v in letters.items() if " on magnitude" in t or " on phase" in t]
+    assert saliency and all(v == magnitude for v in saliency)
+    assert next(v for t, v in letters.items() if t.startswith("k-space")) == {}  # k-space has no anatomy
+    assert "Letters at the image edges" in " ".join(c.value for c in at.caption)
+    at.toggle(key="upright").set_value(False)
+    at.run()
+    assert not at.exception
+    magnitude = next(v for t, v in _edge_letters(at).items() if t.startswith("Magnitude - slice"))
+    assert magnitude == {"top": "I", "bottom": "S", "left": "L", "right": "R"}
+
+
+def test_a_dicom_series_stored_another_way_is_shown_like_the_original(tmp_path):
+    """The app's images come from the readers, so a series stored flipped or transposed is shown
+    (and labelled) exactly like the original; another plane gets its own letters."""
+    from diagnose_inputs import restore_dicom, write_dicom_study
+
+    write_dicom_study(tmp_path / "base", n_slices=3, size=40, cols=32)
+    restore_dicom(tmp_path / "base", tmp_path / "turned", flip_rows=True, flip_cols=True)
+    restore_dicom(tmp_path / "base", tmp_path / "transposed", transpose=True)
+    shown = []
+    for name in ("base", "turned", "transposed"):
+        ref = sources.StudyRef("root", str(tmp_path / name), None, name)
+        study = sources.open_study(ref)
+        assert sources.image_directions(study) == ("S", "R") and sources.row0_is_inferior(study)
+        shown.append(compute.compute_planes(ref, 1).magnitude)
+    np.testing.assert_array_equal(shown[0], shown[1])
+    np.testing.assert_array_equal(shown[0], shown[2])
+    assert sources.edge_labels(("S", "R"), True) == {"top": "S", "bottom": "I", "left": "L", "right": "R"}
+    write_dicom_study(tmp_path / "axial", n_slices=2, phase=False, size=8, description="PD AX",
+                      orientation=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+    axial = sources.open_study(sources.StudyRef("root", str(tmp_path / "axial"), None, "axial"))
+    assert sources.image_directions(axial) == ("P", "L") and not sources.row0_is_inferior(axial)
+    assert sources.edge_labels(sources.image_directions(axial), False) == {"top": "A", "bottom": "P", "left": "R",
+                                                                            "right": "L"}
+    assert sources.edge_labels(None, True) is None
+
+
 def test_identifiers_are_hashed_unless_the_user_opts_in(env):
     ref = demo_refs(env)[0]
     raw = sources.open_study(ref).study_id

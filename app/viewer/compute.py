@@ -287,6 +287,6 @@ def record_prediction(ref_key: str, _ref: StudyRef) -> tuple[Any, dict[str, Any]
     summary = {
         "study_id": pred.study_id, "patient_id": None, "format": pred.format, "n_slices": pred.n_slices,
         "modalities": list(pred.modalities), "missing": list(pred.missing_modalities), "labels": None,
-        "boxes": [], "notes": [], "tags": {}, "row0_inferior": False,
+        "boxes": [], "notes": [], "tags": {}, "row0_inferior": False, "directions": None,
     }
     return pred, summary

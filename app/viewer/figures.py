@@ -117,11 +117,14 @@ def image_figure(
     height: int = 330,
     title: str | None = None,
     aspect: float = 1.0,
+    edges: Mapping[str, str] | None = None,
 ) -> go.Figure:
     """An image (uint8 grey or RGB) as a plotly figure, with fastMRI+ boxes as shapes.
 
     ``boxes``: dicts with ``x, y, width, height`` in the image's pixels and ``label`` / ``head``.
-    ``aspect``: displayed height of a pixel relative to its width (k-space is shown squeezed)."""
+    ``aspect``: displayed height of a pixel relative to its width (k-space is shown squeezed).
+    ``edges``: the anatomical letter to print at the middle of each edge (``top``, ``bottom``,
+    ``left``, ``right``) of the image as shown."""
     h, w = pixels.shape[:2]
     fig = go.Figure(go.Image(source=data_uri(png_bytes(pixels)), hoverinfo="skip"))
     for b in boxes:
@@ -132,6 +135,13 @@ def image_figure(
         fig.add_annotation(x=x0, y=y0, text=str(b.get("label", "")).strip(), showarrow=False, xanchor="left",
                            yanchor="bottom", font=dict(size=10, color="white"), bgcolor=colour, opacity=0.9,
                            borderpad=1)
+    for edge, letter in (edges or {}).items():
+        x, y, xanchor, yanchor = {"top": ((w - 1) / 2, -0.5, "center", "top"),
+                                  "bottom": ((w - 1) / 2, h - 0.5, "center", "bottom"),
+                                  "left": (-0.5, (h - 1) / 2, "left", "middle"),
+                                  "right": (w - 0.5, (h - 1) / 2, "right", "middle")}[edge]
+        fig.add_annotation(x=x, y=y, text=f"<b>{letter}</b>", showarrow=False, xanchor=xanchor, yanchor=yanchor,
+                           font=dict(size=13, color="#ffd43b"), name=f"edge-{edge}")
     fig.update_xaxes(visible=False, range=[-0.5, w - 0.5], constrain="domain")
     fig.update_yaxes(visible=False, range=[h - 0.5, -0.5], scaleanchor="x", scaleratio=aspect, constrain="domain")
     fig = _base_layout(fig, height, title, margin=dict(l=0, r=0, b=0))

@@ -22,8 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
-
 from i2m2_med.data.layout import ANNOTATIONS_CSV, CLINICAL_CSV
 from viewer.settings import private_dir
 
@@ -486,35 +484,42 @@ def scan_folder(folder: Path, root: Path) -> tuple[list[FoundStudy], list[str]]:
 # ---- display orientation ---------------------------------------------------------------------------
 
 
+_LETTERS = frozenset("LRAPSI")
+
+
+def image_directions(study: Any) -> tuple[str, str] | None:
+    """Where the row and the column index of the study's slices increase, as anatomical letters
+    (``("S", "R")``: row index towards the head, column index towards the patient's right), or
+    None when the geometry does not tell.
+
+    fastMRI reconstructions are the training orientation itself (row 0 inferior -- fastMRI+
+    flipped them up/down before labelling). DICOM and NIfTI: what the reader found
+    (:mod:`i2m2_med.io.orientation`; a coronal series is read in the training orientation)."""
+    from i2m2_med.io.orientation import CANONICAL_DIRECTIONS
+
+    if study.format == "fastmri_h5":
+        return CANONICAL_DIRECTIONS
+    found = study.tags.get("image_directions")
+    if isinstance(found, (list, tuple)) and len(found) == 2 and all(str(v) in _LETTERS for v in found):
+        return str(found[0]), str(found[1])
+    return None
+
+
 def row0_is_inferior(study: Any) -> bool:
     """True when row 0 of the study's slices is the inferior edge, so that showing the rows
-    flipped puts the patient's head at the top (the radiological display of a coronal knee).
+    flipped puts the patient's head at the top (the radiological display of a coronal knee)."""
+    directions = image_directions(study)
+    return directions is not None and directions[0] == "S"
 
-    fastMRI reconstructions (and the readers' images of fastMRI k-space) have row 0 inferior --
-    fastMRI+ flipped them up/down before labelling. NIfTI: the volume axis of the rows points
-    superior in the affine. DICOM: ``ImageOrientationPatient``'s column direction points to the
-    head (+z in LPS). Anything else: False (shown as stored)."""
-    if study.format == "fastmri_h5":
-        return True
-    source = Path(study.source)
-    try:
-        if study.format == "nifti" and source.is_file():
-            import nibabel as nib
 
-            affine = nib.load(str(source)).affine
-            return bool(affine[2, 0] > 0.5 * float(np.linalg.norm(affine[:3, 0])))
-        if study.format == "dicom":
-            import pydicom
+def edge_labels(directions: Any, flipped: bool) -> dict[str, str] | None:
+    """The anatomical letter at each edge of a slice as the viewer shows it: ``directions`` (row,
+    column) of the slice as read, ``flipped`` when its rows are shown reversed (superior at the
+    top). Column 0 is at the left edge; row 0 at the top unless ``flipped``. None when unknown."""
+    from i2m2_med.io.orientation import opposite
 
-            from i2m2_med.io.dicom import is_dicom_file
-
-            first = source if source.is_file() else next(
-                (p for p in sorted(source.rglob("*"))[:2000] if p.is_file() and is_dicom_file(p)), None)
-            if first is None:
-                return False
-            ds = pydicom.dcmread(first, stop_before_pixels=True, force=True)
-            orientation = [float(v) for v in getattr(ds, "ImageOrientationPatient", [])]
-            return len(orientation) == 6 and orientation[5] > 0.5
-    except Exception:  # orientation is a display nicety: never fail on it
-        return False
-    return False
+    if not directions or len(directions) != 2:
+        return None
+    row, col = str(directions[0]), str(directions[1])
+    top = row if flipped else opposite(row)
+    return {"top": top, "bottom": opposite(top), "left": opposite(col), "right": col}

@@ -290,6 +290,7 @@ def _study_summary(key: str, _ref: sources.StudyRef) -> dict[str, Any]:
         "boxes": list(study.boxes),
         "notes": list(study.notes),
         "row0_inferior": sources.row0_is_inferior(study),
+        "directions": sources.image_directions(study),
         "clinical_table": sources.clinical_row(_ref, study) is not None,
         "tags": {k: study.tags[k] for k in ("acquisition", "fat_sat", "field_strength_t", "vendor", "model", "n_coils")
                  if k in study.tags},

@@ -30,9 +30,10 @@ method = st.sidebar.radio("Saliency method", list(SALIENCY_TITLES), format_func=
                                "blue speaks against it; slower).")
 opacity = st.sidebar.slider("Saliency opacity", 0.0, 1.0, 0.6, 0.05, key="overlay_opacity")
 upright = st.sidebar.toggle("Superior at the top", value=True, key="upright",
-                            help="Show coronal slices with the patient's head at the top. fastMRI reconstructions are "
-                                 "stored with the inferior edge in row 0; their rows are flipped for display only "
-                                 "(the model, boxes and saliency use the same rows either way).")
+                            help="Show coronal slices with the patient's head at the top. The model reads them in "
+                                 "the fastMRI orientation, inferior edge in row 0 (DICOM and NIfTI are brought to it); "
+                                 "their rows are flipped for display only (the model, boxes and saliency use the same "
+                                 "rows either way). Letters at the image edges name the patient's directions.")
 lm = ui.model_or_stop(cfg)
 if st.session_state.get("batch_note"):
     st.warning(f"Images not shown: {st.session_state.pop('batch_note')}")
@@ -169,6 +170,7 @@ if ref.has_images:
         st.error(f"Slice {index} cannot be read: {ui.one_line(exc)}")
 
 flip = bool(upright and summary.get("row0_inferior"))
+edges = sources.edge_labels(summary.get("directions"), flip)  # the letters at the edges of the images shown
 
 
 def _orient(pixels: np.ndarray) -> np.ndarray:
@@ -212,7 +214,7 @@ else:
         with col:
             if name in gray:
                 fig = figures.image_figure(_orient(gray[name]), _orient_boxes(boxes) if show_boxes else (),
-                                           title=f"{title} - slice {index}")
+                                           title=f"{title} - slice {index}", edges=edges)
             else:
                 fig = figures.placeholder_figure(f"{title.split(' ')[0]} missing in this study")
             st.plotly_chart(fig, key=f"img_{name}", config={"displaylogo": False})
@@ -226,6 +228,11 @@ else:
     notes_line = []
     if flip:
         notes_line.append("Superior at the top (rows flipped from the stored orientation for display).")
+    if edges:
+        notes_line.append("Letters at the image edges: the patient's directions (S superior, I inferior, R right, "
+                          "L left, A anterior, P posterior).")
+    else:
+        notes_line.append("Orientation unknown: images shown as stored, without direction letters.")
     if summary.get("labels") is None:
         notes_line.append("No fastMRI+ labels for this study.")
     elif boxes and show_boxes:
@@ -329,7 +336,7 @@ else:
             rgb = figures.overlay_rgb(gray[base_name], smap, signed=(method == "occlusion"), opacity=opacity)
             over = "phase" if base_name == "phase" else "magnitude"
             fig = figures.image_figure(_orient(rgb), _orient_boxes(boxes) if show_boxes else (),
-                                       title=f"{expert_title(expert)} on {over}")
+                                       title=f"{expert_title(expert)} on {over}", edges=edges)
             st.plotly_chart(fig, key=f"sal_{expert}", config={"displaylogo": False})
             c_e = float(pred.terms[expert][pos, j, 1] - pred.terms[expert][pos, j, 0])
             st.caption(f"own p = {np.exp(pred.terms[expert][pos, j, 1]):.2f}, contribution {c_e:+.2f} nats")
