@@ -260,10 +260,9 @@ def read_nifti(path: str | os.PathLike, phase_path: str | os.PathLike | None = N
         tags["image_directions"] = list(layout.rule.directions)
     try:
         zooms = [float(z) for z in img.header.get_zooms()[:3]]
-        if len(zooms) == 3:  # as read: (row, column, slice)
-            a, b = layout.in_plane_axes
-            pixel = [zooms[a], zooms[b]]
-            zooms = [*(pixel[::-1] if layout.rule.in_plane.transpose else pixel), zooms[layout.slice_axis]]
+        a, b = layout.in_plane_axes if len(zooms) == 3 else (0, 1)
+        pixel = [zooms[a], zooms[b]][:: -1 if layout.rule.in_plane.transpose else 1]
+        zooms = [*pixel, zooms[layout.slice_axis]] if len(zooms) == 3 else pixel  # as read: (row, column, slice)
         if all(z > 0 for z in zooms):
             tags["voxel_size_mm"] = zooms
     except Exception:  # header without usable zooms: leave the tag out
