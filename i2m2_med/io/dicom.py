@@ -5,9 +5,20 @@ What this reader does, in order:
 1. **Scan** every file's header (pixel data deferred): files that are not DICOM, DICOMDIRs and
    non-image objects (structured reports, presentation states) are set aside; an image without
    pixel data, or in a transfer syntax no installed plugin decodes, is a problem naming the file.
+   (Deflated files are inflated before their pixels are decoded.)
 2. **Group** frames by ``SeriesInstanceUID`` and complex component. Classic single-frame files
    contribute one frame each; an enhanced multi-frame file contributes all its frames (and may
-   hold both magnitude and phase frames, told apart per frame).
+   hold both magnitude and phase frames, told apart per frame). A frame's position, orientation
+   and rescale come from its functional groups (per-frame, then shared) before the top-level
+   tags, so one series stored as single-frame files or as one multi-frame file is the same
+   volume.
+   **Duplicates**: the same image stored more than once -- one ``SOPInstanceUID`` (with the
+   frame number, in a multi-frame file) in several files, e.g. in two transfer syntaxes -- is
+   read once: the first uncompressed copy by file path, else the first by path; a note says how
+   many copies were dropped (the series named by a hash). Two images of one UID that differ in
+   size, position, orientation or rescale are not copies of one image: their series fails, one
+   problem naming one of the files. An unusable file (e.g. without pixel data) whose image the
+   series holds from another copy costs the series nothing; its own problem is still listed.
 3. **Order** the slices of a series by ``ImagePositionPatient`` projected on the slice normal
    (the cross product of the two ``ImageOrientationPatient`` direction cosines; for a coronal
    series the normal is turned to point posterior, so that slices run anterior to posterior
@@ -93,6 +104,8 @@ class _Frame:
     position: tuple[float, float, float] | None
     orientation: tuple[float, ...] | None
     instance: int | None
+    sop_uid: str | None = None  # SOPInstanceUID of the file; with ``frame`` it names the image
+    transfer_syntax: str = ""
 
 
 @dataclass
@@ -106,7 +119,6 @@ class _Series:
     bits_stored: int
     signed: bool
     float_pixels: bool
-    transfer_syntax: str
     tags: dict[str, Any]
     patient_id: str | None
     frames: list[_Frame] = field(default_factory=list)
@@ -352,14 +364,20 @@ def _rescale(ds: Any, frame: int | None) -> tuple[float, float]:
 
 
 def _position(ds: Any, frame: int | None) -> tuple[tuple | None, tuple | None]:
-    pos = ds.get("ImagePositionPatient")
-    ori = ds.get("ImageOrientationPatient")
+    """(ImagePositionPatient, ImageOrientationPatient) of ``frame``. In a multi-frame file the
+    functional groups (per-frame, then shared) come first: a top-level position some converters
+    leave behind is one frame's, and would put every frame at the same place."""
+    pos = ori = None
     if frame is not None:
         for group in _groups(ds, frame):
             if pos is None and group.get("PlanePositionSequence"):
                 pos = group.PlanePositionSequence[0].get("ImagePositionPatient")
             if ori is None and group.get("PlaneOrientationSequence"):
                 ori = group.PlaneOrientationSequence[0].get("ImageOrientationPatient")
+    if pos is None:
+        pos = ds.get("ImagePositionPatient")
+    if ori is None:
+        ori = ds.get("ImageOrientationPatient")
     try:
         pos_t = tuple(float(v) for v in pos) if pos is not None and len(pos) == 3 else None
     except (TypeError, ValueError):
@@ -392,7 +410,15 @@ def _damaged(path: Path, ds: Any, reason: str) -> StudyReadError:
     its header names one), so that the series is not assembled without it."""
     exc = StudyReadError(path, reason)
     exc.series_uid = str(ds.get("SeriesInstanceUID") or "")  # type: ignore[attr-defined]
+    exc.sop_uid = _sop_uid(ds)  # type: ignore[attr-defined]
     return exc
+
+
+def _sop_uid(ds: Any) -> str | None:
+    """The SOPInstanceUID of a file (the file meta's copy when the data set lacks it)."""
+    meta = getattr(ds, "file_meta", None)
+    uid = ds.get("SOPInstanceUID") or (meta.get("MediaStorageSOPInstanceUID") if meta is not None else None)
+    return (str(uid).strip() or None) if uid else None
 
 
 def _scan_file(path: Path, series: dict[tuple[str, str], _Series]) -> str | None:
@@ -442,11 +468,13 @@ def _scan_file(path: Path, series: dict[tuple[str, str], _Series]) -> str | None
     ts = str(getattr(meta, "TransferSyntaxUID", "") or "")
     # every frame is described first, so that a failure leaves ``series`` untouched
     instance = _int(ds.get("InstanceNumber"))
+    sop_uid = _sop_uid(ds)
     described = []
     for frame in range(n_frames) if multiframe else [None]:
         slope, intercept = _rescale(ds, frame)
         pos, ori = _position(ds, frame)
-        described.append((_component(ds, frame), _Frame(path, frame, rows, cols, slope, intercept, pos, ori, instance)))
+        described.append((_component(ds, frame), _Frame(path, frame, rows, cols, slope, intercept, pos, ori, instance,
+                                                        sop_uid, ts)))
     for comp, frame_info in described:
         key = (series_uid, comp)
         s = series.get(key)
@@ -461,7 +489,6 @@ def _scan_file(path: Path, series: dict[tuple[str, str], _Series]) -> str | None
                 bits_stored=_int(ds.get("BitsStored")) or _int(ds.get("BitsAllocated")) or 16,
                 signed=bool(_int(ds.get("PixelRepresentation")) or 0),
                 float_pixels=float_pixels,
-                transfer_syntax=ts,
                 tags=tags,
                 patient_id=patient_id,
             )
@@ -489,6 +516,65 @@ def _order(s: _Series) -> str:
         return "slices ordered by InstanceNumber (no usable ImagePositionPatient/ImageOrientationPatient)"
     frames.sort(key=lambda f: (str(f.path), f.frame or 0))
     return "slices ordered by file name / frame number (no positions or instance numbers)"
+
+
+def _compressed(transfer_syntax: str) -> bool:
+    from pydicom.uid import UID
+
+    return bool(transfer_syntax) and UID(transfer_syntax).is_compressed
+
+
+def _copy_clash(kept: _Frame, other: _Frame) -> str | None:
+    """Why two images with one SOPInstanceUID (and frame) are not copies of one image, if they
+    differ in what the reader takes from them: size, place in the patient, rescale."""
+    if (kept.rows, kept.cols) != (other.rows, other.cols):
+        return f"{other.rows}x{other.cols} pixels where the other copy has {kept.rows}x{kept.cols}"
+    for name, a, b, tol in (("ImagePositionPatient", kept.position, other.position, 0.01),
+                            ("ImageOrientationPatient", kept.orientation, other.orientation, 1e-4)):
+        if (a is None) != (b is None) or (a is not None and not np.allclose(a, b, rtol=0.0, atol=tol)):
+            return f"another {name}"
+    if not (math.isclose(kept.slope, other.slope, rel_tol=1e-4)
+            and math.isclose(kept.intercept, other.intercept, rel_tol=1e-4, abs_tol=1e-4)):
+        return "another RescaleSlope / RescaleIntercept"
+    return None
+
+
+def _drop_duplicates(s: _Series) -> None:
+    """Keep one image per SOPInstanceUID (and frame, in a multi-frame file): the same instance
+    stored twice -- in two transfer syntaxes, or copied twice into the folder -- is one slice.
+
+    The copy kept is the first uncompressed one by file path, else the first by file path; a
+    note says how many were dropped. Raises :class:`StudyReadError` (naming a copy) when two
+    images of one UID differ in size, position, orientation or rescale: not copies of one image.
+    """
+    copies: dict[tuple[str, int | None], list[_Frame]] = defaultdict(list)
+    for f in s.frames:
+        if f.sop_uid:
+            copies[(f.sop_uid, f.frame)].append(f)
+    dropped: set[int] = set()
+    for (_, frame), group in copies.items():
+        if len(group) < 2:
+            continue
+        group.sort(key=lambda f: (_compressed(f.transfer_syntax), str(f.path)))
+        kept = group[0]
+        for other in group[1:]:
+            clash = _copy_clash(kept, other)
+            if clash:
+                what = "SOPInstanceUID" if frame is None else f"SOPInstanceUID and frame number ({frame + 1})"
+                raise StudyReadError(
+                    other.path,
+                    f"series {_short_hash(s.series_uid, n=12)}: the same {what} as {kept.path.name} "
+                    f"but {clash}: not two copies of one image",
+                )
+            dropped.add(id(other))
+    if not dropped:
+        return
+    s.frames = [f for f in s.frames if id(f) not in dropped]
+    n = len(dropped)
+    s.notes.append(
+        f"{n} duplicate image{'' if n == 1 else 's'} dropped: the same SOPInstanceUID stored more than once "
+        f"in series {_short_hash(s.series_uid, n=12)}; one copy of each read (uncompressed preferred)"
+    )
 
 
 def _check_sizes(s: _Series) -> None:
@@ -548,12 +634,14 @@ class DicomSliceReader:
     Picklable (paths and numbers only). Returns ``{"magnitude": (H, W) float32}`` and, when a
     phase series is paired, ``"phase": (H, W) float32`` in radians; each image transformed by
     its series' :class:`~i2m2_med.io.orientation.InPlane` (``magnitude_transform``,
-    ``phase_transform``) to the training orientation.
+    ``phase_transform``) to the training orientation. The files in ``deflated`` (Deflated
+    Explicit VR Little Endian) are read whole and inflated: pixel data cannot be found in them
+    without that.
     """
 
     def __init__(self, magnitude: list[tuple], phase: list[tuple] | None, phase_map: tuple[float, float] | None,
                  phase_only: bool = False, magnitude_transform: InPlane = AS_STORED,
-                 phase_transform: InPlane = AS_STORED):
+                 phase_transform: InPlane = AS_STORED, deflated: frozenset[str] = frozenset()):
         # each entry: (path str, frame index or None, slope, intercept)
         self.magnitude = magnitude
         self.phase = phase
@@ -561,14 +649,15 @@ class DicomSliceReader:
         self.phase_only = phase_only
         self.magnitude_transform = magnitude_transform
         self.phase_transform = phase_transform
+        self.deflated = frozenset(deflated)
 
-    @staticmethod
-    def _decode(entry: tuple, index: int) -> np.ndarray:
+    def _decode(self, entry: tuple, index: int) -> np.ndarray:
+        import pydicom
         from pydicom.pixels import pixel_array
 
         path, frame, slope, intercept = entry
         try:
-            arr = pixel_array(path, index=frame)
+            arr = pixel_array(pydicom.dcmread(path) if path in self.deflated else path, index=frame)
         except Exception as exc:  # decoder failures come in many types
             raise StudyReadError(path, f"slice {index}: cannot decode pixel data ({type(exc).__name__}: {exc})") from None
         if arr.ndim != 2:
@@ -625,16 +714,17 @@ def _build_study(mag: _Series | None, ph: _Series | None) -> Study:
     notes.append(rule.note)
     main_transform = rule.in_plane
     phase_transform = main_transform
+    if mag is not None and ph is not None:
+        notes.extend("phase series: " + n for n in ph.notes)
     if mag is not None and ph is not None and ph.frames[0].orientation is not None:
         phase_transform = ph.orientation.in_plane
         if phase_transform != main_transform:
             notes.append(f"phase series stored in another orientation: {ph.orientation.note}")
-    if main.transfer_syntax:
-        from pydicom.uid import UID
+    from pydicom.uid import UID
 
-        uid = UID(main.transfer_syntax)
-        if uid.is_compressed:
-            notes.append(f"compressed transfer syntax: {uid.name}")
+    compressed = sorted({UID(f.transfer_syntax).name for f in main.frames if _compressed(f.transfer_syntax)})
+    if compressed:
+        notes.append(f"compressed transfer syntax: {', '.join(compressed)}")
     if mag is not None:
         r = _describe_rescale(mag)
         if r:
@@ -678,6 +768,8 @@ def _build_study(mag: _Series | None, ph: _Series | None) -> Study:
         phase_only=mag is None,
         magnitude_transform=main_transform,
         phase_transform=phase_transform if mag is not None else main_transform,
+        deflated=frozenset(str(f.path) for s in (mag, ph) if s is not None for f in s.frames
+                           if f.transfer_syntax and UID(f.transfer_syntax).is_deflated),
     )
     return Study(
         study_id="dicom-" + _short_hash(main.study_uid, main.series_uid),
@@ -703,7 +795,7 @@ def collect_dicom(paths: Iterable[str | os.PathLike]) -> DicomScan:
     series: dict[tuple[str, str], _Series] = {}
     problems: list[tuple[Path, str]] = []
     skipped: list[tuple[Path, str]] = []
-    lost: dict[str, list[tuple[Path, str]]] = {}  # series uid -> its images that could not be used
+    lost: dict[str, list[tuple[Path, str, str | None]]] = {}  # series uid -> its unusable images (path, reason, SOP uid)
     for p in sorted({Path(p) for p in paths}):
         try:
             reason = _scan_file(p, series)
@@ -711,7 +803,7 @@ def collect_dicom(paths: Iterable[str | os.PathLike]) -> DicomScan:
             problems.append((p, exc.reason))
             uid = getattr(exc, "series_uid", "")
             if uid:
-                lost.setdefault(uid, []).append((p, exc.reason))
+                lost.setdefault(uid, []).append((p, exc.reason, getattr(exc, "sop_uid", None)))
             continue
         except Exception as exc:  # a malformed element surfaces when pydicom converts it
             problems.append((p, f"malformed DICOM header ({type(exc).__name__}: {' '.join(str(exc).split())})"))
@@ -722,6 +814,7 @@ def collect_dicom(paths: Iterable[str | os.PathLike]) -> DicomScan:
     good: list[_Series] = []
     for s in series.values():
         try:
+            _drop_duplicates(s)
             _check_sizes(s)
         except StudyReadError as exc:
             problems.append((Path(exc.where or ""), exc.reason))
@@ -759,13 +852,28 @@ def collect_dicom(paths: Iterable[str | os.PathLike]) -> DicomScan:
     return DicomScan(studies, problems, skipped)
 
 
-def _without_lost(good: list[_Series], lost: Mapping[str, list[tuple[Path, str]]], problems: list[tuple[Path, str]]) -> list[_Series]:
+def _without_lost(good: list[_Series], lost: Mapping[str, list[tuple[Path, str, str | None]]],
+                  problems: list[tuple[Path, str]]) -> list[_Series]:
     """The series of ``good`` minus those that lost images (``lost``: series uid -> unusable
     files), and minus the other component (magnitude or phase) each of those would have been
     paired with: a study is never scored on fewer slices than it has, and its phase never splits
-    off as a study of its own. Each left-out study is one problem naming the lost images."""
+    off as a study of its own. Each left-out study is one problem naming the lost images. An
+    unusable file whose SOPInstanceUID the series holds from another copy loses nothing (its
+    problem stays listed; a note says a copy was set aside)."""
     if not lost:
         return good
+    held: dict[str, set[str]] = defaultdict(set)  # series uid -> the SOP instances read (all components)
+    for s in good:
+        held[s.series_uid].update(f.sop_uid for f in s.frames if f.sop_uid)
+    for s in good:
+        own = {f.sop_uid for f in s.frames}
+        covered = sum(1 for _, _, sop in lost.get(s.series_uid, ()) if sop is not None and sop in own)
+        if covered:
+            s.notes.append(f"{covered} unusable duplicate image file{'' if covered == 1 else 's'} set aside: "
+                           "the same SOPInstanceUID read from another copy")
+    missing = {uid: gone for uid, files in lost.items()
+               if (gone := [(p, reason) for p, reason, sop in files if sop is None or sop not in held[uid]])}
+    lost = missing
     damaged = [s for s in good if s.series_uid in lost]
     dropped: set[tuple[str, str]] = {s.key for s in damaged}
     for s in damaged:
