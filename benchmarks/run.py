@@ -43,6 +43,7 @@ SECTIONS: dict[str, str] = {
     "heldout": "benchmarks.bench_heldout",
     "claim": "benchmarks.bench_claim",
     "finetune": "benchmarks.bench_finetune",
+    "learnability": "benchmarks.bench_learnability",
 }
 
 REPO = Path(__file__).resolve().parents[1]

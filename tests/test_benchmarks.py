@@ -529,3 +529,23 @@ def test_claim_and_finetune_sections_quick(tmp_path: Path, monkeypatch: pytest.M
     best = max(rows, key=lambda r: r["val_in_view_mean4"])
     assert tune["finetune"]["chosen"] == best["scale"]
     assert len(list((tmp_path / "claim" / "pools").iterdir())) == 1  # the pool was reused, not generated again
+
+
+@pytest.mark.slow
+def test_learnability_section_quick(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The learnability section trains the magnitude expert alone on the intra pool and reports,
+    per training size, the per-epoch curves, the held-out in-view AUROC and the cue response."""
+    from benchmarks import bench_learnability
+    from benchmarks.common import Context
+
+    monkeypatch.setenv("I2M2_CLAIM_DIR", str(tmp_path / "claim"))
+    monkeypatch.delenv("I2M2_HELDOUT_DIR", raising=False)
+    result = bench_learnability.run(Context(quick=True, repeats=1, workdir=tmp_path))
+    (row,) = result["learnability"]["rows"]
+    assert row["train_volumes"] == bench_learnability.QUICK["sizes"][0]
+    assert len(row["train_loss"]) == len(row["val_in_view"]) == row["epochs_run"] == bench_learnability.QUICK["epochs"]
+    assert set(row["heldout_in_view"]) == {"acl", "mtear", "cart", "abnormal"}
+    assert set(row["cue_response"]["mtear"]) == {"mimics", "findings"}
+    assert {f["key"] for f in result["figures"]} == {"in_view_8", "cue_mimics_8"}
+    assert result["notes"][0].startswith("8 training volumes (") and "cue response (magnitude)" in result["notes"][0]
+    assert [p.name for p in (tmp_path / "claim" / "pools").iterdir()] == ["intra-v24-s71001"]

@@ -159,6 +159,30 @@ def test_in_view_from_the_episode_table(tiny_cohort: Path, cohort, tmp_path: Pat
     assert any(p.endswith("episodes.csv") and "in-view metrics left out" in r for p, r in broken.problems)
 
 
+def test_evidence_from_the_episode_table(tiny_cohort: Path, cohort, tmp_path: Path) -> None:
+    """read_evidence gives each slice of an episode that episode's cue state, "" outside every
+    episode, agreeing with the in-view mask (each of ACL, MTEAR and CART has one lesion class,
+    whose episodes tile its slices); a table without the evidence column is refused."""
+    import pandas as pd
+
+    from i2m2_med.data.cohort import read_evidence
+    from i2m2_med.synth.regimes import EVIDENCE_STATES
+
+    n_slices = {s.study_id: s.n_slices for s in cohort.studies}
+    states = read_evidence(tiny_cohort / "episodes.csv", n_slices)
+    ep = pd.read_csv(tiny_cohort / "episodes.csv")
+    for study in cohort.studies:
+        st = states[study.study_id]
+        np.testing.assert_array_equal(st != "", cohort.in_view[study.study_id])
+        assert set(np.unique(st[st != ""])) <= set(EVIDENCE_STATES)
+        for e in ep[(ep["study_id"] == study.study_id) & (ep["head"] != "abnormal")].itertuples():
+            assert (st[e.first_slice:e.last_slice + 1, HEADS.index(e.head)] == e.evidence).all()
+    first = cohort.studies[0]
+    (tmp_path / "episodes.csv").write_text(f"study_id,head,first_slice,last_slice\n{first.study_id},mtear,0,1\n")
+    with pytest.raises(AnnotationError, match="needs the columns .*evidence"):
+        read_evidence(tmp_path / "episodes.csv", n_slices)
+
+
 def test_unlabelled_studies_are_left_out_and_no_labels_is_an_error(tiny_cohort: Path, tmp_path: Path) -> None:
     copy = _linked_copy(tiny_cohort, tmp_path / "c")
     listing = copy / "annotations" / "knee_file_list.csv"

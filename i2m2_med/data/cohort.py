@@ -311,13 +311,29 @@ def read_in_view(path: Path, n_slices: Mapping[str, int]) -> dict[str, np.ndarra
     """From a synthetic cohort's ``episodes.csv``: study id -> (S, 4) bool, True on the slices of
     every episode of a head. Studies not in ``n_slices`` are skipped; raises
     :class:`AnnotationError` for a table without the needed columns or with a bad row."""
+    return {sid: states != "" for sid, states in _episode_table(path, n_slices, None).items()}
+
+
+def read_evidence(path: Path, n_slices: Mapping[str, int]) -> dict[str, np.ndarray]:
+    """From a synthetic cohort's ``episodes.csv``: study id -> (S, 4) str, per slice and head the
+    cues its episode shows (the ``evidence`` column: none, mag, phase, together or apart; see
+    :data:`i2m2_med.synth.regimes.EVIDENCE_STATES`), "" outside every episode of the head. Same
+    reading rules as :func:`read_in_view`. ACL, MTEAR and CART have one lesion class each, whose
+    episodes do not overlap; ABNORMAL gathers three classes, and where their episodes overlap
+    the later row of the table wins."""
+    return _episode_table(path, n_slices, "evidence")
+
+
+def _episode_table(path: Path, n_slices: Mapping[str, int], column: str | None) -> dict[str, np.ndarray]:
+    """study id -> (S, 4) object array: ``column``'s value (or "1" without a column) on the slices
+    of every episode of a head, "" elsewhere."""
     import csv
 
-    out = {sid: np.zeros((n, len(HEADS)), dtype=bool) for sid, n in n_slices.items()}
+    out = {sid: np.full((n, len(HEADS)), "", dtype=object) for sid, n in n_slices.items()}
     try:
         with open(path, newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
-            need = {"study_id", "head", "first_slice", "last_slice"}
+            need = {"study_id", "head", "first_slice", "last_slice"} | ({column} if column else set())
             if not need <= set(reader.fieldnames or ()):
                 raise AnnotationError(path, f"needs the columns {', '.join(sorted(need))}")
             for line, row in enumerate(reader, start=2):
@@ -331,7 +347,7 @@ def read_in_view(path: Path, n_slices: Mapping[str, int]) -> dict[str, np.ndarra
                     raise AnnotationError(path, f"line {line}: bad head or slice numbers") from None
                 if not 0 <= a <= b < out[sid].shape[0]:
                     raise AnnotationError(path, f"line {line}: slices {a}..{b} outside study {sid}")
-                out[sid][a:b + 1, h] = True
+                out[sid][a:b + 1, h] = row[column] if column else "1"
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise AnnotationError(path, f"unreadable ({' '.join(str(exc).split())})") from None
     return out
