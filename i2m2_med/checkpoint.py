@@ -10,6 +10,11 @@ Layout (safetensors header ``__metadata__``, all strings):
   order) followed by the ``meta`` JSON, so that a change to any tensor byte or any metadata value
   is detected.
 
+Fitted after training, and stored like weights (tensors in the same file, under the same hashes,
+HMAC and fingerprint): the prior offset and the study-level map (:mod:`i2m2_med.metrics.calibration`)
+and the distribution-shift statistics (``shift_*``, :mod:`i2m2_med.inference.shift`). A file
+without them loads as before; one with them is checked against the variant's feature widths.
+
 Loading never unpickles: safetensors holds raw tensors only. :func:`load_checkpoint` verifies the
 file structure, the hash, the config (every size bounded, :data:`i2m2_med.config.MAX_WIDTH`) and
 that the weights match the variant's structure exactly -- on a model built on PyTorch's ``meta``
@@ -343,6 +348,16 @@ def load_checkpoint(
         expected["prior_offset"] = torch.empty(len(HEADS), device="meta")
     if "study_calibration" in state:
         expected["study_calibration"] = torch.empty((len(HEADS), 2), device="meta")
+    shift_names = sorted(n for n in state if n.startswith(I2M2Model.SHIFT_PREFIX))
+    if shift_names:  # the distribution-shift statistics fitted after training, when the file has them
+        experts = tuple(n[len(I2M2Model.SHIFT_PREFIX):-len("_mean")] for n in shift_names if n.endswith("_mean"))
+        with torch.device("meta"):
+            try:
+                shapes = _build(p, variant, config, meta["n_tabular"], {}).shift_buffer_shapes(experts)
+            except UsageError as exc:
+                raise CheckpointError(p, f"invalid shift statistics: {exc.reason}") from None
+        for name, shape in shapes.items():
+            expected[name] = torch.empty(shape, device="meta")
     _check_structure(p, variant, expected, state)
     model = _build(p, variant, config, meta["n_tabular"], state)
     model.load_state_dict(state, strict=True)
@@ -360,6 +375,12 @@ def _build(p: Path, variant: str, config: Config, n_tabular: int, state: Mapping
         model.set_prior_offset(torch.zeros(len(HEADS)))  # value loaded afterwards
     if "study_calibration" in state:
         model.set_study_calibration(torch.tensor([[1.0, 0.0]] * len(HEADS)))  # likewise
+    shift = {n: torch.zeros(tuple(t.shape)) for n, t in state.items() if n.startswith(I2M2Model.SHIFT_PREFIX)}
+    if shift:
+        try:
+            model.set_shift_statistics(shift)  # values loaded afterwards
+        except UsageError as exc:
+            raise CheckpointError(p, f"invalid shift statistics: {exc.reason}") from None
     return model
 
 

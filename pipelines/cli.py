@@ -114,9 +114,17 @@ def diagnose_cmd(
 ) -> None:
     """Run a model over every study of a folder: per-study predictions, per-slice evidence, DICOM SR.
 
-    Exit codes: 0 every study succeeded or was skipped (a series the model does not read); 2 some
-    studies failed (error rows in predictions.csv say why, the others are complete); 1 usage error (bad path or option, corrupt or mismatched
-    checkpoint, no study found); 130 interrupted (rerun with --resume to complete).
+    Status of each row of predictions.csv: ok (diagnosed: probabilities in the row); skipped (a
+    series of a knee exam the model does not read: localiser, derived, another plane or contrast,
+    or not the one chosen with --series); out_of_scope (another body part by its tags, or images
+    unlike the training data: distribution-shift score above its threshold; shift_score and
+    shift_threshold say by how much; no probabilities reported); error (could not be read or run;
+    the error column says why).
+
+    Exit codes: 0 every study succeeded, was skipped or is out of scope (answers, not failures); 2
+    some studies failed (error rows in predictions.csv say why, the others are complete); 1 usage
+    error (bad path or option, corrupt or mismatched checkpoint, no study found); 130 interrupted
+    (rerun with --resume to complete).
     """
     from pipelines import diagnose as pipeline
 
@@ -145,6 +153,24 @@ def diagnose_cmd(
             series=series,
         )
     )
+
+
+@app.command("fit-shift")
+def fit_shift_cmd(
+    run: Path = typer.Argument(..., help="Training run folder (or its checkpoint file) to add the statistics to."),
+    data: Path = typer.Option(..., "--data", help="The cohort the run was trained on (its splits: train fits, val sets the threshold)."),
+    allow_other_data: bool = typer.Option(
+        False, "--allow-other-data", help="Fit on a cohort whose data fingerprint is not the run's (refused by default)."
+    ),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Slices per forward pass."),
+) -> None:
+    """Fit the distribution-shift statistics of an existing run (train does this itself) and write them into its checkpoint.
+
+    Exit codes: 0 written; 1 bad run, cohort or option (nothing written).
+    """
+    from pipelines import fit_shift as pipeline
+
+    raise typer.Exit(pipeline.run(run, data, allow_other_data=allow_other_data, batch_size=batch_size))
 
 
 @app.command("train")

@@ -10,10 +10,24 @@ Outputs (every file written atomically: a temporary name in the same folder, the
 p_acl, p_mtear, p_cart, p_abnormal``; then ``contrib_<term>_<head>`` for every term of the
 model's product (its experts, and ``prior`` when it has one): the term's study-level log-odds
 contribution in nats (see :mod:`i2m2_med.inference.predict`; empty when the expert was dropped); then
-``top_slice_<head>``, ``missing_modalities``, ``dropped_experts``, ``patient_id`` and
-``model_fingerprint``. ``status`` is ``ok``, ``error``, or ``skipped`` (a series the model does
-not read: a localiser, another plane or contrast, another body part; :mod:`i2m2_med.io.series`,
-or not the one chosen with ``--series``); ``error`` is the one-line reason of an error or a skip.
+``top_slice_<head>``, ``missing_modalities``, ``dropped_experts``, ``patient_id``,
+``model_fingerprint``, ``shift_score`` and ``shift_threshold``. ``status`` is one of
+:data:`STATUSES`:
+
+* ``ok``: the study was diagnosed; its probabilities are in the row;
+* ``skipped``: a series of a knee exam the model does not read (a localiser, a derived series,
+  another plane or contrast; :mod:`i2m2_med.io.series`), or not the one chosen with ``--series``;
+* ``out_of_scope``: not what the model was made for -- another body part by its tags
+  (``BodyPartExamined``, the study or series description; decided before the model runs), or
+  images unlike the training data by content (the distribution-shift score,
+  :mod:`i2m2_med.inference.shift`, above its threshold: ``shift_score`` and ``shift_threshold``
+  are filled). Its probabilities are not reported: the ``p_*`` and ``contrib_*`` columns stay
+  empty, the JSON holds no slices and no DICOM SR is written;
+* ``error``: the study could not be read or run.
+
+``error`` is the one-line reason of an error, a skip or an out-of-scope study. A model without
+shift statistics never puts a study out of scope by content; each JSON's ``shift`` block then
+says the score is unavailable. Skipped and out-of-scope studies are answers, not failures.
 
 The per-study JSON is the source of truth: a study is done when its JSON is written (after its
 SR), and ``predictions.csv`` is rebuilt from the JSONs of the studies found -- after each study
@@ -37,8 +51,9 @@ HMAC-SHA256 with the secret key in ``I2M2_ID_SALT`` when it is set (:mod:`i2m2_m
 patient id is replaced by its hash wherever it occurs in a path or message. Paths are relative to
 INPUT_DIR.
 
-Exit codes: 0 every study succeeded or was skipped; 2 some studies failed (their rows say why); 1 usage error
-(bad path or option, corrupt or mismatched checkpoint, no study found); 130 interrupted.
+Exit codes: 0 no study failed (every study ok, skipped or out of scope); 2 some studies failed
+(status ``error``; their rows say why); 1 usage error (bad path or option, corrupt or mismatched
+checkpoint, no study found); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -66,6 +81,9 @@ LEADING_COLUMNS: tuple[str, ...] = (
     "study_id", "source", "format", "status", "error", "n_slices",
     *(f"p_{h}" for h in HEADS),
 )
+STATUSES: tuple[str, ...] = ("ok", "skipped", "out_of_scope", "error")
+"""Every status of a row; all but ``error`` are answers (exit code 0)."""
+ANSWERS: tuple[str, ...] = ("ok", "skipped", "out_of_scope")
 PREDICTIONS_CSV = "predictions.csv"
 STUDIES_DIR = "studies"
 SR_DIR = "sr"
@@ -87,6 +105,7 @@ class Item:
     secrets: list[tuple[str, str]] = field(default_factory=list)
     series: dict[str, Any] | None = None
     skip: str | None = None
+    out_of_scope: str | None = None
 
     def clean(self, text: str) -> str:
         """``text`` with the patient's id replaced by its hash (wherever it occurs) and the parts
@@ -193,8 +212,9 @@ relative path kept with --keep-ids) is cut and ends in a hash of the whole id.""
 
 
 def choose_series(items: Sequence[Item], pattern: str | None = None) -> None:
-    """Classify every study's series (:mod:`i2m2_med.io.series`) and mark those the model does not
-    read as skipped, with the reason in words. ``pattern`` (``--series``) chooses by hand: a
+    """Classify every study's series (:mod:`i2m2_med.io.series`): another body part than the knee
+    is out of scope (whatever ``--series`` says), the other series the model does not read are
+    skipped, each with the reason in words. ``pattern`` (``--series``) chooses by hand: a
     study is read when its SeriesInstanceUID equals it or its series description or protocol
     matches it (a case-insensitive regular expression); every other study is skipped."""
     rule = None
@@ -209,6 +229,9 @@ def choose_series(items: Sequence[Item], pattern: str | None = None) -> None:
         tags = it.study.tags
         c = classify_series(tags)
         it.series = {"label": c.label, "is_model_series": c.is_model_series, "reason": c.reason, "body_part": c.body_part}
+        if not c.in_scope:
+            it.out_of_scope = it.clean(f"out of scope by its tags: {c.reason}")
+            continue
         if rule is None:
             it.skip = None if c.is_model_series else it.clean(str(c.reason))
             continue
@@ -320,7 +343,7 @@ def columns(term_names: Sequence[str]) -> list[str]:
     cols = list(LEADING_COLUMNS)
     cols += [f"contrib_{t}_{h}" for t in term_names for h in HEADS]
     cols += [f"top_slice_{h}" for h in HEADS]
-    cols += ["missing_modalities", "dropped_experts", "patient_id", "model_fingerprint"]
+    cols += ["missing_modalities", "dropped_experts", "patient_id", "model_fingerprint", "shift_score", "shift_threshold"]
     return cols
 
 
@@ -339,6 +362,10 @@ def row_of(record: dict[str, Any], term_names: Sequence[str]) -> dict[str, Any]:
         "patient_id": record.get("patient_id") or "",
         "model_fingerprint": (record.get("model") or {}).get("fingerprint", ""),
     })
+    shift = record.get("shift") or {}
+    if shift.get("available"):
+        row["shift_score"] = repr(float(shift["score"]))
+        row["shift_threshold"] = repr(float(shift["threshold"]))
     study = record.get("study") or {}
     for h in HEADS:
         if h in (study.get("p") or {}):
@@ -391,7 +418,7 @@ def is_done(record: dict[str, Any] | None, item: Item, ctx: Context) -> bool:
     if not record or item.study is None:
         return False
     return (
-        record.get("status") == "ok"
+        (record.get("status") == "ok" or (record.get("status") == "out_of_scope" and "shift" in record))
         and (record.get("model") or {}).get("fingerprint") == ctx.info["fingerprint"]
         and record.get("source") == item.source
         and record.get("study_id") == item.out_id
@@ -454,6 +481,8 @@ def process(item: Item, ctx: Context, on_batch: Callable[[int], None] | None = N
 
     if item.problem is not None:
         record = _error_record(item, item.problem, ctx)
+    elif item.out_of_scope is not None:
+        record = {**_error_record(item, item.out_of_scope, ctx), "status": "out_of_scope"}
     elif item.skip is not None:
         record = {**_error_record(item, item.skip, ctx), "status": "skipped"}
     else:
@@ -472,7 +501,10 @@ def process(item: Item, ctx: Context, on_batch: Callable[[int], None] | None = N
             record["patient_id"] = item.patient_id
             record["clinical_table"] = ctx.clinical_digest
             record["series"] = item.series
-            if item.format == "dicom":
+            if pred.out_of_scope:  # answered, but its probabilities are not findings: none reported
+                record = {k: v for k, v in record.items() if k not in ("slices", "study", "terms", "aggregation")}
+                record.update(status="out_of_scope", error=item.clean(str(pred.shift["reason"])))
+            elif item.format == "dicom":
                 record["sr"] = _write_sr(ctx, item, record)
         except Exception as exc:  # one bad study never stops the run
             if ctx.debug and not isinstance(exc, I2M2Error):
@@ -584,20 +616,24 @@ def prepare(
 
 
 def _summary(records: dict[str, dict[str, Any]], items: Sequence[Item], out: Path, seconds: float, slices: int) -> int:
-    failed = [r for r in (records.get(it.out_id) for it in items) if r is not None and r.get("status") not in ("ok", "skipped")]
+    failed = [r for r in (records.get(it.out_id) for it in items) if r is not None and r.get("status") not in ANSWERS]
     ok = sum(1 for it in items if (records.get(it.out_id) or {}).get("status") == "ok")
     skipped = [r for r in (records.get(it.out_id) for it in items) if r is not None and r.get("status") == "skipped"]
+    scope = [r for r in (records.get(it.out_id) for it in items) if r is not None and r.get("status") == "out_of_scope"]
     rate = f", {slices / seconds:.1f} slices/s" if seconds > 0 and slices else ""
     also = f", {len(skipped)} skipped (not the series the model reads)" if skipped else ""
+    also += f", {len(scope)} out of scope (no probabilities reported)" if scope else ""
     print(f"{len(items)} studies: {ok} ok, {len(failed)} failed{also} -> {out / PREDICTIONS_CSV}{rate}", file=sys.stderr)
     for r in skipped[:10]:
         print(f"  skipped {r.get('source')}: {r.get('error')}", file=sys.stderr)
+    for r in scope[:10]:
+        print(f"  out of scope {r.get('source')}: {r.get('error')}", file=sys.stderr)
     for r in failed[:10]:
         error, source = str(r.get("error")), str(r.get("source"))
         print(f"  {error if error.startswith(source) else f'{source}: {error}'}", file=sys.stderr)
     if len(failed) > 10:
         print(f"  ... and {len(failed) - 10} more (see the error column)", file=sys.stderr)
-    return 0 if not failed and ok + len(skipped) == len(items) else 2
+    return 0 if not failed and ok + len(skipped) + len(scope) == len(items) else 2
 
 
 def run(
@@ -778,7 +814,7 @@ def _run_distributed(ctx: Context, items: list[Item], resume: bool, devices: int
         trainer.predict(_diagnose_task(ctx, items, len(pending), progress), dataloaders=loader, return_predictions=False)
     records = {it.out_id: slim(r) for it in items if (r := read_record(ctx.out_dir, it)) is not None}
     if trainer.global_rank != 0:
-        return 0 if all((records.get(it.out_id) or {}).get("status") in ("ok", "skipped") for it in items) else 2
+        return 0 if all((records.get(it.out_id) or {}).get("status") in ANSWERS for it in items) else 2
     write_predictions(ctx.out_dir, items, records, ctx.term_names)
     slices = sum(int(records[items[i].out_id].get("n_slices") or 0) for i in pending if items[i].out_id in records)
     return _summary(records, items, ctx.out_dir, time.perf_counter() - t0, slices)

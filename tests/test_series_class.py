@@ -55,7 +55,7 @@ def test_rule_table(tags, plane, contrast, fat, model, reason) -> None:
 def test_other_body_parts_are_out_of_scope_from_their_tags(tags, part) -> None:
     c = classify_series(tags)
     assert c.body_part == part
-    assert c.is_model_series == (part == "knee")
+    assert c.is_model_series == (part == "knee") and c.in_scope == (part == "knee")
     if part != "knee":
         assert c.reason == f"{part}: not a knee, the model reads knee MRI only"
 
@@ -84,8 +84,9 @@ def test_inspect_shows_each_series_class(tmp_path: Path, capsys: pytest.CaptureF
 
 def test_diagnose_reads_the_model_series_and_lists_the_others(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """An exam of five series: the coronal PD (with its phase) is diagnosed; a sagittal T2 FS, an
-    axial PD FS, a localiser and a shoulder series get rows of their own, status skipped, with the
-    reason; --series chooses another by hand."""
+    axial PD FS and a localiser get rows of their own, status skipped, with the reason; a shoulder
+    series is out of scope from its tags (whatever --series chooses); --series chooses another by
+    hand."""
     import csv
 
     from diagnose_inputs import make_checkpoint, write_dicom_study
@@ -108,11 +109,14 @@ def test_diagnose_reads_the_model_series_and_lists_the_others(tmp_path: Path, ca
     assert rc == 0, err
     got = rows(out)
     assert got["cor_pd"]["status"] == "ok" and got["cor_pd"]["p_acl"] != ""
-    assert "4 skipped" in err
+    assert "3 skipped" in err and "1 out of scope" in err
     expected = {"sag_t2": "sagittal T2 FS: the model reads coronal PD / PD-FS", "ax_pd": "axial PD FS: the model reads",
-                "loc": "a localiser", "shoulder": "shoulder: not a knee"}
+                "loc": "a localiser"}
     for name, reason in expected.items():
         assert got[name]["status"] == "skipped" and reason in got[name]["error"] and got[name]["p_acl"] == "", got[name]
+    shoulder = got["shoulder"]
+    assert shoulder["status"] == "out_of_scope" and shoulder["p_acl"] == "", shoulder
+    assert shoulder["error"] == "out of scope by its tags: shoulder: not a knee, the model reads knee MRI only"
     doc = json.loads(next((out / "studies").glob(f"{got['sag_t2']['study_id']}.json")).read_text())
     assert doc["status"] == "skipped" and doc["series"]["label"] == "sagittal T2 FS"
 
@@ -122,6 +126,7 @@ def test_diagnose_reads_the_model_series_and_lists_the_others(tmp_path: Path, ca
     got = rows(chosen)
     assert rc == 0 and got["sag_t2"]["status"] == "ok"
     assert all(got[n]["status"] == "skipped" and "not the series chosen with --series" in got[n]["error"]
-               for n in ("cor_pd", "ax_pd", "loc", "shoulder"))
+               for n in ("cor_pd", "ax_pd", "loc"))
+    assert got["shoulder"]["status"] == "out_of_scope"
     assert main(["diagnose", str(exam), "--out", str(tmp_path / "bad"), "--model", str(ckpt), "--series", "("]) == 1
     assert "not a valid pattern" in capsys.readouterr().err

@@ -31,6 +31,11 @@ to the mean combined log-odds of those slices -- for ``max`` exactly ``logit(stu
 A model trained with the study-level calibration (``training.calibration: prior``) carries a map
 fitted on its validation studies; ``p_study`` is then the aggregated score mapped through it (a
 probability that the study holds the finding), ``study_score`` the score before it.
+
+A model that carries distribution-shift statistics also scores every slice's image features
+against its training data (:mod:`i2m2_med.inference.shift`) in the same forward passes;
+``StudyPrediction.shift`` holds the study's score, the threshold and whether the study is out of
+scope by content (or, without statistics, a note that the score is unavailable).
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from i2m2_med.errors import TransformError, UsageError
 from i2m2_med.heads import HEADS
 from i2m2_med.inference.loading import channels_last, model_info, tabular_columns
 from i2m2_med.inference.prediction import StudyPrediction
+from i2m2_med.inference.shift import feature_tap, fitted_experts, slice_scores, study_shift
 from i2m2_med.inference.streaming import iter_slice_samples, modality_pipeline
 from i2m2_med.io.study import IMAGE_MODALITIES, Study
 from i2m2_med.metrics.aggregation import aggregate_study, aggregation_rule, top_slice
@@ -173,19 +179,23 @@ def predict_study(
     combined_chunks: list[np.ndarray] = []
     dropped: list[str] | None = None
     seen_modalities: set[str] = set()
+    shift_chunks: dict[str, list[np.ndarray]] = {}
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), feature_tap(model, fitted_experts(model)) as features:
             pending: list[dict[str, Any]] = []
 
             def run(samples: list[dict[str, Any]]) -> None:
                 nonlocal dropped
                 batch = _batch(samples, tabular, device, memory_format)
                 seen_modalities.update(m for m in ("magnitude", "phase", "tabular") if m in batch)
+                features.clear()
                 out = model(batch)
                 if out.mask:
                     raise TransformError(study.source, "modalities differ between slices of the study")
+                for name, value in slice_scores(model, features).items():
+                    shift_chunks.setdefault(name, []).append(value)
                 for name, value in out.terms.items():
                     term_chunks.setdefault(name, []).append(value.float().cpu().numpy())
                 combined_chunks.append(out.combined.float().cpu().numpy())
@@ -263,4 +273,5 @@ def predict_study(
         notes=list(study.notes),
         seconds=time.perf_counter() - t0,
         study_score=score,
+        shift=study_shift(model, {e: np.concatenate(v) for e, v in shift_chunks.items()}),
     )

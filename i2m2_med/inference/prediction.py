@@ -28,7 +28,9 @@ class StudyPrediction:
     slice probabilities aggregated by ``aggregation`` and, when the model carries a study-level
     calibration map (``aggregation["calibration"]``), mapped through it; ``study_score`` ``(4,)``
     the aggregated ranking score before that map (None in records without it); ``top_slice`` ``(4,)`` int64;
-    ``contributions`` term -> ``(4,)`` float64 log-odds (see the module docstring).
+    ``contributions`` term -> ``(4,)`` float64 log-odds (see the module docstring); ``shift``
+    the distribution-shift block (:func:`i2m2_med.inference.shift.study_shift`: score, threshold,
+    ``out_of_scope`` and the reason; or ``available: false`` and a note; None in older records).
     """
 
     study_id: str
@@ -52,6 +54,12 @@ class StudyPrediction:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     study_score: np.ndarray | None = None
+    shift: dict[str, Any] | None = None
+
+    @property
+    def out_of_scope(self) -> bool:
+        """True when the distribution-shift score put the study out of the model's scope."""
+        return bool((self.shift or {}).get("out_of_scope"))
 
     @property
     def term_names(self) -> list[str]:
@@ -111,6 +119,7 @@ class StudyPrediction:
                 "contributions": self.study_contributions(),
             },
             "notes": list(self.notes),
+            **({} if self.shift is None else {"shift": dict(self.shift)}),
         }
 
     @classmethod
@@ -171,4 +180,5 @@ class StudyPrediction:
             contributions={t: np.asarray([v[h] for h in HEADS], dtype=np.float64)
                            for t, v in study["contributions"].items()},
             notes=list(doc["notes"]),
+            shift=dict(doc["shift"]) if isinstance(doc.get("shift"), Mapping) else None,
         )

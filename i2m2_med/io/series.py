@@ -91,8 +91,15 @@ class SeriesClass:
     label: str
     evidence: dict[str, str]
 
+    @property
+    def in_scope(self) -> bool:
+        """False for another body part than the knee: out of the model's scope from the tags
+        alone (``diagnose`` reports it ``out_of_scope``, the app shows why, before any model
+        runs); the other series the model does not read are in scope but skipped."""
+        return self.body_part == "knee"
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "in_scope": self.in_scope}
 
 
 def _plane(tags: Mapping[str, Any], text: str, evidence: dict[str, str]) -> tuple[str, bool]:

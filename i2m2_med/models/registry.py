@@ -28,7 +28,9 @@ those samples (``I2M2Output.mask``); a sample left with no expert raises UsageEr
 
 State-dict keys are ``experts.<name>.*`` (and ``prior.logits``; ``prior_offset`` once the prior
 has been refitted after training, see :meth:`I2M2Model.set_prior_offset`; ``study_calibration``
-once the study-level map has been fitted, :meth:`I2M2Model.set_study_calibration`) in every variant.
+once the study-level map has been fitted, :meth:`I2M2Model.set_study_calibration`; ``shift_*``
+once the distribution-shift statistics have been fitted, :meth:`I2M2Model.set_shift_statistics`)
+in every variant.
 """
 
 from __future__ import annotations
@@ -174,6 +176,62 @@ class I2M2Model(nn.Module):
     def study_calibration_map(self) -> np.ndarray | None:
         """The study-level map as ``(4, 2)`` float64, or None when none was fitted."""
         return None if self.study_calibration is None else self.study_calibration.detach().cpu().double().numpy()
+
+    # ---- the distribution-shift statistics fitted after training --------------------------------
+
+    SHIFT_PREFIX = "shift_"
+
+    def shift_experts(self) -> tuple[str, ...]:
+        """The experts whose features the distribution-shift score reads: those that read the
+        images alone -- the magnitude and phase experts, and the joint model when it fuses no
+        tabular vector (with FiLM or concatenation its features move with the clinical values,
+        and a study without a clinical table would look shifted)."""
+        joint = self.experts["joint"] if "joint" in self.experts else None
+        return tuple(e for e in ("magnitude", "phase", "joint") if e in self.experts
+                     and (e != "joint" or not joint.uses_tabular))
+
+    def shift_feature_dim(self, expert: str) -> int:
+        """Width of an image expert's penultimate features (the input of its heads layer)."""
+        return int(self.experts[expert].head.in_features)
+
+    def shift_buffer_shapes(self, experts: tuple[str, ...] | list[str]) -> dict[str, tuple[int, ...]]:
+        """Name -> shape of the shift buffers for ``experts``: ``shift_<expert>_mean`` ``[D]``,
+        ``shift_<expert>_precision`` ``[D, D]`` and ``shift_threshold`` ``[1]``. UsageError for an
+        expert that is not an image expert of this variant."""
+        shapes: dict[str, tuple[int, ...]] = {}
+        for e in experts:
+            if e not in self.shift_experts():
+                raise UsageError("shift statistics", f"{e!r} is not an image expert of variant {self.variant!r}")
+            d = self.shift_feature_dim(e)
+            shapes[f"{self.SHIFT_PREFIX}{e}_mean"] = (d,)
+            shapes[f"{self.SHIFT_PREFIX}{e}_precision"] = (d, d)
+        shapes[f"{self.SHIFT_PREFIX}threshold"] = (1,)
+        return shapes
+
+    def set_shift_statistics(self, stats: Mapping[str, Tensor] | None) -> None:
+        """Set (name -> tensor, the names of :meth:`shift_buffer_shapes`) or remove (None) the
+        statistics of the distribution-shift score (:mod:`i2m2_med.inference.shift` fits and reads
+        them). Persistent buffers: the checkpoint's hashes, its HMAC and the fingerprint cover
+        them like any weight; they change no output of the product."""
+        for name in [n for n in self._buffers if n.startswith(self.SHIFT_PREFIX)]:
+            del self._buffers[name]
+        if stats is None:
+            return
+        names = {n for n in stats}
+        experts = sorted({n[len(self.SHIFT_PREFIX):-len("_mean")] for n in names if n.endswith("_mean")})
+        expected = self.shift_buffer_shapes(experts)
+        if names != set(expected):
+            raise UsageError("shift statistics", f"expected tensors {sorted(expected)}, got {sorted(names)}")
+        device = next(self.parameters()).device
+        for name, shape in expected.items():
+            value = torch.as_tensor(stats[name], dtype=torch.float32).detach().clone()
+            if tuple(value.shape) != shape or not bool(torch.isfinite(value).all()):
+                raise UsageError("shift statistics", f"{name} must be {shape} finite values, got {tuple(value.shape)}")
+            self.register_buffer(name, value.to(device), persistent=True)
+
+    def shift_statistics(self) -> dict[str, Tensor]:
+        """The shift buffers (empty when none were fitted)."""
+        return {n: b for n, b in self._buffers.items() if n.startswith(self.SHIFT_PREFIX) and b is not None}
 
     @property
     def has_prior(self) -> bool:

@@ -10,7 +10,9 @@ After fitting, rank 0 refits the product's prior on the validation slices
 (``training.calibration: prior``, :mod:`i2m2_med.metrics.calibration`: class-weighted training
 leaves the product with the probabilities of a balanced cohort; one log-odds offset per head
 restores the cohort's prevalence without changing any slice-level ranking), then evaluates the
-best weights on the validation and test splits (:mod:`.results`) and writes
+best weights on the validation and test splits (:mod:`.results`), fits the distribution-shift
+statistics (:func:`i2m2_med.inference.shift.fit_shift`: the training slices' image features, the
+threshold on the validation studies) and writes
 ``RUN_DIR/model.safetensors`` (through :mod:`i2m2_med.checkpoint`), ``RUN_DIR/metrics.json``,
 ``RUN_DIR/predictions.csv`` and ``RUN_DIR/config.yaml``; Lightning's CSV logs go to
 ``RUN_DIR/logs/``.
@@ -45,6 +47,7 @@ from i2m2_med.data.cohort import Cohort, data_fingerprint
 from i2m2_med.data.dataset import SliceDataset
 from i2m2_med.errors import UsageError
 from i2m2_med.heads import HEADS
+from i2m2_med.inference.shift import fit_shift
 from i2m2_med.metrics.aggregation import aggregation_rule
 from i2m2_med.metrics.calibration import calibration_errors, fit_prior_offset
 from i2m2_med.models import I2M2Model, build_model, variant_experts
@@ -316,6 +319,7 @@ def train(
             subjects=dm.cohort.subjects, position_prior=position_prior, n_slices=n_slices,
             study_calibration=study_map,
         )
+    shift = fit_shift(model, dm.datasets["train"], dm.datasets["val"], batch_size=eval_batch, device=device)
     model = model.cpu()
     if calibration.get("offsets") is not None:
         offsets = [calibration["offsets"][h] for h in HEADS]
@@ -379,6 +383,7 @@ def train(
             for split, p in predictions.items()
         },
         "calibration": calibration,
+        "shift": shift,
         "position_prior": None if position_prior is None else {
             "bins": int(position_prior.shape[0]),
             "rates": position_prior.tolist(),

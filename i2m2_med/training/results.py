@@ -405,6 +405,8 @@ def _checkpoint_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
     keep["summary"] = {
         split: (metrics[split] or {}).get("summary") for split in ("val", "test")
     }
+    if metrics.get("shift") is not None:
+        keep["shift"] = metrics["shift"]
     return json_safe(keep)
 
 
