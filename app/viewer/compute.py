@@ -265,12 +265,25 @@ def expert_p(pred: Any) -> dict[str, np.ndarray]:
     return {t: np.exp(v[..., 1].astype(np.float64)) for t, v in pred.terms.items()}
 
 
+class OutOfScopeRecord(ValueError):
+    """A ``diagnose`` record of a study out of the model's scope: ``reason`` and ``shift`` (the
+    record's shift block, or None when the tags decided)."""
+
+    def __init__(self, reason: str, shift: dict[str, Any] | None):
+        super().__init__(reason)
+        self.reason = reason
+        self.shift = shift
+
+
 def read_record(path: str) -> dict[str, Any]:
-    """A ``diagnose`` per-study JSON; ValueError with one line when it is not one."""
+    """A ``diagnose`` per-study JSON; ValueError with one line when it is not one,
+    :class:`OutOfScopeRecord` when it is an out-of-scope study's."""
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{Path(path).name}: not a readable JSON file ({exc.__class__.__name__})") from None
+    if isinstance(doc, dict) and doc.get("status") == "out_of_scope":
+        raise OutOfScopeRecord(str(doc.get("error") or "out of scope"), doc.get("shift"))
     if not isinstance(doc, dict) or doc.get("status") not in (None, "ok") or not doc.get("slices"):
         reason = doc.get("error") if isinstance(doc, dict) else None
         raise ValueError(f"{Path(path).name}: no prediction in this record" + (f" ({reason})" if reason else ""))

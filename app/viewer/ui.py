@@ -262,6 +262,18 @@ def probability_bar(p: float) -> None:
                 unsafe_allow_html=True)
 
 
+def out_of_scope(reason: str, shift: dict[str, Any] | None = None) -> None:
+    """The prominent warning shown instead of the evidence of a study outside the model's scope
+    (another body part by its tags, or images unlike the training data by the shift score)."""
+    lines = ["**Out of scope: no findings are reported for this study.**", reason[:1].upper() + reason[1:] + "."]
+    if shift and shift.get("available"):
+        lines.append(f"Distribution-shift score **{float(shift['score']):.2f}**, threshold "
+                     f"**{float(shift['threshold']):.2f}** (the 99th percentile of the model's validation studies).")
+    st.error("\n\n".join(lines), icon=":material/block:")
+    st.caption("The model was trained on coronal proton-density knee MRI; its probabilities for anything else are "
+               "not findings. See the README (diagnose statuses) for how scope is decided.")
+
+
 def one_line(exc: BaseException) -> str:
     from i2m2_med.errors import I2M2Error
 
@@ -277,8 +289,12 @@ def study_summary(ref: sources.StudyRef) -> dict[str, Any]:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _study_summary(key: str, _ref: sources.StudyRef) -> dict[str, Any]:
+    from i2m2_med.io.series import classify_series
+
     study = sources.open_study(_ref)
+    series = classify_series(study.tags)
     return {
+        "out_of_scope": None if series.in_scope else f"out of scope by its tags: {series.reason}",
         "study_id": str(study.study_id),
         "patient_id": study.patient_id,
         "format": str(study.format),

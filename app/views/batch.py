@@ -68,13 +68,20 @@ if not show_ids:
 view["_record_id"] = table["study_id"]
 
 n_ok = int((table["status"] == "ok").sum())
-n_err = int((table["status"] != "ok").sum())
+n_err = int((table["status"] != "ok").sum())  # rows with a reason in the error column (failed, skipped, out of scope)
+n_failed = int((table["status"] == "error").sum())
+n_scope = int((table["status"] == "out_of_scope").sum())
 fingerprints = sorted({str(f) for f in table.get("model_fingerprint", []) if str(f) and str(f) != "nan"})
-m1, m2, m3, m4 = st.columns(4)
+m1, m2, m3, m4, m5 = st.columns(5)
 m1.metric("Studies", len(table))
 m2.metric("Succeeded", n_ok)
-m3.metric("Failed", n_err)
-m4.metric("Model", fingerprints[0] if len(fingerprints) == 1 else f"{len(fingerprints)} fingerprints")
+m3.metric("Out of scope", n_scope, help="Another body part by its tags, or images unlike the model's training data "
+                                        "(distribution-shift score above its threshold): no findings reported.")
+m4.metric("Failed", n_failed)
+m5.metric("Model", fingerprints[0] if len(fingerprints) == 1 else f"{len(fingerprints)} fingerprints")
+if n_scope:
+    st.warning(f"{n_scope} of {len(table)} studies are out of the model's scope: their rows carry the reason and no "
+               "probabilities.")
 
 f1, f2, f3, f4 = st.columns([2, 2, 2, 3])
 with f1:
@@ -107,7 +114,7 @@ shown = view[mask].sort_values(sort_by, ascending=not descending, na_position="l
 
 columns = ["study_id", *([] if not show_ids else ["source"]), "status", *(["error"] if n_err else []), "format",
            "n_slices", *(f"p_{h}" for h in HEADS)]
-extra = [c for c in ("missing_modalities", "dropped_experts") if c in shown.columns]
+extra = [c for c in ("missing_modalities", "dropped_experts", "shift_score") if c in shown.columns]
 config = {f"p_{h}": st.column_config.ProgressColumn(head_title(h), min_value=0.0, max_value=1.0, format="%.2f")
           for h in HEADS}
 st.dataframe(shown[columns + extra], hide_index=True, column_config=config, key="batch_table",

@@ -14,6 +14,7 @@ from i2m2_med.data.layout import CLINICAL_CSV
 from i2m2_med.errors import I2M2Error
 from i2m2_med.evidence import agreement_matrix, contributions, driving_expert
 from i2m2_med.heads import HEADS, expert_short_title, expert_title, head_title
+from i2m2_med.inference.shift import out_of_scope_reason
 
 IMAGE_EXPERTS = ("magnitude", "phase", "joint")
 WL_DEFAULTS = {"level": 50, "width": 100}
@@ -47,14 +48,26 @@ if ref is None:
 
 # ---- the prediction (cached: computed once per study and model) ---------------------------------------
 
+scope: tuple[str, dict | None] | None = None  # (reason, shift block): out of the model's scope
 try:
     if ref.has_images:
         summary = ui.study_summary(ref)
-        pred = compute.prediction(ref.key, lm.key, (), ref, lm)
+        if summary.get("out_of_scope"):  # another body part, from the tags alone: the model does not run
+            scope = (summary["out_of_scope"], None)
+        else:
+            pred = compute.prediction(ref.key, lm.key, (), ref, lm)
+            if out_of_scope_reason(pred.shift):
+                scope = (out_of_scope_reason(pred.shift), pred.shift)
     else:
         pred, summary = compute.record_prediction(ref.key, ref)
+except compute.OutOfScopeRecord as exc:
+    scope = (exc.reason, exc.shift)
 except (sources.StudyUnavailable, I2M2Error, OSError, ValueError, KeyError) as exc:
     st.error(f"This study cannot be analysed: {ui.one_line(exc)}")
+    st.stop()
+if scope is not None:  # a prominent warning instead of the evidence: its probabilities are not findings
+    st.markdown("## Study out of scope")
+    ui.out_of_scope(*scope)
     st.stop()
 
 show_ids = ui.show_identifiers()
@@ -484,5 +497,11 @@ with st.expander("Notes and provenance"):
     tags = summary.get("tags") or {}
     if tags:
         st.markdown("Acquisition: " + ", ".join(f"{k} = {v}" for k, v in tags.items()))
+    shift = pred.shift or {}
+    if shift.get("available"):
+        st.markdown(f"Distribution-shift score {float(shift['score']):.2f} (threshold {float(shift['threshold']):.2f}): "
+                    "in scope.")
+    elif shift.get("note"):
+        st.markdown(f"- {shift['note']}")
     st.markdown(f"Model `{pred.model.get('variant', '')}` fingerprint `{pred.model.get('fingerprint', '')}`; "
                 f"terms of the product: {', '.join(terms)}; prediction took {pred.seconds:.2f} s.")

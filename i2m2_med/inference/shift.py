@@ -301,13 +301,17 @@ def fit_shift_run(run: str | os.PathLike, data_dir: str | os.PathLike, *, batch_
         raise UsageError(data, record.get("note", "shift statistics not fitted"))
     metrics = dict(meta.metrics)
     metrics["shift"] = record
+    mode = path.stat().st_mode & 0o777  # the rewritten files keep their permissions (a bundled model is world-readable)
     save_checkpoint(path, model, cfg, meta.variant, meta.n_tabular, meta.tabular_names, metrics,
                     meta.data_fingerprint, extra=meta.extra)
     metrics_json = path.parent / "metrics.json"
     if metrics_json.is_file():
         doc = json.loads(metrics_json.read_text(encoding="utf-8"))
         doc["shift"] = record
+        json_mode = metrics_json.stat().st_mode & 0o777
         write_json(metrics_json, doc)
+        metrics_json.chmod(json_mode)
+    path.chmod(mode)
     return record
 
 
