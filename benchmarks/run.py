@@ -41,6 +41,7 @@ SECTIONS: dict[str, str] = {
     "ablation_full": "benchmarks.bench_ablation_full",
     "diagnose": "benchmarks.bench_diagnose",
     "heldout": "benchmarks.bench_heldout",
+    "shift": "benchmarks.bench_shift",
     "claim": "benchmarks.bench_claim",
     "finetune": "benchmarks.bench_finetune",
     "learnability": "benchmarks.bench_learnability",
