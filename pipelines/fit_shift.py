@@ -26,6 +26,6 @@ def run(run_dir: str | os.PathLike, data: str | os.PathLike, *, allow_other_data
     meta = read_checkpoint_meta(path)
     n = sum(record["train_slices"].values()) // max(1, len(record["train_slices"]))
     print(f"shift statistics of {', '.join(record['experts'])} fitted on {n} training slices; threshold "
-          f"{record['threshold']:.3f} ({record['quantile']:.0%} of {record['val_studies']} validation studies) -> {path} "
+          f"{record['threshold']:.3f} ({record['quantile']:.0%} point of a log-normal fitted to {record['val_studies']} validation studies) -> {path} "
           f"(fingerprint {meta.fingerprint})", file=sys.stderr)
     return 0

@@ -183,7 +183,7 @@ def fitted(tiny_cohort, tmp_path_factory, one_torch_thread):
 def test_fit_reads_the_image_experts_and_sets_the_threshold_on_validation(fitted):
     model, record, _ = fitted
     assert record["fitted"] and record["experts"] == ["magnitude", "phase"]  # the FiLM joint model reads tabular too
-    assert record["quantile"] == 0.99 and record["threshold"] > 0
+    assert record["quantile"] == 0.99 and record["threshold"] > 0 and "empirical_quantile" in record["val_scores"]
     assert record["val_studies"] >= 1 and all(n > 10 for n in record["train_slices"].values())
     stats = model.shift_statistics()
     assert set(stats) == {"shift_magnitude_mean", "shift_magnitude_precision", "shift_phase_mean",
@@ -261,3 +261,19 @@ def test_fit_shift_command_adds_the_statistics_to_a_run(tiny_cohort, tmp_path, c
     after = predict_study(model, meta, study)
     np.testing.assert_array_equal(before.p, after.p)
     assert after.shift["available"] and not before.shift["available"]
+
+
+def test_the_threshold_is_the_lognormal_quantile_not_the_sample_maximum():
+    """With tens of validation studies the empirical 99th percentile is their maximum; the
+    log-normal's 99th percentile recovers the true point of log-normal scores and lies beyond a
+    small sample's maximum when the sample is typical."""
+    from i2m2_med.inference.shift import lognormal_quantile
+
+    rng = np.random.default_rng(0)
+    true = float(np.exp(0.1 * 2.3263478740408408))
+    big = np.exp(rng.normal(0.0, 0.1, 200_000))
+    assert lognormal_quantile(big) == pytest.approx(true, rel=2e-3)
+    beyond = [lognormal_quantile(s) > s.max() for s in (np.exp(rng.normal(0.0, 0.1, 58)) for _ in range(200))]
+    assert np.mean(beyond) > 0.5
+    assert lognormal_quantile(np.array([1.2])) == pytest.approx(1.2)
+    assert lognormal_quantile(np.array([1.0, 1.0, 1.0])) == pytest.approx(1.0)

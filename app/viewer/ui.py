@@ -268,7 +268,7 @@ def out_of_scope(reason: str, shift: dict[str, Any] | None = None) -> None:
     lines = ["**Out of scope: no findings are reported for this study.**", reason[:1].upper() + reason[1:] + "."]
     if shift and shift.get("available"):
         lines.append(f"Distribution-shift score **{float(shift['score']):.2f}**, threshold "
-                     f"**{float(shift['threshold']):.2f}** (the 99th percentile of the model's validation studies).")
+                     f"**{float(shift['threshold']):.2f}** (the 99th percentile of a log-normal fitted to the model's validation studies).")
     st.error("\n\n".join(lines), icon=":material/block:")
     st.caption("The model was trained on coronal proton-density knee MRI; its probabilities for anything else are "
                "not findings. See the README (diagnose statuses) for how scope is decided.")
