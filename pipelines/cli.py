@@ -25,6 +25,19 @@ app = typer.Typer(
 _state = {"debug": False}
 
 
+def _command(name: str):
+    """``app.command(name)`` with the docstring's paragraphs reflowed: the help formatter keeps the
+    source's line breaks, which would break each paragraph at the source's column."""
+    import inspect
+
+    def register(func):
+        doc = inspect.cleandoc(func.__doc__ or "")
+        text = "\n\n".join(" ".join(p.split()) for p in doc.split("\n\n"))
+        return app.command(name, help=text)(func)
+
+    return register
+
+
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors."),
@@ -36,7 +49,7 @@ def _root(
 # Each command imports its pipeline lazily so that `i2m2-med --help` stays fast.
 
 
-@app.command("synth")
+@_command("synth")
 def synth_cmd(
     out_dir: Path = typer.Argument(..., help="Folder to write the cohort into (created if missing)."),
     volumes: int = typer.Option(..., "--volumes", help="Number of volumes (h5 studies) to generate."),
@@ -62,7 +75,7 @@ def synth_cmd(
     )
 
 
-@app.command("inspect")
+@_command("inspect")
 def inspect_cmd(
     path: Path = typer.Argument(..., help="A study (h5, DICOM file or folder, NIfTI) or a folder of studies."),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON instead of a table."),
@@ -80,7 +93,7 @@ def inspect_cmd(
     raise typer.Exit(pipeline.run(path, as_json=as_json, annotations=annotations, clinical=clinical, keep_ids=keep_ids))
 
 
-@app.command("diagnose")
+@_command("diagnose")
 def diagnose_cmd(
     input_dir: Path = typer.Argument(..., help="Folder (or file) of studies: fastMRI .h5, DICOM series, NIfTI, in any mix."),
     out: Path = typer.Option(..., "--out", help="Output folder: predictions.csv, studies/<id>.json, sr/<id>.dcm."),
@@ -155,7 +168,7 @@ def diagnose_cmd(
     )
 
 
-@app.command("fit-shift")
+@_command("fit-shift")
 def fit_shift_cmd(
     run: Path = typer.Argument(..., help="Training run folder (or its checkpoint file) to add the statistics to."),
     data: Path = typer.Option(..., "--data", help="The cohort the run was trained on (its splits: train fits, val sets the threshold)."),
@@ -173,7 +186,7 @@ def fit_shift_cmd(
     raise typer.Exit(pipeline.run(run, data, allow_other_data=allow_other_data, batch_size=batch_size))
 
 
-@app.command("train")
+@_command("train")
 def train_cmd(
     data: Path = typer.Option(..., "--data", help="Cohort folder: studies, annotations/knee.csv, optional tabular.csv and splits.csv."),
     out: Path = typer.Option(..., "--out", help="Run folder: model.safetensors, metrics.json, predictions.csv, config.yaml, logs/."),
@@ -216,7 +229,7 @@ def train_cmd(
     )
 
 
-@app.command("ablate")
+@_command("ablate")
 def ablate_cmd(
     data: Path = typer.Option(..., "--data", help="Cohort folder (as for train): studies, annotations/knee.csv, optional tabular.csv, splits.csv, manifest.json."),
     out: Path = typer.Option(..., "--out", help="Report folder: report.html (self-contained), results.json, tables/*.csv, runs/ (the cache)."),
@@ -272,7 +285,7 @@ def _demo_defaults() -> dict[str, int]:
     return {"volumes": DEMO_VOLUMES, "seed": DEMO_SEED}
 
 
-@app.command("demo")
+@_command("demo")
 def demo_cmd(
     out: Optional[Path] = typer.Option(None, "--out", help="Working folder for the cohort and the run (default: ./demo_out)."),
     volumes: Optional[int] = typer.Option(

@@ -411,6 +411,22 @@ def test_help_documents_exit_codes(capsys):
         assert fragment in " ".join(text.split()), fragment
 
 
+def test_help_paragraphs_are_reflowed():
+    """Every command's help keeps its paragraphs but not the source's line breaks inside them (the
+    help formatter keeps those, which left a short ragged line at each)."""
+    import typer
+
+    from pipelines.cli import app
+
+    commands = typer.main.get_command(app).commands
+    assert {"diagnose", "ablate", "train", "fit-shift"} <= set(commands)
+    for name, command in commands.items():
+        paragraphs = command.help.split("\n\n")
+        assert all("\n" not in p and "  " not in p for p in paragraphs), name
+    diagnose = commands["diagnose"].help.split("\n\n")
+    assert len(diagnose) == 3 and diagnose[1].startswith("Status of each row") and diagnose[1].endswith("says why).")
+
+
 def test_progress_bar_with_eta(capsys, tmp_path, checkpoint):
     src = _small_folder(tmp_path / "in")
     rc, err = _diagnose(capsys, src, "--out", tmp_path / "out", "--model", checkpoint)
