@@ -124,6 +124,11 @@ def diagnose_cmd(
         None, "--series", help="Diagnose only this series: a SeriesInstanceUID, or a pattern of the series description "
                                "(default: every coronal PD / PD-FS knee series; the others are listed as skipped, with why)."
     ),
+    review_threshold: Optional[float] = typer.Option(
+        None, "--review-threshold", help="Flag for human review (review column: yes) the ok studies whose experts' disagreement "
+                                         "(disagreement column: sd of the experts' study-level log-odds, mean over ACL/MTEAR/CART) "
+                                         "is above this number >= 0; their status stays ok."
+    ),
 ) -> None:
     """Run a model over every study of a folder: per-study predictions, per-slice evidence, DICOM SR.
 
@@ -164,6 +169,7 @@ def diagnose_cmd(
             debug=_state["debug"],
             auto_clinical=not no_clinical,
             series=series,
+            review_threshold=review_threshold,
         )
     )
 

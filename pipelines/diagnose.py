@@ -11,8 +11,8 @@ p_acl, p_mtear, p_cart, p_abnormal``; then ``contrib_<term>_<head>`` for every t
 model's product (its experts, and ``prior`` when it has one): the term's study-level log-odds
 contribution in nats (see :mod:`i2m2_med.inference.predict`; empty when the expert was dropped); then
 ``top_slice_<head>``, ``missing_modalities``, ``dropped_experts``, ``patient_id``,
-``model_fingerprint``, ``shift_score`` and ``shift_threshold``. ``status`` is one of
-:data:`STATUSES`:
+``model_fingerprint``, ``shift_score``, ``shift_threshold``, ``disagreement`` and ``review``.
+``status`` is one of :data:`STATUSES`:
 
 * ``ok``: the study was diagnosed; its probabilities are in the row;
 * ``skipped``: a series of a knee exam the model does not read (a localiser, a derived series,
@@ -24,6 +24,14 @@ contribution in nats (see :mod:`i2m2_med.inference.predict`; empty when the expe
   are filled). Its probabilities are not reported: the ``p_*`` and ``contrib_*`` columns stay
   empty, the JSON holds no slices and no DICOM SR is written;
 * ``error``: the study could not be read or run.
+
+``disagreement`` (ok studies): how much the experts of the product disagree about the study --
+the standard deviation of the experts' own study-level log-odds (each expert's slice
+probabilities aggregated by the model's rule), mean over ACL/MTEAR/CART
+(:mod:`i2m2_med.metrics.selective`); empty when fewer than two experts ran. The JSON holds it
+under ``disagreement`` with its value per head. ``review`` (``--review-threshold X``): ``yes``
+for an ok study whose disagreement is above X (set it aside for a human reader), ``no`` for the
+other ok studies; empty without the option and for rows that are not ok. The status stays ``ok``.
 
 ``error`` is the one-line reason of an error, a skip or an out-of-scope study. A model without
 shift statistics never puts a study out of scope by content; each JSON's ``shift`` block then
@@ -64,6 +72,7 @@ import hashlib
 import re
 import io
 import json
+import math
 import os
 import sys
 import time
@@ -130,6 +139,7 @@ class Context:
     term_names: list[str]
     debug: bool = False
     clinical_digest: str | None = None
+    review_threshold: float | None = None
 
 
 # ---- the plan -------------------------------------------------------------------------------
@@ -344,11 +354,13 @@ def columns(term_names: Sequence[str]) -> list[str]:
     cols += [f"contrib_{t}_{h}" for t in term_names for h in HEADS]
     cols += [f"top_slice_{h}" for h in HEADS]
     cols += ["missing_modalities", "dropped_experts", "patient_id", "model_fingerprint", "shift_score", "shift_threshold"]
+    cols += ["disagreement", "review"]
     return cols
 
 
-def row_of(record: dict[str, Any], term_names: Sequence[str]) -> dict[str, Any]:
-    """The predictions.csv row of a per-study JSON record (ok or error)."""
+def row_of(record: dict[str, Any], term_names: Sequence[str], review_threshold: float | None = None) -> dict[str, Any]:
+    """The predictions.csv row of a per-study JSON record (ok or error); ``review_threshold``:
+    ``--review-threshold`` (None: the ``review`` column stays empty)."""
     row: dict[str, Any] = {c: "" for c in columns(term_names)}
     row.update({
         "study_id": record.get("study_id", ""),
@@ -377,10 +389,36 @@ def row_of(record: dict[str, Any], term_names: Sequence[str]) -> dict[str, Any]:
             key = f"contrib_{t}_{h}"
             if key in row:
                 row[key] = repr(float(v))
+    if record.get("status") == "ok":
+        value = (record.get("disagreement") or {}).get("value")
+        if value is not None:
+            row["disagreement"] = repr(float(value))
+        if review_threshold is not None:
+            row["review"] = "yes" if needs_review(value, review_threshold) else "no"
     return row
 
 
-def write_predictions(out_dir: Path, items: Sequence[Item], records: dict[str, dict[str, Any]], term_names: Sequence[str]) -> Path:
+def needs_review(disagreement: float | None, threshold: float) -> bool:
+    """True when a study's experts disagree by more than ``threshold`` (never when its
+    disagreement is undefined: fewer than two experts ran)."""
+    return disagreement is not None and float(disagreement) > float(threshold)
+
+
+def check_review_threshold(value: float | None) -> float | None:
+    """``--review-threshold`` as a float; UsageError unless finite and >= 0."""
+    if value is None:
+        return None
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise UsageError("--review-threshold", f"must be a number >= 0, got {value!r}") from None
+    if not math.isfinite(x) or x < 0:
+        raise UsageError("--review-threshold", f"must be a finite number >= 0, got {value!r}")
+    return x
+
+
+def write_predictions(out_dir: Path, items: Sequence[Item], records: dict[str, dict[str, Any]], term_names: Sequence[str],
+                      review_threshold: float | None = None) -> Path:
     """Write predictions.csv (atomically) with the rows of ``records``, in the items' order."""
     from i2m2_med.atomic import write_text
 
@@ -390,7 +428,7 @@ def write_predictions(out_dir: Path, items: Sequence[Item], records: dict[str, d
     for it in items:
         record = records.get(it.out_id)
         if record is not None:
-            writer.writerow(row_of(record, term_names))
+            writer.writerow(row_of(record, term_names, review_threshold))
     path = out_dir / PREDICTIONS_CSV
     write_text(path, buf.getvalue())
     return path
@@ -478,6 +516,7 @@ def process(item: Item, ctx: Context, on_batch: Callable[[int], None] | None = N
     """
     from i2m2_med.atomic import write_json
     from i2m2_med.inference.predict import predict_study
+    from i2m2_med.metrics.selective import study_disagreement
 
     if item.problem is not None:
         record = _error_record(item, item.problem, ctx)
@@ -501,8 +540,11 @@ def process(item: Item, ctx: Context, on_batch: Callable[[int], None] | None = N
             record["patient_id"] = item.patient_id
             record["clinical_table"] = ctx.clinical_digest
             record["series"] = item.series
+            rule = pred.aggregation.get("rule", "mean_top_k")
+            record["disagreement"] = study_disagreement(pred.terms, rule, int(pred.aggregation.get("k", 3)))
             if pred.out_of_scope:  # answered, but its probabilities are not findings: none reported
-                record = {k: v for k, v in record.items() if k not in ("slices", "study", "terms", "aggregation")}
+                drop = ("slices", "study", "terms", "aggregation", "disagreement")
+                record = {k: v for k, v in record.items() if k not in drop}
                 record.update(status="out_of_scope", error=item.clean(str(pred.shift["reason"])))
             elif item.format == "dicom":
                 record["sr"] = _write_sr(ctx, item, record)
@@ -655,6 +697,7 @@ def run(
     on_study_done: Callable[[dict[str, Any]], None] | None = None,
     auto_clinical: bool = True,
     series: str | None = None,
+    review_threshold: float | None = None,
 ) -> int:
     """Diagnose every study under ``input_dir`` into ``out_dir``; returns the exit code
     (0 all ok, 2 some failed). Usage errors and an unusable checkpoint raise
@@ -664,13 +707,16 @@ def run(
     (DDP): each rank diagnoses its share of the studies and writes their files; rank 0 then
     writes predictions.csv from every rank's JSONs. ``on_study_done`` is called with each
     finished study's record (single-process runs). ``series``: see :func:`choose_series`.
+    ``review_threshold``: flag the ok studies whose disagreement is above it (``review`` column).
     """
     if devices is not None and devices < 1:
         raise UsageError("--devices", f"must be >= 1, got {devices}")
     if num_nodes < 1:
         raise UsageError("--num-nodes", f"must be >= 1, got {num_nodes}")
+    threshold = check_review_threshold(review_threshold)
     ctx, items = prepare(input_dir, out_dir, model, keep_ids, workers, clinical, batch_size, drop_modalities, debug,
                          auto_clinical=auto_clinical)
+    ctx.review_threshold = threshold
     choose_series(items, series)
     if (devices or 1) > 1 or num_nodes > 1:
         return _run_distributed(ctx, items, resume, devices or 1, num_nodes, strategy, accelerator, progress)
@@ -717,13 +763,13 @@ def _run_pending(ctx: Context, items: list[Item], pending: list[Item], records: 
             now = time.perf_counter()
             if now - last_csv >= _CSV_INTERVAL_S:
                 with contextlib.suppress(OSError):  # an interim table; the final one reports a failure
-                    write_predictions(ctx.out_dir, items, records, ctx.term_names)
+                    write_predictions(ctx.out_dir, items, records, ctx.term_names, ctx.review_threshold)
                 last_csv = now
             if on_study_done is not None:
                 on_study_done(record)
     except KeyboardInterrupt:
         bar.close()
-        write_predictions(ctx.out_dir, items, records, ctx.term_names)
+        write_predictions(ctx.out_dir, items, records, ctx.term_names, ctx.review_threshold)
         print(f"interrupted after {len(records)} of {len(items)} studies; rerun with --resume to complete", file=sys.stderr)
         raise
     finally:
@@ -731,7 +777,7 @@ def _run_pending(ctx: Context, items: list[Item], pending: list[Item], records: 
             read_ahead.close()
     bar.close()
     try:
-        write_predictions(ctx.out_dir, items, records, ctx.term_names)
+        write_predictions(ctx.out_dir, items, records, ctx.term_names, ctx.review_threshold)
     except OSError as exc:
         raise UsageError(ctx.out_dir / "predictions.csv", f"cannot be written ({exc.strerror or exc}); "
                                                           "the per-study JSONs that were written stay, rerun with --resume") from None
@@ -815,6 +861,6 @@ def _run_distributed(ctx: Context, items: list[Item], resume: bool, devices: int
     records = {it.out_id: slim(r) for it in items if (r := read_record(ctx.out_dir, it)) is not None}
     if trainer.global_rank != 0:
         return 0 if all((records.get(it.out_id) or {}).get("status") in ANSWERS for it in items) else 2
-    write_predictions(ctx.out_dir, items, records, ctx.term_names)
+    write_predictions(ctx.out_dir, items, records, ctx.term_names, ctx.review_threshold)
     slices = sum(int(records[items[i].out_id].get("n_slices") or 0) for i in pending if items[i].out_id in records)
     return _summary(records, items, ctx.out_dir, time.perf_counter() - t0, slices)

@@ -540,3 +540,82 @@ def test_unreadable_files_dates_and_nifti_names_are_scrubbed_like_ok_rows(capsys
     assert error["source"].endswith("/notes.h5") and error["source"].startswith("anon_anon_")
     nifti = next(r for r in rows if r["format"] == "nifti")
     assert nifti["source"].startswith("anon anon date/") and nifti["source"].endswith(".nii.gz")
+
+
+def _review_folder(root: Path) -> Path:
+    """Ok studies with four experts and with two (no phase), a localiser (skipped), a shoulder
+    series (out of scope by its tags) and a broken file (error)."""
+    write_h5(root / "a.h5", n_slices=3, width=368, patient_id="PX-1", seed=21)
+    write_dicom_study(root / "cor", n_slices=3, phase=True, patient=0, seed=22)
+    write_dicom_study(root / "mag_only", n_slices=3, phase=False, patient=1, seed=23)
+    write_dicom_study(root / "loc", n_slices=2, phase=False, seed=24, description="localizer", image_type="LOCALIZER")
+    write_dicom_study(root / "shoulder", n_slices=2, phase=False, seed=25, description="PD FS COR", body_part="SHOULDER")
+    (root / "notes.h5").write_text("this is not an HDF5 file\n")
+    return root
+
+
+def test_disagreement_column_json_and_review_flags(capsys, tmp_path, checkpoint):
+    from i2m2_med.metrics.selective import study_disagreement
+
+    src = _review_folder(tmp_path / "in")
+    out = tmp_path / "o"
+    rc, err = _diagnose(capsys, src, "--out", out, "--model", checkpoint, "--review-threshold", "0", "--no-progress")
+    assert rc == 2, err  # the broken file
+    header = _header(out)
+    assert header[:10] == LEADING and header[-2:] == ["disagreement", "review"]
+    rows = {r["source"].split("/")[0]: r for r in _rows(out)}
+    assert {k: r["status"] for k, r in rows.items()} == {
+        "a.h5": "ok", "cor": "ok", "mag_only": "ok", "loc": "skipped", "shoulder": "out_of_scope", "notes.h5": "error"}
+    for name in ("a.h5", "cor", "mag_only"):
+        r = rows[name]
+        doc = _json(out, r["study_id"])
+        block = doc["disagreement"]
+        assert float(r["disagreement"]) == pytest.approx(block["value"], rel=1e-12) and block["value"] > 0
+        assert r["review"] == "yes"  # threshold 0: every study with two or more experts
+        # the value is what the rule gives on the experts' slice log-probabilities in the JSON
+        terms = {t: np.asarray([[s["logp"][t][h] for h in HEADS] for s in doc["slices"]]) for t in doc["slices"][0]["logp"]}
+        again = study_disagreement(terms, doc["aggregation"]["rule"], doc["aggregation"].get("k", 3))
+        assert again["value"] == pytest.approx(block["value"], rel=1e-9)
+        assert np.mean([block["per_head"][h] for h in ("acl", "mtear", "cart")]) == pytest.approx(block["value"])
+    assert rows["mag_only"]["dropped_experts"] == "phase;joint" and _json(out, rows["mag_only"]["study_id"])["disagreement"]["experts"] == [
+        "magnitude", "tabular"]
+    for name in ("loc", "shoulder", "notes.h5"):
+        r = rows[name]
+        assert (r["disagreement"], r["review"]) == ("", ""), r
+        assert _json(out, r["study_id"]).get("disagreement") is None
+
+    # a huge threshold flags none; --resume reuses the studies and applies the new threshold
+    rc, err = _diagnose(capsys, src, "--out", out, "--model", checkpoint, "--review-threshold", "1e9", "--resume", "--no-progress")
+    rows = {r["source"].split("/")[0]: r for r in _rows(out)}
+    assert [rows[n]["review"] for n in ("a.h5", "cor", "mag_only")] == ["no", "no", "no"]
+    assert all(rows[n]["status"] == "ok" for n in ("a.h5", "cor", "mag_only"))
+    # without the option the column is empty
+    rc, err = _diagnose(capsys, src, "--out", out, "--model", checkpoint, "--resume", "--no-progress")
+    assert all(r["review"] == "" for r in _rows(out))
+
+
+def test_one_expert_has_no_disagreement_and_is_never_flagged(capsys, tmp_path, checkpoint):
+    src = tmp_path / "in"
+    write_h5(src / "a.h5", n_slices=2, width=368, patient_id="PX-1", seed=31)
+    out = tmp_path / "o"
+    rc, err = _diagnose(capsys, src, "--out", out, "--model", checkpoint, "--drop", "magnitude", "--drop", "phase",
+                        "--review-threshold", "0", "--no-progress")
+    assert rc == 0, err
+    (r,) = _rows(out)
+    assert r["status"] == "ok" and r["disagreement"] == "" and r["review"] == "no"
+    block = _json(out, r["study_id"])["disagreement"]
+    assert block["value"] is None and block["experts"] == ["tabular"] and "two" in block["reason"]
+
+
+@pytest.mark.parametrize("bad", ["-0.5", "nan", "inf"])
+def test_bad_review_threshold_is_one_line_exit_1(capsys, tmp_path, checkpoint, bad):
+    src = _small_folder(tmp_path / "in")
+    rc, err = _diagnose(capsys, src, "--out", tmp_path / "o", "--model", checkpoint, f"--review-threshold={bad}")
+    assert rc == 1 and "--review-threshold" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_help_documents_the_review_threshold(capsys):
+    assert main(["diagnose", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    assert "--review-thresh" in text and "disagreement" in text and "status stays ok" in text

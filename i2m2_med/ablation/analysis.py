@@ -136,6 +136,8 @@ def analyse_grid(
     else:
         out["evidence"] = {"value": None, "reason": f"the reference variant {ref} is not in the grid"}
 
+    out["selective"] = selective_prediction(ens_test, variants, out["variants"], agg_rule, k)
+
     if robustness:
         rob: dict[str, Any] = {"conditions": [c.to_dict() for c in robustness], "notes": dict(grid.notes),
                                "seeds": list(robustness_seeds), "variants": {}}
@@ -160,6 +162,42 @@ def analyse_grid(
             rob["variants"][variant] = stats.robustness_summary(per_condition, clean)
         out["robustness"] = rob
     return out
+
+
+SELECTIVE_VARIANTS: tuple[str, ...] = ("i2m2", "intra")
+"""Variants whose coverage curve the report draws (see :mod:`i2m2_med.metrics.selective`)."""
+
+
+def selective_prediction(ens_test: dict[str, Predictions], variants: Sequence[str], entries: dict[str, Any],
+                         agg_rule: str, k: int) -> dict[str, Any]:
+    """Coverage against study-level AUROC on the test split when the studies whose experts
+    disagree most are set aside, for the seed ensembles of :data:`SELECTIVE_VARIANTS`."""
+    from i2m2_med.metrics import selective
+
+    block: dict[str, Any] = {"split": "test", "measure": selective.MEASURE, "coverages": list(selective.DEFAULT_COVERAGES),
+                             "variants": {}}
+    for v in SELECTIVE_VARIANTS:
+        if v not in variants:
+            continue
+        pred = ens_test.get(v)
+        if pred is None or not pred.ok or pred.n == 0:
+            why = (entries.get(v) or {}).get("reason") or (pred.reason if pred is not None else None) or "no test predictions"
+            block["variants"][v] = {"value": None, "reason": why}
+            continue
+        experts = selective.expert_names(list(pred.terms))
+        if len(experts) < 2:
+            block["variants"][v] = {"value": None, "reason": f"undefined: one expert ({', '.join(experts) or 'none'}), nobody to disagree with"}
+            continue
+        ids, y, p = stats.study_arrays(pred, agg_rule, k)
+        d_ids, per_head = selective.slices_to_studies(pred.study_id, {e: pred.expert_p(e) for e in experts}, agg_rule, k)
+        if [str(i) for i in ids.tolist()] != d_ids.tolist():
+            raise RuntimeError("studies out of order between the product and its experts")
+        d = selective.overall(per_head)
+        if not np.isfinite(d).all():
+            block["variants"][v] = {"value": None, "reason": "undefined for some test studies: fewer than two experts ran on them"}
+            continue
+        block["variants"][v] = selective.coverage_curve(y, p, d)
+    return block
 
 
 def describe_data(cohort: Cohort, data_dir: Path, agg_rule: str, k: int) -> dict[str, Any]:

@@ -40,6 +40,7 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("calibration", "Calibration"),
     ("roc", "ROC curves"),
     ("evidence", "Per-expert evidence"),
+    ("selective", "Selective prediction"),
     ("robustness", "Robustness"),
     ("regimes", "Regime study"),
     ("claim", "Paper claim on held-out cohorts"),
@@ -581,6 +582,75 @@ def evidence_section(results: Mapping[str, Any], figs: Figures) -> str:
     return section("evidence", "".join(out))
 
 
+SELECTIVE_VARIANTS = ("i2m2", "intra")
+"""Variants drawn in the selective-prediction section (those of several experts that the report
+focuses on)."""
+
+
+def selective_section(results: Mapping[str, Any], figs: Figures) -> str:
+    """Coverage against study-level AUROC when the studies whose experts disagree most are set
+    aside for human review (``results["selective"]``, :mod:`i2m2_med.metrics.selective`)."""
+    import plotly.graph_objects as go
+
+    block = results.get("selective") or {"value": None, "reason": "not in these results"}
+    split = esc(block.get("split") or "test")
+    out = [f'<p class="explain">Per study, the experts&rsquo; disagreement: the standard deviation of the experts&rsquo; own '
+           f"study-level log-odds (each expert&rsquo;s slice probabilities aggregated by the model&rsquo;s rule; the class prior is "
+           f"not an expert), averaged over ACL/MTEAR/CART. The {split} studies are sorted by it; at each coverage the least "
+           f"disagreeing studies are kept and the most disagreeing ones are <b>set aside for human review</b>. The curve is the "
+           f"study-level AUROC (mean ACL/MTEAR/CART, seed ensemble) on the kept {split} studies. A curve that rises as coverage "
+           f"falls means disagreement finds the studies the model gets wrong.</p>"]
+    if undefined(block):
+        out.append(f'<p class="na">{esc(block.get("reason"))}</p>')
+        return section("selective", "".join(out))
+    variants = block.get("variants") or {}
+    fig = go.Figure()
+    notes = Notes()
+    rows = []
+    drawn = 0
+    for v in SELECTIVE_VARIANTS:
+        curve = variants.get(v)
+        if curve is None:
+            continue
+        if undefined(curve):
+            rows.append([esc(v), notes.na(curve.get("reason"))])
+            continue
+        pts = [p for p in curve.get("points") or [] if p.get("mean_auroc") is not None]
+        if pts:
+            drawn += 1
+            fig.add_trace(go.Scatter(
+                x=[p["coverage"] for p in pts], y=[p["mean_auroc"] for p in pts], mode="lines+markers", name=v,
+                line=dict(color=colour(v)), customdata=[[p["kept"], p["set_aside"]] for p in pts],
+                hovertemplate=f"{v}: coverage %{{x:.0%}} (%{{customdata[0]}} kept, %{{customdata[1]}} set aside)<br>"
+                              "AUROC %{y:.3f}<extra></extra>"))
+        cells = []
+        for p in curve.get("points") or []:
+            if p.get("mean_auroc") is None:
+                cells.append(notes.na(p.get("reason")))
+                continue
+            left = [h for h in PATHOLOGY_HEADS if h not in (p.get("heads") or [])]
+            mark = notes.mark("; ".join(f"{HEAD_TITLES[h]} left out: {(p['per_head'].get(h) or {}).get('reason')}" for h in left)) if left else ""
+            cells.append(f"{num(p['mean_auroc'])}{mark}<br><span class=\"ci\">{p['kept']} kept, {p['set_aside']} set aside</span>")
+        rows.append([esc(v), *cells])
+    coverages = [p["coverage"] for c in variants.values() if not undefined(c) for p in c.get("points") or []]
+    coverages = sorted(set(coverages), reverse=True)
+    if drawn:
+        fig.update_layout(title=f"Coverage against AUROC, most disagreeing {split} studies set aside",
+                          xaxis=dict(title=f"coverage (fraction of {split} studies kept)", tickformat=".0%", autorange="reversed"),
+                          yaxis=dict(title="study-level AUROC, mean ACL/MTEAR/CART"))
+        out.append(figs.div(fig, 380))
+        out.append(f'<p class="explain">Figure: the seed ensemble&rsquo;s study-level AUROC on the {split} studies kept at each '
+                   "coverage; the rest, those whose experts disagree most, are set aside for human review.</p>")
+    width = max([len(r) - 1 for r in rows] or [0])
+    headers = ["variant", *[f"{100 * c:.0f}&nbsp;%" for c in coverages]] if coverages else ["variant", "coverage curve"]
+    rows = [r + [""] * (max(width, len(headers) - 1) - (len(r) - 1)) for r in rows]
+    if rows:
+        out.append(f"<h3>Study-level AUROC (mean ACL/MTEAR/CART) by coverage, {split} split</h3>")
+        out.append(table(headers, rows))
+        out.append(notes.html())
+    return section("selective", "".join(out))
+
+
 def _clean_mean(results: Mapping[str, Any], variant: str, seeds: Sequence[Any]) -> float | None:
     """Mean over the robustness seeds of the clean slice-level mean AUROC (ACL/MTEAR/CART)."""
     per = ((results.get("variants") or {}).get(variant) or {}).get("per_seed") or {}
@@ -854,6 +924,7 @@ def render_report(results: Mapping[str, Any]) -> str:
         calibration_section(results, figs),
         roc_section(results, figs),
         evidence_section(results, figs),
+        selective_section(results, figs),
         robustness_section(results, figs),
         regime_section(results, figs),
         claim_section(results, figs),
