@@ -272,11 +272,15 @@ def test_a_nifti_phase_whose_affine_describes_another_plane_is_refused(tmp_path)
 # ---- end to end: diagnose with the bundled model -----------------------------------------------------------------
 
 
-def _probabilities(out: Path) -> dict[str, np.ndarray]:
+def _answers(out: Path) -> dict[str, tuple[str, np.ndarray]]:
+    """Per input folder: the status and what it says -- the probabilities of an ok study, the
+    distribution-shift score of an out-of-scope one."""
     with open(out / "predictions.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
-    assert all(r["status"] == "ok" for r in rows), [(r["source"], r["error"]) for r in rows if r["status"] != "ok"]
-    return {r["source"].split("/")[0]: np.array([float(r[f"p_{h}"]) for h in HEADS]) for r in rows}
+    answered = ("ok", "out_of_scope")
+    assert all(r["status"] in answered for r in rows), [(r["source"], r["error"]) for r in rows if r["status"] not in answered]
+    return {r["source"].split("/")[0]: (r["status"], np.array([float(r[f"p_{h}"]) for h in HEADS]) if r["status"] == "ok"
+                                        else np.array([float(r["shift_score"])])) for r in rows}
 
 
 def test_diagnose_gives_one_knee_the_same_probabilities_however_it_is_stored(tmp_path):
@@ -308,13 +312,18 @@ def test_diagnose_gives_one_knee_the_same_probabilities_however_it_is_stored(tmp
 
     out = tmp_path / "out"
     assert main(["diagnose", str(inp), "--out", str(out), "--no-progress"]) == 0  # the bundled model
-    p = _probabilities(out)
-    assert len(p) == 10, sorted(p)
+    answers = _answers(out)
+    assert len(answers) == 10, sorted(answers)
+    # the generated knee is diagnosed; the small study (random pixels) is out of the model's scope
+    # by content, with one score however it is stored
+    assert all(answers[k][0] == "ok" for k in answers if k.startswith("generated"))
+    assert all(answers[k][0] == "out_of_scope" for k in answers if k.startswith("small"))
     for group in ("generated_dcm", "generated_nii", "small"):
-        names = sorted(k for k in p if k.startswith(group))
+        names = sorted(k for k in answers if k.startswith(group))
         assert len(names) >= 3
         for name in names:
-            np.testing.assert_allclose(p[name], p[names[0]], atol=0.01, err_msg=f"{name} vs {names[0]}")
+            np.testing.assert_allclose(answers[name][1], answers[names[0]][1], atol=0.01, err_msg=f"{name} vs {names[0]}")
+    p = {k: v for k, (status, v) in answers.items() if status == "ok"}
 
     # the arrays as stored (what reached the model before) give the knee other probabilities
     model, meta = load_model(None)

@@ -148,8 +148,9 @@ def study_shift(model: I2M2Model, per_expert: Mapping[str, np.ndarray]) -> dict[
     reason = None
     if out:
         reason = (f"out of scope by content: distribution-shift score {score:.2f} above the threshold {t:.2f} (the "
-                  f"{QUANTILE:.0%} point of the validation studies; the {worst} expert's features are the farthest "
-                  "from the training data): the images do not look like the knee MRI the model was trained on")
+                  f"{QUANTILE:.0%} point of a log-normal fitted to the validation studies' scores; the {worst} expert's "
+                  "features are the farthest from the training data): the images do not look like the knee MRI the "
+                  "model was trained on")
     return {"available": True, "score": score, "threshold": t, "out_of_scope": bool(out), "reason": reason,
             "experts": experts, "method": METHOD}
 
