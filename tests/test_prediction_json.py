@@ -87,7 +87,8 @@ def test_from_json_refuses_what_is_not_a_prediction(predictions):
 
 
 def test_diagnose_records_read_back(tmp_path):
-    """A record with the keys diagnose adds (patient id, clinical table, SR, series class) reads back too."""
+    """A record with the keys diagnose adds (patient id, clinical table, SR, series class, the experts'
+    disagreement) reads back too."""
     from pipelines import diagnose
 
     src = tmp_path / "in"
@@ -97,5 +98,7 @@ def test_diagnose_records_read_back(tmp_path):
     (path,) = (tmp_path / "out" / "studies").glob("*.json")
     record = json.loads(Path(path).read_text())
     back = StudyPrediction.from_json(record)
-    assert back.to_json() == {k: v for k, v in record.items() if k not in ("patient_id", "clinical_table", "sr", "series")}
+    added = ("patient_id", "clinical_table", "sr", "series", "disagreement")
+    assert back.to_json() == {k: v for k, v in record.items() if k not in added}
+    assert record["disagreement"]["value"] is not None
     assert record["series"]["label"] == "coronal PD" and record["series"]["is_model_series"]
