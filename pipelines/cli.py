@@ -301,7 +301,7 @@ def demo_cmd(
     bundle: bool = typer.Option(True, "--bundle/--no-bundle", help="Write the model into the package (i2m2_med/assets/demo_model)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
-    """Synthesise the demo cohort, train the cpu i2m2 model and bundle it as the default model."""
+    """Synthesise the demo cohort, train i2m2 with the demo recipe (demo.yaml) and bundle it as the default model."""
     from pipelines import demo as pipeline
 
     raise typer.Exit(
