@@ -468,6 +468,10 @@ def test_batch_page_sorts_filters_and_opens_a_study(batch_run, monkeypatch):
     table = at.dataframe[0].value
     assert len(table) == 3 and all(HEX16.match(s) for s in table["study_id"])
     assert "source" not in table.columns  # paths hidden by default
+    # the experts' disagreement of every diagnosed study; no review column without --review-threshold
+    ok = table[table["status"] == "ok"]
+    assert "disagreement" in table.columns and np.isfinite(ok["disagreement"].to_numpy(dtype=float)).all()
+    assert "review" not in table.columns
     # sorted by p_acl descending by default
     p = table["p_acl"].to_numpy(dtype=float)
     p = p[~np.isnan(p)]

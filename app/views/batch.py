@@ -115,8 +115,14 @@ shown = view[mask].sort_values(sort_by, ascending=not descending, na_position="l
 columns = ["study_id", *([] if not show_ids else ["source"]), "status", *(["error"] if n_err else []), "format",
            "n_slices", *(f"p_{h}" for h in HEADS)]
 extra = [c for c in ("missing_modalities", "dropped_experts", "shift_score") if c in shown.columns]
+# the experts' disagreement (diagnose) and the review flag (--review-threshold), where the run wrote them
+extra += [c for c in ("disagreement", "review") if c in shown.columns and shown[c].astype(str).str.strip().replace("nan", "").ne("").any()]
 config = {f"p_{h}": st.column_config.ProgressColumn(head_title(h), min_value=0.0, max_value=1.0, format="%.2f")
           for h in HEADS}
+config["disagreement"] = st.column_config.NumberColumn(
+    "Expert disagreement", format="%.2f",
+    help="Standard deviation of the experts' study-level log-odds, mean over ACL / MTEAR / CART (empty with one expert).")
+config["review"] = st.column_config.TextColumn("Review", help="yes: disagreement above the run's --review-threshold.")
 st.dataframe(shown[columns + extra], hide_index=True, column_config=config, key="batch_table",
              height=min(420, 38 + 35 * max(1, len(shown))))
 st.caption(f"{len(shown)} of {len(table)} studies shown." + ("" if show_ids else " Source paths hidden and ids hashed "
