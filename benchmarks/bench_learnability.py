@@ -37,7 +37,7 @@ PATHOLOGY = ("acl", "mtear", "cart")
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    from i2m2_med.ablation.claim import EVAL_DIR, POOL_SEEDS, ensure_pool, heldout_predictions, subset_cohort
+    from i2m2_med.ablation.claim import POOL_SEEDS, ensure_pool, heldout_predictions, subset_cohort
     from i2m2_med.ablation.heldout import ensure_heldout
     from i2m2_med.ablation.runs import train_or_reuse
     from i2m2_med.config import load_config
@@ -91,7 +91,7 @@ def run(ctx: Context) -> dict[str, Any]:
             "val_in_view": [h.get("val_in_view_auroc_mean") for h in stage["history"]],
             "heldout_in_view": in_view, "heldout_in_view_mean3": float(np.mean(defined)) if defined else None,
             "cue_response": {head: cues[head]["magnitude"] for head in HEADS},
-            "seconds": record.seconds, "eval": str(Path(EVAL_DIR)),
+            "seconds": record.seconds,
         })
     figures = []
     for r in rows:

@@ -51,6 +51,7 @@ import contextlib
 import os
 import threading
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any, Iterator, Mapping
 
 import numpy as np
@@ -61,8 +62,7 @@ from i2m2_med.models import I2M2Model
 
 QUANTILE = 0.99
 """The threshold: this quantile of the log-normal fitted to the validation studies' shift scores."""
-Z_QUANTILE = 2.3263478740408408
-"""The standard normal's :data:`QUANTILE` point."""
+
 STUDY_RULE = "median"
 METHOD = ("Mahalanobis distance of each image expert's penultimate features to the training slices "
           "(Ledoit-Wolf shrunk covariance), squared and divided by the feature width; median over a study's "
@@ -225,7 +225,7 @@ def lognormal_quantile(scores: Any) -> float:
     standard deviation of their logarithms); a single score is its own threshold."""
     logs = np.log(np.maximum(np.asarray(scores, dtype=float), 1e-12))
     spread = float(np.std(logs, ddof=1)) if logs.size > 1 else 0.0
-    return float(np.exp(logs.mean() + Z_QUANTILE * spread))
+    return float(np.exp(logs.mean() + NormalDist().inv_cdf(QUANTILE) * spread))
 
 
 def fit_shift(model: I2M2Model, train: Any, val: Any, batch_size: int = 64,
