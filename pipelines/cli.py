@@ -129,6 +129,10 @@ def diagnose_cmd(
                                          "(disagreement column: sd of the experts' study-level log-odds, mean over ACL/MTEAR/CART) "
                                          "is above this number >= 0; their status stays ok."
     ),
+    memory_mb: Optional[int] = typer.Option(
+        None, "--memory-mb", min=1, help="Memory budget of the run in MB (default: I2M2_MEMORY_MB or 4096): a slice that would "
+                                         "take the run past it is refused before it is read (that study's row says why)."
+    ),
 ) -> None:
     """Run a model over every study of a folder: per-study predictions, per-slice evidence, DICOM SR.
 
@@ -170,6 +174,7 @@ def diagnose_cmd(
             auto_clinical=not no_clinical,
             series=series,
             review_threshold=review_threshold,
+            memory_mb=memory_mb,
         )
     )
 

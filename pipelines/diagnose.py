@@ -16,7 +16,9 @@ contribution in nats (see :mod:`i2m2_med.inference.predict`; empty when the expe
 
 * ``ok``: the study was diagnosed; its probabilities are in the row;
 * ``skipped``: a series of a knee exam the model does not read (a localiser, a derived series,
-  another plane or contrast; :mod:`i2m2_med.io.series`), or not the one chosen with ``--series``;
+  another plane or contrast; :mod:`i2m2_med.io.series`), or not the one chosen with ``--series``,
+  or a symbolic link that leaves the input folder (a linked file whose target lies outside it, or
+  a linked folder: neither is read; :mod:`i2m2_med.io.discover`);
 * ``out_of_scope``: not what the model was made for -- another body part by its tags
   (``BodyPartExamined``, the study or series description; decided before the model runs), or
   images unlike the training data by content (the distribution-shift score,
@@ -83,6 +85,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from i2m2_med.data.layout import CLINICAL_CSV, clinical_row
 from i2m2_med.errors import I2M2Error, UsageError
 from i2m2_med.heads import HEADS
+from i2m2_med.io.limits import clear_memory_budget, memory_budget_mb, set_memory_budget
 from i2m2_med.io.series import classify_series
 from i2m2_med.privacy import hash_id, merge_secrets, scrub, study_secrets
 
@@ -194,6 +197,14 @@ def plan(root: Path, keep_ids: bool) -> list[Item]:
             source=source,
             format=_format_of(Path(path)),
             problem=reason,
+        ))
+    for path, reason in found.links:
+        source = _relative(path, root)
+        items.append(Item(
+            out_id=source if keep_ids else hash_id(source),
+            source=source,
+            format=_format_of(Path(path)),
+            skip=reason,
         ))
     # one scrubbing rule for every row: what any study of the run revealed (its patient's id and
     # name parts) is removed from every path and message, unreadable files' included
@@ -589,11 +600,14 @@ def prepare(
     drop_modalities: Iterable[str],
     debug: bool = False,
     auto_clinical: bool = True,
+    memory_mb: int | None = None,
 ) -> tuple[Context, list[Item]]:
     """Validate the arguments, load the model and find the studies (every rank does this).
 
     Without ``clinical``, ``INPUT_DIR/tabular.csv`` is the clinical table when it is there (as
-    ``train`` and the app do for a cohort folder), unless ``auto_clinical`` is False.
+    ``train`` and the app do for a cohort folder), unless ``auto_clinical`` is False. The memory
+    budget (``memory_mb``, :mod:`i2m2_med.io.limits`) is set once the model is loaded, before any
+    study is opened; :func:`run` lifts it when the run ends.
     """
     from i2m2_med.inference.loading import load_model, model_info
     from i2m2_med.inference.predict import DROPPABLE
@@ -634,6 +648,7 @@ def prepare(
         digest = "sha256:" + hashlib.sha256(cpath.read_bytes()).hexdigest()[:16]
     model, meta = load_model(model_path)
     modality_pipeline(int(meta.config.image_size))  # builds the transforms now, not under the progress bar
+    set_memory_budget(memory_mb, readers=max(1, int(workers)))
     items = plan(root, keep_ids)
     if not items:
         raise UsageError(root, "no study found (fastMRI .h5, DICOM series or NIfTI volumes)")
@@ -663,7 +678,7 @@ def _summary(records: dict[str, dict[str, Any]], items: Sequence[Item], out: Pat
     skipped = [r for r in (records.get(it.out_id) for it in items) if r is not None and r.get("status") == "skipped"]
     scope = [r for r in (records.get(it.out_id) for it in items) if r is not None and r.get("status") == "out_of_scope"]
     rate = f", {slices / seconds:.1f} slices/s" if seconds > 0 and slices else ""
-    also = f", {len(skipped)} skipped (not the series the model reads)" if skipped else ""
+    also = f", {len(skipped)} skipped (not a series the model reads, or a link leaving the folder)" if skipped else ""
     also += f", {len(scope)} out of scope (no probabilities reported)" if scope else ""
     print(f"{len(items)} studies: {ok} ok, {len(failed)} failed{also} -> {out / PREDICTIONS_CSV}{rate}", file=sys.stderr)
     for r in skipped[:10]:
@@ -698,6 +713,7 @@ def run(
     auto_clinical: bool = True,
     series: str | None = None,
     review_threshold: float | None = None,
+    memory_mb: int | None = None,
 ) -> int:
     """Diagnose every study under ``input_dir`` into ``out_dir``; returns the exit code
     (0 all ok, 2 some failed). Usage errors and an unusable checkpoint raise
@@ -708,32 +724,38 @@ def run(
     writes predictions.csv from every rank's JSONs. ``on_study_done`` is called with each
     finished study's record (single-process runs). ``series``: see :func:`choose_series`.
     ``review_threshold``: flag the ok studies whose disagreement is above it (``review`` column).
+    ``memory_mb``: the run's memory budget (:mod:`i2m2_med.io.limits`; default ``I2M2_MEMORY_MB``
+    or 4096), per process.
     """
     if devices is not None and devices < 1:
         raise UsageError("--devices", f"must be >= 1, got {devices}")
     if num_nodes < 1:
         raise UsageError("--num-nodes", f"must be >= 1, got {num_nodes}")
     threshold = check_review_threshold(review_threshold)
-    ctx, items = prepare(input_dir, out_dir, model, keep_ids, workers, clinical, batch_size, drop_modalities, debug,
-                         auto_clinical=auto_clinical)
-    ctx.review_threshold = threshold
-    choose_series(items, series)
-    if (devices or 1) > 1 or num_nodes > 1:
-        return _run_distributed(ctx, items, resume, devices or 1, num_nodes, strategy, accelerator, progress)
+    memory_budget_mb(memory_mb)  # a bad value is refused before the model is loaded
+    try:
+        ctx, items = prepare(input_dir, out_dir, model, keep_ids, workers, clinical, batch_size, drop_modalities, debug,
+                             auto_clinical=auto_clinical, memory_mb=memory_mb)
+        ctx.review_threshold = threshold
+        choose_series(items, series)
+        if (devices or 1) > 1 or num_nodes > 1:
+            return _run_distributed(ctx, items, resume, devices or 1, num_nodes, strategy, accelerator, progress)
 
-    records: dict[str, dict[str, Any]] = {}
-    pending: list[Item] = []
-    for it in items:
-        previous = read_record(ctx.out_dir, it) if resume else None
-        if is_done(previous, it, ctx):
-            records[it.out_id] = slim(previous)
-        else:
-            pending.append(it)
-    skipped = len(items) - len(pending)
-    if skipped:
-        print(f"resume: {skipped} of {len(items)} studies already done with model {ctx.info['fingerprint']}", file=sys.stderr)
-    with output_lock(ctx.out_dir):
-        return _run_pending(ctx, items, pending, records, progress, on_study_done)
+        records: dict[str, dict[str, Any]] = {}
+        pending: list[Item] = []
+        for it in items:
+            previous = read_record(ctx.out_dir, it) if resume else None
+            if is_done(previous, it, ctx):
+                records[it.out_id] = slim(previous)
+            else:
+                pending.append(it)
+        skipped = len(items) - len(pending)
+        if skipped:
+            print(f"resume: {skipped} of {len(items)} studies already done with model {ctx.info['fingerprint']}", file=sys.stderr)
+        with output_lock(ctx.out_dir):
+            return _run_pending(ctx, items, pending, records, progress, on_study_done)
+    finally:
+        clear_memory_budget()
 
 
 def _run_pending(ctx: Context, items: list[Item], pending: list[Item], records: dict[str, dict[str, Any]], progress: bool,

@@ -130,6 +130,114 @@ def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_links_leaving_the_data_folder_are_listed_not_read(tmp_path: Path) -> None:
+    """A linked file whose target lies outside the folder, and a linked folder, are not read;
+    a link to a file inside the folder is read like the file."""
+    from i2m2_med.io.discover import LINK_FOLDER, LINK_OUTSIDE, discover
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    secret = _good(elsewhere / "secret.h5")
+    data = tmp_path / "in"
+    (data / "sub").mkdir(parents=True)
+    good = _good(data / "good.h5")
+    (data / "out.h5").symlink_to(secret)
+    (data / "sub" / "again.h5").symlink_to(good)
+    (data / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (data / "dangling.h5").symlink_to(tmp_path / "gone.h5")
+    found = discover(data)
+    assert sorted(Path(s.source).name for s in found.studies) == ["again.h5", "good.h5"]
+    assert {p.name: why for p, why in found.links} == {
+        "out.h5": LINK_OUTSIDE, "linked": LINK_FOLDER, "dangling.h5": LINK_OUTSIDE}
+    assert not found.problems
+
+
+def test_nifti_whose_phase_is_a_link_outside_is_a_problem(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    from i2m2_med.io.discover import discover
+
+    vol = nib.Nifti1Image(np.random.default_rng(0).random((16, 16, 3)).astype(np.float32), np.eye(4))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    nib.save(vol, elsewhere / "knee_phase.nii.gz")
+    data = tmp_path / "in"
+    data.mkdir()
+    nib.save(vol, data / "knee.nii.gz")
+    (data / "knee_phase.nii.gz").symlink_to(elsewhere / "knee_phase.nii.gz")
+    found = discover(data)
+    assert not found.studies
+    (path, reason), = found.problems
+    assert path.name == "knee.nii.gz" and "knee_phase.nii.gz is a symbolic link to a file outside" in reason
+
+
+def test_diagnose_skips_a_link_leaving_the_folder_with_its_reason(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    elsewhere = tmp_path / "DOE_JANE"
+    elsewhere.mkdir()
+    secret = _good(elsewhere / "secret.h5", slices=3)
+    data = tmp_path / "in"
+    data.mkdir()
+    _good(data / "good.h5", slices=3)
+    (data / "escape.h5").symlink_to(secret)
+    out = tmp_path / "out"
+    rc = main(["diagnose", str(data), "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 0, err  # a skip is an answer, not a failure
+    with (out / "predictions.csv").open(encoding="utf-8", newline="") as fh:
+        rows = {r["source"]: r for r in csv.DictReader(fh)}
+    assert rows["escape.h5"]["status"] == "skipped"
+    assert rows["escape.h5"]["error"] == "a symbolic link to a file outside the folder: not read"
+    assert rows["escape.h5"]["p_acl"] == "" and rows["good.h5"]["status"] in ("ok", "out_of_scope")
+    assert "skipped escape.h5: a symbolic link" in err and "DOE_JANE" not in err
+    assert "DOE_JANE" not in (out / "predictions.csv").read_text(encoding="utf-8")
+
+
+def test_memory_budget_refuses_a_slice_that_would_pass_it_and_holds(tmp_path: Path) -> None:
+    """Under `--memory-mb 1600` with 2 reader threads a slice may take about 30-55 MB (what the
+    process holds after loading the model varies): a 64-coil file declaring 120 MB slices is
+    refused by the budget, an 8-coil file of 15 MB slices is read, and the run's peak resident
+    memory stays under the budget."""
+    data = tmp_path / "in"
+    data.mkdir()
+    _declared(data / "wide.h5", (2, 64, 640, 368), (1, 1, 640, 368))
+    rng = np.random.default_rng(0)
+    k = (rng.standard_normal((3, 8, 640, 368), dtype=np.float32)
+         + 1j * rng.standard_normal((3, 8, 640, 368), dtype=np.float32)).astype(np.complex64)
+    write_fastmri_h5(data / "multicoil.h5", k, header=build_header(HeaderParams()))
+    out = tmp_path / "out"
+    code = ("import resource, sys\nfrom pipelines.cli import main\n"
+            f"rc = main(['diagnose', {str(data)!r}, '--out', {str(out)!r}, '--no-progress', '--memory-mb', '1600'])\n"
+            "print('peak_mb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, file=sys.stderr)\n"
+            "sys.exit(rc)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 2, proc.stderr  # the refused file is an error row; the run went on
+    assert "Traceback" not in proc.stderr
+    peak = float(proc.stderr.rsplit("peak_mb", 1)[1].split()[0])
+    assert peak < 1600, proc.stderr
+    with (out / "predictions.csv").open(encoding="utf-8", newline="") as fh:
+        rows = {r["source"]: r for r in csv.DictReader(fh)}
+    assert rows["wide.h5"]["status"] == "error"
+    assert "under the memory budget of 1,600 MB" in rows["wide.h5"]["error"]
+    assert rows["multicoil.h5"]["status"] in ("ok", "out_of_scope")
+
+
+def test_a_budget_too_small_to_read_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from i2m2_med.errors import UsageError
+    from i2m2_med.io.limits import WORK_FACTOR, WORK_RESERVE_MB, slice_allowance
+
+    assert slice_allowance(4096, 1000, 2) == int((4096 - 1000 - WORK_RESERVE_MB) * 2**20 / (2 * WORK_FACTOR))
+    with pytest.raises(UsageError, match="leaves no room to read"):
+        slice_allowance(1200, 1000, 2)
+    data = tmp_path / "in"
+    data.mkdir()
+    _good(data / "good.h5")
+    rc = main(["diagnose", str(data), "--out", str(tmp_path / "out"), "--no-progress", "--memory-mb", "300"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "leaves no room to read" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "predictions.csv").exists()
+
+
 def test_diagnose_keeps_the_good_file_beside_the_bombs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     data = tmp_path / "in"
     data.mkdir()

@@ -10,6 +10,12 @@ Classification of each file (hidden files, names starting with ".", are not look
   ``DICOMDIR`` index files are ignored;
 * anything else (CSV, text, images...) is listed in ``skipped``, not as a problem.
 
+Symbolic links inside a folder are followed only while they stay inside it: a linked file whose
+target lies outside the folder, and every linked folder (never walked into, wherever it points),
+are listed in ``links`` with the reason and not read. A NIfTI magnitude whose phase volume is
+such a link is a problem (reading it would read the phase from outside). A path named directly
+(a file, or the folder itself) is the user's choice and is read wherever it points.
+
 A file of a study format that cannot be read becomes a ``(path, reason)`` entry in
 ``problems``; discovery carries on. Studies are sorted by source path, then study id.
 """
@@ -30,6 +36,7 @@ from i2m2_med.io.nifti import (
     is_nifti_path,
     is_phase_path,
     nifti_stem,
+    phase_sibling,
     read_nifti,
 )
 from i2m2_med.io.study import Study
@@ -41,21 +48,50 @@ DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 @dataclass
 class DiscoveryResult:
     """``studies`` found; ``problems`` (path, reason) for files that failed; ``skipped``
-    (path, reason) for files that are not studies (DICOMDIR, CSV, non-image DICOM...)."""
+    (path, reason) for files that are not studies (DICOMDIR, CSV, non-image DICOM...); ``links``
+    (path, reason) for symbolic links that were not followed (see the module's text)."""
 
     studies: list[Study]
     problems: list[tuple[Path, str]]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    links: list[tuple[Path, str]] = field(default_factory=list)
 
 
-def _files(root: Path) -> list[Path]:
+LINK_OUTSIDE = "a symbolic link to a file outside the folder: not read"
+LINK_FOLDER = "a symbolic link to a folder: not followed"
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """Whether ``path``, all links resolved, lies in the (resolved) folder ``root``."""
+    try:
+        target = path.resolve(strict=True)
+    except (OSError, RuntimeError):  # a dangling link or a loop
+        return False
+    return target == root or root in target.parents
+
+
+def _files(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The files to look at under ``root`` and the links not followed (path, reason)."""
     if root.is_file():
-        return [root]
-    out = []
+        return [root], []
+    base = root.resolve()
+    out: list[Path] = []
+    links: list[tuple[Path, str]] = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out.extend(Path(dirpath) / name for name in filenames if not name.startswith("."))
-    return sorted(out)
+        here = Path(dirpath)
+        for d in sorted(dirnames):
+            if not d.startswith(".") and (here / d).is_symlink():
+                links.append((here / d, LINK_FOLDER))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not (here / d).is_symlink())
+        for name in filenames:
+            path = here / name
+            if name.startswith("."):
+                continue
+            if path.is_symlink() and not _inside(path, base):
+                links.append((path, LINK_OUTSIDE))
+            else:
+                out.append(path)
+    return sorted(out), sorted(links, key=lambda item: str(item[0]))
 
 
 def _kind(path: Path) -> str:
@@ -93,7 +129,8 @@ def discover(root: str | os.PathLike) -> DiscoveryResult:
     problems: list[tuple[Path, str]] = []
     skipped: list[tuple[Path, str]] = []
     dicom_files: list[Path] = []
-    files = _files(root)
+    files, links = _files(root)
+    refused = {path for path, _ in links}
     for path in files:
         kind = _kind(path)
         try:
@@ -108,6 +145,10 @@ def discover(root: str | os.PathLike) -> DiscoveryResult:
                     elif magnitude is None:
                         problems.append((path, "phase volume without its magnitude volume "
                                          f"{nifti_stem(path)[: -len(PHASE_SUFFIX)]}.nii[.gz]"))
+                    continue
+                phase = phase_sibling(path)
+                if phase is not None and phase in refused:
+                    problems.append((path, f"its phase volume {phase.name} is {LINK_OUTSIDE}"))
                     continue
                 studies.append(read_nifti(path))
             elif kind == "dicom":
@@ -130,4 +171,4 @@ def discover(root: str | os.PathLike) -> DiscoveryResult:
     for s in studies:
         if counts[s.study_id] > 1:
             s.notes.append(f"study id {s.study_id} is shared by {counts[s.study_id]} studies in this folder")
-    return DiscoveryResult(studies, problems, skipped)
+    return DiscoveryResult(studies, problems, skipped, links)
