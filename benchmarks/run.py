@@ -42,6 +42,7 @@ SECTIONS: dict[str, str] = {
     "diagnose": "benchmarks.bench_diagnose",
     "heldout": "benchmarks.bench_heldout",
     "shift": "benchmarks.bench_shift",
+    "hostile": "benchmarks.bench_hostile",
     "claim": "benchmarks.bench_claim",
     "finetune": "benchmarks.bench_finetune",
     "learnability": "benchmarks.bench_learnability",

@@ -20,8 +20,7 @@ from diagnose_inputs import write_dicom_study, write_h5, write_nifti
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from i2m2_med.errors import I2M2Error
-from i2m2_med.io.discover import discover
+from benchmarks.fuzzing import mutate, read_all
 
 EXAMPLES_PER_KIND = 40
 SECONDS_PER_INPUT = 20.0
@@ -41,49 +40,19 @@ def seeds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def _read_everything(folder: Path) -> dict[str, list[np.ndarray]]:
     """Discover ``folder`` and read every slice of every study: study id -> its slices' arrays.
-    Only the readers' typed errors may come out of a bad file (as problems or on reading)."""
-    found = discover(folder)
-    out: dict[str, list[np.ndarray]] = {}
-    for study in found.studies:
-        slices = []
-        try:
-            for k in range(study.n_slices):
-                sample = study.read_slice(k)
-                slices.append(np.concatenate([np.asarray(v).ravel() for _, v in sorted(sample.items())]))
-        except I2M2Error as exc:
-            assert exc.where and "\n" not in exc.one_line()
-            continue
-        finally:
-            study.close()
-        out[study.study_id] = slices
-    for path, reason in found.problems:
-        assert reason and "\n" not in reason and "Traceback" not in reason, (path, reason)
+    Only the readers' typed errors may come out of a bad file, each one line."""
+    out, refused = read_all(folder)
+    for reason in refused:
+        assert reason and "\n" not in reason and "Traceback" not in reason, reason
     return out
 
 
-mutation = st.one_of(
+mutation = st.one_of(  # the kinds of benchmarks.fuzzing, with its ranges
     st.tuples(st.just("flip"), st.floats(0, 1), st.integers(0, 255)),
     st.tuples(st.just("ff"), st.floats(0, 1), st.integers(1, 16)),
     st.tuples(st.just("cut"), st.floats(0, 1), st.just(0)),
     st.tuples(st.just("insert"), st.floats(0, 1), st.integers(1, 64)),
 )
-
-
-def _mutate(data: bytes, mutations: list[tuple[str, float, int]]) -> bytes:
-    buf = bytearray(data)
-    for kind, where, value in mutations:
-        if not buf:
-            break
-        at = min(len(buf) - 1, int(where * len(buf)))
-        if kind == "flip":
-            buf[at] ^= value or 1
-        elif kind == "ff":
-            buf[at:at + value] = b"\xff" * len(buf[at:at + value])
-        elif kind == "cut":
-            del buf[at:]
-        else:
-            buf[at:at] = bytes((at * 31 + i) % 256 for i in range(value))
-    return bytes(buf)
 
 
 def _fuzz(kind: str, seeds: dict[str, Path], tmp_path: Path, mutations: list[tuple[str, float, int]]) -> None:
@@ -97,7 +66,7 @@ def _fuzz(kind: str, seeds: dict[str, Path], tmp_path: Path, mutations: list[tup
         target = folder / "series" / "magnitude" / "im000.dcm"
     else:
         target = folder / seeds[kind].name
-    target.write_bytes(_mutate(seeds[kind].read_bytes(), mutations))
+    target.write_bytes(mutate(seeds[kind].read_bytes(), mutations))
     started = time.perf_counter()
     got = _read_everything(folder)
     assert time.perf_counter() - started < SECONDS_PER_INPUT
