@@ -39,6 +39,10 @@ other ok studies; empty without the option and for rows that are not ok. The sta
 shift statistics never puts a study out of scope by content; each JSON's ``shift`` block then
 says the score is unavailable. Skipped and out-of-scope studies are answers, not failures.
 
+``missing_slices`` (ok studies' JSON): how many slices a DICOM series lacks, from gaps in its
+slice positions where the other slices are evenly spaced (a lost or unreadable image); a note
+says so too. 0 when none is missing, or when the positions cannot tell (h5, NIfTI).
+
 The per-study JSON is the source of truth: a study is done when its JSON is written (after its
 SR), and ``predictions.csv`` is rebuilt from the JSONs of the studies found -- after each study
 (at most once a second), at the end, and when the run is interrupted. ``--resume`` skips the
@@ -551,6 +555,7 @@ def process(item: Item, ctx: Context, on_batch: Callable[[int], None] | None = N
             record["patient_id"] = item.patient_id
             record["clinical_table"] = ctx.clinical_digest
             record["series"] = item.series
+            record["missing_slices"] = int(item.study.tags.get("missing_slices") or 0)
             rule = pred.aggregation.get("rule", "mean_top_k")
             record["disagreement"] = study_disagreement(pred.terms, rule, int(pred.aggregation.get("k", 3)))
             if pred.out_of_scope:  # answered, but its probabilities are not findings: none reported

@@ -5,6 +5,7 @@ real file made with h5py, pydicom or nibabel."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import resource
 import subprocess
@@ -340,3 +341,37 @@ def test_a_dicom_image_cut_short_takes_its_study_out_whole(tmp_path: Path) -> No
     series = [r for p, r in scan.problems if "left out whole" in r]
     assert len(series) == 1 and "1 of its 4 images unusable" in series[0] and "phase series" in series[0]
     assert not scan.skipped
+
+
+def test_a_series_missing_an_image_says_how_many_slices_it_lacks(tmp_path: Path) -> None:
+    """An image that is simply gone (deleted, or garbage that names no series) leaves a gap in
+    the slice positions: the study is still read, with a note and a count of the missing
+    slices, which diagnose's JSON carries."""
+    from diagnose_inputs import write_dicom_study
+
+    from i2m2_med.io.dicom import collect_dicom, missing_positions
+
+    assert missing_positions([0.0, 3.0, 6.0, 9.0]) == 0
+    assert missing_positions([0.0, 3.0, 9.0, 12.0, 21.0]) == 3
+    assert missing_positions([0.0, 3.0, 7.4, 10.4]) == 0  # irregular, not a whole number of steps
+    assert missing_positions([0.0, 3.0]) == 0
+    folder = tmp_path / "exam"
+    write_dicom_study(folder, n_slices=6, phase=False)
+    (folder / "magnitude" / "im003.dcm").write_bytes(b"not a DICOM file at all")
+    (folder / "magnitude" / "im004.dcm").unlink()
+    scan = collect_dicom(sorted(folder.rglob("*.dcm")))
+    study, = scan.studies
+    assert study.n_slices == 4 and study.tags["missing_slices"] == 2
+    assert any("2 slices missing from the series" in n for n in study.notes)
+    intact = tmp_path / "intact"
+    write_dicom_study(intact, n_slices=6, phase=False)
+    whole, = collect_dicom(sorted(intact.rglob("*.dcm"))).studies
+    assert "missing_slices" not in whole.tags and not any("missing from the series" in n for n in whole.notes)
+    out = tmp_path / "out"
+    main(["diagnose", str(folder), "--out", str(out), "--no-progress"])
+    records = [json.loads(f.read_text(encoding="utf-8")) for f in (out / "studies").glob("*.json")]
+    assert sorted(r["status"] for r in records)[0] == "error"  # the garbage file's own row
+    record, = [r for r in records if r["status"] != "error"]
+    if record["status"] == "ok":  # random pixels may be out of the model's scope: then no count is reported
+        assert record["missing_slices"] == 2
+    assert any("2 slices missing from the series" in n for n in record["notes"])

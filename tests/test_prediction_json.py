@@ -98,7 +98,8 @@ def test_diagnose_records_read_back(tmp_path):
     (path,) = (tmp_path / "out" / "studies").glob("*.json")
     record = json.loads(Path(path).read_text())
     back = StudyPrediction.from_json(record)
-    added = ("patient_id", "clinical_table", "sr", "series", "disagreement")
+    added = ("patient_id", "clinical_table", "sr", "series", "disagreement", "missing_slices")
     assert back.to_json() == {k: v for k, v in record.items() if k not in added}
     assert record["disagreement"]["value"] is not None
+    assert record["missing_slices"] == 0  # an h5 volume has every slice of its k-space
     assert record["series"]["label"] == "coronal PD" and record["series"]["is_model_series"]

@@ -496,6 +496,21 @@ def _scan_file(path: Path, series: dict[tuple[str, str], _Series]) -> str | None
     return None
 
 
+def missing_positions(positions: list[float]) -> int:
+    """How many slices a series lacks, from its sorted slice positions (mm along the normal):
+    where the spacing between neighbours is a whole multiple (2 or more, within 10 %) of the
+    series' spacing (the median of the spacings up to 1.5 times the smallest), the slices in
+    between are missing. 0 for fewer than 3 slices or irregular spacing."""
+    d = np.diff(np.asarray(positions, dtype=np.float64))
+    if d.size < 2 or float(d.min()) <= 0:
+        return 0
+    step = float(np.median(d[d <= 1.5 * float(d.min())]))
+    ratio = d / step
+    whole = np.rint(ratio)
+    gaps = (whole >= 2) & (np.abs(ratio - whole) <= 0.1 * whole)
+    return int((whole[gaps] - 1).sum())
+
+
 def _order(s: _Series) -> str:
     """Sort the frames of a series in place; return a note saying how."""
     frames = s.frames
@@ -506,6 +521,12 @@ def _order(s: _Series) -> str:
             proj = [float(np.dot(normal, f.position)) for f in frames]
             if len(set(round(p, 3) for p in proj)) < len(proj):
                 s.notes.append("several images share a slice position (multi-echo or repeated acquisition?)")
+            else:
+                missing = missing_positions(proj)
+                if missing:
+                    s.tags["missing_slices"] = missing
+                    s.notes.append(f"{missing} slice{'' if missing == 1 else 's'} missing from the series: gaps in the "
+                                   "slice positions where the others are evenly spaced (images lost or unreadable?)")
             how = "slices ordered by ImagePositionPatient along the slice normal"
             return how + (", anterior to posterior" if s.orientation.canonical else "")
     if len({f.path for f in frames}) == 1 and frames[0].frame is not None:
