@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _linked_copy(src: Path, dst: Path, skip: tuple[str, ...] = ()) -> Path:
-    """A copy of a cohort folder whose h5 files are symlinks (cheap) and other files copies."""
+    """A copy of a cohort folder whose h5 files are hard links (cheap; a symbolic link to a file
+    outside the folder would not be read) and other files copies."""
     dst.mkdir(parents=True)
     for path in src.rglob("*"):
         rel = path.relative_to(src)
@@ -37,7 +38,10 @@ def _linked_copy(src: Path, dst: Path, skip: tuple[str, ...] = ()) -> Path:
         target = dst / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix == ".h5":
-            target.symlink_to(path)
+            try:
+                os.link(path, target)
+            except OSError:  # another file system
+                shutil.copyfile(path, target)
         else:
             shutil.copyfile(path, target)
     return dst
