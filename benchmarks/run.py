@@ -46,6 +46,7 @@ SECTIONS: dict[str, str] = {
     "claim": "benchmarks.bench_claim",
     "finetune": "benchmarks.bench_finetune",
     "learnability": "benchmarks.bench_learnability",
+    "recipe": "benchmarks.bench_recipe",
 }
 
 REPO = Path(__file__).resolve().parents[1]

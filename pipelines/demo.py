@@ -23,7 +23,7 @@ import os
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 DEMO_VOLUMES = 400
 """Volumes of the demo cohort (about 260 subjects)."""
@@ -122,6 +122,21 @@ def bundle(run_dir: Path, volumes: int, seed: int, target: Path | None = None) -
     return target
 
 
+def ensure_cohort(cohort_dir: Path, volumes: int, seed: int, log: Callable[[str], None] = print) -> Path:
+    """The demo's synthetic cohort in ``cohort_dir``: reused when it is there and matches
+    ``volumes`` and ``seed``, else synthesised straight into its tensor cache."""
+    if _cohort_matches(cohort_dir, volumes, seed):
+        log(f"reusing the synthetic cohort in {cohort_dir}")
+        return cohort_dir
+    from i2m2_med.data.cache import cache_then_drop
+    from i2m2_med.synth import generate_cohort
+
+    log(f"synthesising {volumes} volumes (regime {DEMO_REGIME}, seed {seed}) into the tensor cache of {cohort_dir} ...")
+    generate_cohort(cohort_dir, volumes, seed, regime=DEMO_REGIME, workers=DEMO_SYNTH_WORKERS,
+                    on_written=cache_then_drop(_tensor_cache(cohort_dir)))
+    return cohort_dir
+
+
 def run(
     out: Path | None = None,
     volumes: int = DEMO_VOLUMES,
@@ -148,16 +163,7 @@ def run(
         raise UsageError(out, "the output path is a file")
     console = Console(stderr=True)
     cohort_dir = out / "cohort"
-    if _cohort_matches(cohort_dir, volumes, seed):
-        console.print(f"reusing the synthetic cohort in {cohort_dir}")
-    else:
-        from i2m2_med.data.cache import cache_then_drop
-        from i2m2_med.synth import generate_cohort
-
-        console.print(f"synthesising {volumes} volumes (regime {DEMO_REGIME}, seed {seed}) into the tensor cache of "
-                      f"{cohort_dir} ...")
-        generate_cohort(cohort_dir, volumes, seed, regime=DEMO_REGIME, workers=DEMO_SYNTH_WORKERS,
-                        on_written=cache_then_drop(_tensor_cache(cohort_dir)))
+    ensure_cohort(cohort_dir, volumes, seed, console.print)
     run_dir = out / "run"
     console.print(f"training {DEMO_VARIANT} ({DEMO_CONFIG} config) in {run_dir} ...")
     result = train(

@@ -21,15 +21,39 @@ def test_flip_and_shift_by_hand() -> None:
     x = torch.arange(16, dtype=torch.float32).reshape(1, 1, 4, 4)
     flipped = apply_geometry(x, torch.tensor([True]), torch.zeros(1, 2, dtype=torch.int64))
     assert torch.equal(flipped[0, 0, 0], torch.tensor([3.0, 2.0, 1.0, 0.0]))
-    # shift one row down and two columns right: the first row / two columns become zero
+    # shift one row down and two columns right: the uncovered first row and two columns repeat
+    # the nearest edge pixel
     moved = apply_geometry(x, torch.tensor([False]), torch.tensor([[1, 2]]))
-    expected = torch.zeros(4, 4)
-    expected[1:, 2:] = x[0, 0, :3, :2]
+    expected = torch.tensor([[0.0, 0.0, 0.0, 1.0],
+                             [0.0, 0.0, 0.0, 1.0],
+                             [4.0, 4.0, 4.0, 5.0],
+                             [8.0, 8.0, 8.0, 9.0]])
     assert torch.equal(moved[0, 0], expected)
-    # a negative shift moves up / left
+    # a negative shift moves up / left; the last row and column repeat
     back = apply_geometry(x, torch.tensor([False]), torch.tensor([[-1, -1]]))
     assert torch.equal(back[0, 0, :3, :3], x[0, 0, 1:, 1:])
-    assert float(back[0, 0, 3].abs().sum()) == 0.0
+    assert torch.equal(back[0, 0, 3], torch.tensor([13.0, 14.0, 15.0, 15.0]))
+    # flipped first, then shifted beyond the image: every pixel repeats the flipped edge column
+    far = apply_geometry(x, torch.tensor([True]), torch.tensor([[0, -9]]))
+    assert torch.equal(far[0, 0], torch.tensor([[0.0] * 4, [4.0] * 4, [8.0] * 4, [12.0] * 4]))
+
+
+def test_a_shifted_phase_image_gains_no_step_for_the_high_pass() -> None:
+    """A smooth phase background shifted with zero fill gets a step to 0 rad at its border, which
+    the phase expert's homodyne high-pass turns into local phase the size of a lesion's cue; with
+    the edge repeated the high-pass output stays as flat as the unshifted image's."""
+    from i2m2_med.models.phase_filter import PhaseHighPass
+
+    rows = torch.linspace(1.5, 2.5, 64)
+    phase = rows[None, None, :, None].expand(1, 1, 64, 64).contiguous()  # a smooth ramp, no cue
+    hp = PhaseHighPass(5.0)
+    flat = float(hp(phase).abs().max())
+    shifted = apply_geometry(phase, torch.tensor([False]), torch.tensor([[4, 4]]))
+    assert float(hp(shifted).abs().max()) <= flat + 1e-4
+    zero_filled = phase.clone()
+    zero_filled[..., :4, :] = 0.0
+    zero_filled[..., :, :4] = 0.0
+    assert float(hp(zero_filled).abs().max()) > 0.8  # what zero fill would have made of it
 
 
 def test_same_geometry_for_both_modalities_and_no_interpolation() -> None:
@@ -42,9 +66,9 @@ def test_same_geometry_for_both_modalities_and_no_interpolation() -> None:
         mag_at = (out["magnitude"][i, 0] == 50.0).nonzero().tolist()
         phase_at = (out["phase"][i, 0] == 3.0).nonzero().tolist()
         assert mag_at == phase_at and len(mag_at) == 1
-    # whole-pixel moves: every output phase value is an input value of that sample or the zero fill
+    # whole-pixel moves: every output phase value is an input value of that sample
     for i in range(batch["phase"].shape[0]):
-        allowed = set(batch["phase"][i].flatten().tolist()) | {0.0}
+        allowed = set(batch["phase"][i].flatten().tolist())
         assert set(out["phase"][i].flatten().tolist()) <= allowed
     assert out["labels"] is batch["labels"] and out["tabular"] is batch["tabular"]
 
@@ -75,8 +99,9 @@ def test_inactive_is_identity_and_bad_settings_refused() -> None:
 def test_shipped_configs_and_validation() -> None:
     paper = load_config("paper")  # the reference trains without augmentation
     assert paper.training.augment.flip_p == 0.0 and paper.training.augment.max_shift == 0
-    cpu = load_config("cpu")  # the compact default flips and shifts (chosen on validation)
-    assert cpu.training.augment.flip_p == 0.5 and cpu.training.augment.max_shift == 4
+    for name in ("cpu", "demo"):  # the compact recipes flip and shift (chosen on validation)
+        cfg = load_config(name)
+        assert cfg.training.augment.flip_p == 0.5 and cfg.training.augment.max_shift == 4
     cfg = load_config("cpu").model_copy(deep=True)
     on = type(cfg.training.augment)(flip_p=1.0, max_shift=0)
     assert on.flip_p == 1.0

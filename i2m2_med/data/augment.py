@@ -1,10 +1,17 @@
 """Training-time augmentation of a batch: the same random geometry for magnitude and phase.
 
 Only geometric operations that move whole pixels are used -- a left-right flip and an integer
-translation with zero fill -- so that the phase (radians, wrapped to [-pi, pi]) is never
-interpolated and a magnitude cue and a phase cue on the same site stay on the same pixel (the
-co-location that carries the inter-modality evidence). Each sample of the batch draws its own
-flip and shift; the labels do not change (a finding is per lesion class, not per side: a flipped
+translation -- so that the phase (radians, wrapped to [-pi, pi]) is never interpolated and a
+magnitude cue and a phase cue on the same site stay on the same pixel (the co-location that
+carries the inter-modality evidence).
+
+The pixels a translation uncovers repeat the nearest edge pixel; they are not zero. A zero band
+beside a phase image is a step from the image's smooth background phase to 0 rad, and the phase
+expert's homodyne high-pass (:mod:`i2m2_med.models.phase_filter`) turns that step into a strip of
+local phase of the same size as a lesion's phase cue (about a radian), on every shifted sample:
+with zero fill, the phase expert trained on 200 intra-regime volumes told findings from their
+mimics no better than chance on held-out data (BENCHMARKS.md, "Training recipe and the phase
+cue"). Each sample of the batch draws its own flip and shift; the labels do not change (a finding is per lesion class, not per side: a flipped
 right knee looks like a left one).
 
 The draws come from a :class:`torch.Generator` seeded once, so a training run is reproducible.
@@ -71,22 +78,20 @@ class BatchAugment:
 
 
 def apply_geometry(x: Tensor, flips: Tensor, shifts: Tensor) -> Tensor:
-    """Flip (last axis) then shift each sample of ``x`` ``[B, C, H, W]``; zero fill."""
+    """Flip (last axis) then shift each sample of ``x`` ``[B, C, H, W]`` by ``shifts`` ``[B, 2]``
+    (rows, columns; positive moves down / right); uncovered pixels repeat the nearest edge pixel
+    (see the module's text for why not zero)."""
     if x.ndim != 4:
         raise UsageError("augment", f"expected images [B, C, H, W], got shape {tuple(x.shape)}")
     flips = flips.to(x.device)
     y = torch.where(flips[:, None, None, None], x.flip(-1), x)
-    h, w = int(y.shape[-2]), int(y.shape[-1])
-    out = torch.zeros_like(y)
-    for i, (dy, dx) in enumerate(shifts.tolist()):
-        if abs(dy) >= h or abs(dx) >= w:
-            continue
-        src_r = slice(max(0, -dy), h - max(0, dy))
-        dst_r = slice(max(0, dy), h - max(0, -dy))
-        src_c = slice(max(0, -dx), w - max(0, dx))
-        dst_c = slice(max(0, dx), w - max(0, -dx))
-        out[i, :, dst_r, dst_c] = y[i, :, src_r, src_c]
-    return out
+    b, c, h, w = (int(n) for n in y.shape)
+    shifts = shifts.to(device=x.device, dtype=torch.int64)
+    # output pixel (r, q) reads input pixel (r - dy, q - dx), clamped into the image
+    rows = (torch.arange(h, device=x.device)[None, :] - shifts[:, :1]).clamp(0, h - 1)  # [B, H]
+    cols = (torch.arange(w, device=x.device)[None, :] - shifts[:, 1:]).clamp(0, w - 1)  # [B, W]
+    y = torch.gather(y, 2, rows[:, None, :, None].expand(b, c, h, w))
+    return torch.gather(y, 3, cols[:, None, None, :].expand(b, c, h, w))
 
 
 __all__ = ["BatchAugment", "apply_geometry", "IMAGE_KEYS"]
