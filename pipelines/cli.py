@@ -80,10 +80,11 @@ def inspect_cmd(
     path: Path = typer.Argument(..., help="A study (h5, DICOM file or folder, NIfTI) or a folder of studies."),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON instead of a table."),
     annotations: Optional[Path] = typer.Option(
-        None, "--annotations", help="fastMRI+ knee.csv (labels per slice); knee_file_list.csv beside it is used too."
+        None, "--annotations", help="fastMRI+ knee.csv (labels per slice); knee_file_list.csv beside it is used too "
+                                    "(default: a folder's annotations/knee.csv when present)."
     ),
     clinical: Optional[Path] = typer.Option(
-        None, "--clinical", help="Clinical CSV joined by study id (age, sex, BMI, ...)."
+        None, "--clinical", help="Clinical CSV joined by study id (age, sex, BMI, ...; default: a folder's tabular.csv when present)."
     ),
     keep_ids: bool = typer.Option(False, "--keep-ids", help="Show the readers' study and patient ids instead of their hashes."),
 ) -> None:

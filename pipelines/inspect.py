@@ -3,8 +3,10 @@
 For each study found (:func:`i2m2_med.io.discover.discover`): format, number of slices, the
 shape of one slice (k-space (640, W) / (C, 640, W), or image (H, W)), modalities present and
 missing, acquisition tags, the tabular feature vector (:mod:`i2m2_med.data.tabular`, with the
-study's row of a clinical CSV when one is given), labels from a fastMRI+ CSV when one is given,
-the reader's notes; then the files that could not be read, with their reasons.
+study's row of a clinical CSV), labels from a fastMRI+ CSV, the reader's notes; then the files
+that could not be read, with their reasons. For a cohort folder the labels and the clinical CSV
+are found as ``train`` and ``diagnose`` find them (``annotations/knee.csv``, ``tabular.csv``)
+unless others are named; a tag the clinical row provides is not listed as missing.
 
 The middle slice of every study is read as a check (a corrupt chunk or NaN/Inf there makes the
 study a problem); the other slices are not loaded.
@@ -18,7 +20,8 @@ DICOM patient's name, read only for that, NIfTI names) and calendar dates.
 ``--json`` prints the same content as one JSON object::
 
     {"path": str, "studies": [ {study...} ], "problems": [{"path", "reason"}],
-     "skipped": [{"path", "reason"}], "summary": {"studies", "problems", "skipped"}}
+     "skipped": [{"path", "reason"}], "summary": {"studies", "problems", "skipped"},
+     "annotations": str | null, "clinical": str | null}
 
 Exit codes: 0 every study file was read; 1 the path does not exist or nothing readable was
 found; 2 some files failed (the others are reported).
@@ -34,9 +37,9 @@ from typing import Any, Mapping
 import numpy as np
 
 from i2m2_med.atomic import json_safe
-from i2m2_med.data.layout import annotation_paths
+from i2m2_med.data.layout import CLINICAL_CSV, annotation_paths
 from i2m2_med.data.layout import clinical_row as clinical_row_of
-from i2m2_med.data.tabular import read_clinical_csv, tabular_features
+from i2m2_med.data.tabular import merged_tags, read_clinical_csv, tabular_features
 from i2m2_med.errors import AnnotationError, I2M2Error
 from i2m2_med.heads import HEADS
 from i2m2_med.io.discover import discover
@@ -107,8 +110,9 @@ def summarise(study: Study, *, annotations: Any | None = None, clinical: dict[st
     middle = study.n_slices // 2
     sample = study.read_slice(middle)
     tags = study.tags
-    missing_tags = [k for k in TABULAR_TAGS if k not in tags]
     clinical_row = None if clinical is None else clinical_row_of(clinical, study)
+    provided = merged_tags(tags, clinical_row)
+    missing_tags = [k for k in TABULAR_TAGS if k not in provided]
     entry: dict[str, Any] = {
         "study_id": study.study_id if keep_ids else hash_id(study.study_id),
         "source": str(study.source) if source is None else source,
@@ -156,6 +160,10 @@ def inspect_path(path: str | Path, annotations: str | Path | None = None,
     cannot be read.
     """
     path = Path(path)
+    if annotations is None and path.is_dir():  # a cohort folder's own labels, as train and diagnose read them
+        annotations = annotation_paths(path, None)[0]
+    if clinical is None and path.is_dir() and (path / CLINICAL_CSV).is_file():
+        clinical = path / CLINICAL_CSV
     table = None if annotations is None else _read_annotations(Path(annotations))
     clinical_rows = None if clinical is None else _read_clinical(Path(clinical))
     found = discover(path)
@@ -178,6 +186,8 @@ def inspect_path(path: str | Path, annotations: str | Path | None = None,
         "problems": [{"path": p, "reason": r} for p, r in problems],
         "skipped": [{"path": _shown(p, path, secrets), "reason": clean(r)} for p, r in found.skipped],
         "summary": {"studies": len(studies), "problems": len(problems), "skipped": len(found.skipped)},
+        "annotations": None if annotations is None else _shown(annotations, path, secrets),
+        "clinical": None if clinical is None else _shown(clinical, path, secrets),
     }
 
 
@@ -210,7 +220,7 @@ def _labels_text(labels: dict[str, Any] | None) -> str:
     for h in HEADS:
         positives = labels["positive_slices"][h]
         parts.append(f"{h}: {'positive' if labels['volume'][h] else 'negative'}"
-                     + (f" (slices {_fmt(positives)})" if positives else ""))
+                     + (f" (slices {', '.join(str(i) for i in positives)})" if positives else ""))
     return "; ".join(parts)
 
 

@@ -233,3 +233,28 @@ def test_console_script_subprocess(folder, tmp_path):
     (folder / "junk.dcm").write_text("not dicom")
     partial = subprocess.run([exe, "inspect", str(folder)], capture_output=True, text=True, env=env, timeout=120)
     assert partial.returncode == 2 and "junk.dcm" in partial.stdout and "not a DICOM file" in partial.stdout
+
+
+def test_a_cohort_folder_shows_its_own_labels_and_clinical_rows(tiny_cohort, capsys):
+    """A cohort folder's annotations/knee.csv and tabular.csv are read by default, as train and
+    diagnose read them; tags the clinical row provides are not listed as missing."""
+    rc, report, _ = _json(capsys, str(tiny_cohort))
+    assert rc == 0
+    assert report["annotations"] == "annotations/knee.csv" and report["clinical"] == "tabular.csv"
+    studies = report["studies"]
+    assert len(studies) == 6 and all(s["labels"]["known"] for s in studies)
+    assert any(any(s["labels"]["volume"].values()) for s in studies)
+    for s in studies:
+        assert s["clinical_row"] is True
+        assert not {"age_years", "sex", "bmi", "weight_kg"} & set(s["missing"]["tags"]), s["missing"]
+        values = dict(zip(s["tabular"]["names"], s["tabular"]["values"]))
+        assert values["age_years_missing"] == 0.0 and values["sex_male_missing"] == 0.0
+    main(["inspect", str(tiny_cohort)])
+    out = capsys.readouterr().out
+    assert "positive (slices" in out and "missing tags" in out
+    many = [s for s in studies if len(s["labels"]["positive_slices"]["mtear"]) > 1]
+    if many:  # slice numbers are listed, not drawn as a shape ("3x4x5")
+        assert "mtear: positive (slices " + ", ".join(str(i) for i in many[0]["labels"]["positive_slices"]["mtear"]) in out
+    # naming other files still wins over the folder's own
+    rc, report, _ = _json(capsys, str(tiny_cohort), "--annotations", str(tiny_cohort / "annotations" / "knee.csv"))
+    assert rc == 0 and all(s["labels"]["known"] for s in report["studies"])

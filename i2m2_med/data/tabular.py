@@ -116,7 +116,8 @@ def _sex_male(value: Any) -> float | None:
     return None
 
 
-def _merged(tags: Mapping[str, Any], clinical_row: Mapping[str, Any] | None) -> dict[str, Any]:
+def merged_tags(tags: Mapping[str, Any], clinical_row: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A study's tags with the non-empty values of its clinical row over them (the row wins)."""
     merged = dict(tags)
     for key, value in (clinical_row or {}).items():
         if value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str) and not value.strip()):
@@ -165,7 +166,7 @@ def tabular_features(
     the same name. ``columns``: extra clinical columns appended after the standard features,
     a list of names or a mapping name -> divisor. F = 2 * (7 + len(extra columns)).
     """
-    merged = _merged(tags, clinical_row)
+    merged = merged_tags(tags, clinical_row)
     scales = dict(columns) if isinstance(columns, Mapping) else {}
     values: list[float] = []
     for name in _feature_list(columns):
