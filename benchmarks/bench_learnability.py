@@ -37,15 +37,20 @@ PATHOLOGY = ("acl", "mtear", "cart")
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    from i2m2_med.ablation.claim import POOL_SEEDS, ensure_pool, heldout_predictions, subset_cohort
+    from i2m2_med.ablation.claim import (
+        POOL_SEEDS,
+        ensure_pool,
+        heldout_in_view,
+        heldout_predictions,
+        subset_cohort,
+    )
     from i2m2_med.ablation.heldout import ensure_heldout
     from i2m2_med.ablation.runs import train_or_reuse
     from i2m2_med.config import load_config
-    from i2m2_med.data.cohort import data_fingerprint, in_view_rows, read_evidence
+    from i2m2_med.data.cohort import data_fingerprint, read_evidence
     from i2m2_med.data.layout import EPISODES_CSV
     from i2m2_med.heads import HEADS
     from i2m2_med.metrics.cues import cue_response
-    from i2m2_med.metrics.ranking import auroc
     from i2m2_med.training.options import resolve_config
 
     plan = QUICK if ctx.quick else FULL
@@ -73,13 +78,8 @@ def run(ctx: Context) -> dict[str, Any]:
         metrics = json.loads((Path(record.run_dir) / "metrics.json").read_text(encoding="utf-8"))
         stage = metrics["training"]["stages"][-1]
         pred = heldout_predictions(record, heldout, cache, fp)
-        view = in_view_rows(heldout.in_view, pred["study_id"], pred["slice"])
-        p, y = pred["p"]["combined"], pred["labels"] > 0.5
-        in_view = {}
-        for h, head in enumerate(HEADS):
-            keep = view[:, h] & np.isfinite(p[:, h])
-            yy = y[keep, h]
-            in_view[head] = float(auroc(yy, p[keep, h])) if 0 < yy.sum() < yy.size else None
+        p = pred["p"]["combined"]
+        in_view = heldout_in_view(pred, heldout)
         states = np.stack([states_by_study[str(sid)][int(k)] for sid, k in zip(pred["study_id"], pred["slice"])])
         cues = cue_response(p, states, pred["labels"])
         defined = [in_view[h] for h in PATHOLOGY if in_view[h] is not None]

