@@ -38,9 +38,19 @@ def _command(name: str):
     return register
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from i2m2_med import __version__
+
+        print(f"i2m2-med {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors."),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True,
+                                 callback=_print_version),
 ) -> None:
     _state["debug"] = debug
 
