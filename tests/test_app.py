@@ -412,6 +412,14 @@ def test_upload_validation(tmp_path, private_tmp):
     good.close()
     assert not good.folder.exists()
 
+    # one DICOM file is accepted as it is, without a zip around it
+    one = next(iter(sorted((tmp_path / "dcm").rglob("*.dcm"))))
+    single = sources.accept_upload("one image.dcm", one.read_bytes(), 50 << 20)
+    assert len(single.refs) == 1 and sources.open_study(single.refs[0]).format == "dicom"
+    assert sources.open_study(single.refs[0]).n_slices == 1
+    single.close()
+    assert not single.folder.exists()
+
     cases = {
         ("evil.zip", _zip({"../evil.dcm": b"x"})): "outside the archive",
         ("abs.zip", _zip({"/etc/cron.d/x": b"x"})): "outside the archive",
@@ -419,6 +427,7 @@ def test_upload_validation(tmp_path, private_tmp):
         ("empty.zip", _zip({"readme.txt": b"hello"})): "no study found",
         ("broken.zip", b"PK\x03\x04 not really a zip"): "not a valid zip",
         ("notes.txt", b"hello"): "not a supported file",
+        ("notes.dcm", b"hello, not DICOM"): "not a DICOM file",
         ("empty.h5", b""): "empty",
         ("huge.nii", b"\0" * (2 << 20)): "upload limit",
         ("garbage.nii.gz", b"\x1f\x8b not gzip"): "",

@@ -238,7 +238,7 @@ def demo_refs(folder: Path) -> list[StudyRef]:
 
 # ---- uploads --------------------------------------------------------------------------------------
 
-UPLOAD_SUFFIXES: tuple[str, ...] = (".h5", ".hdf5", ".nii", ".nii.gz", ".zip")
+UPLOAD_SUFFIXES: tuple[str, ...] = (".h5", ".hdf5", ".nii", ".nii.gz", ".zip", ".dcm")
 MAX_ZIP_MEMBERS = 4096
 MAX_ZIP_NAME_BYTES = 200
 """Longest name of one path component of a zip entry (file systems stop at 255 bytes)."""
@@ -372,8 +372,9 @@ def remove_stale_uploads(base: str | os.PathLike | None = None) -> int:
 def accept_upload(name: str, data: bytes, max_bytes: int) -> Upload:
     """Validate and store an upload in a private temporary folder; return the studies in it.
 
-    Accepted: a fastMRI ``.h5``, a NIfTI volume (``.nii`` / ``.nii.gz``), or a ``.zip`` of a DICOM
-    series (or of a NIfTI magnitude + ``_phase`` pair). Refused with :class:`UploadRejected` (one
+    Accepted: a fastMRI ``.h5``, a NIfTI volume (``.nii`` / ``.nii.gz``), one DICOM file (``.dcm``:
+    a multi-frame series or a single image), or a ``.zip`` of a DICOM series (or of a NIfTI
+    magnitude + ``_phase`` pair). Refused with :class:`UploadRejected` (one
     line): an empty or oversized file, another file type, an unsafe or oversized zip, a file
     the readers cannot read, or one whose slices cannot be read. Nothing is kept on refusal.
     """
@@ -386,14 +387,19 @@ def accept_upload(name: str, data: bytes, max_bytes: int) -> Upload:
         raise UploadRejected(f"{name}: {len(data) / (1 << 20):.1f} MB is over the {max_bytes // (1 << 20)} MB upload limit")
     suffix = _suffix(name)
     if suffix is None:
-        raise UploadRejected(f"{name}: not a supported file; upload a fastMRI .h5, a NIfTI (.nii / .nii.gz) or a .zip of a DICOM series")
+        raise UploadRejected(f"{name}: not a supported file; upload a fastMRI .h5, a NIfTI (.nii / .nii.gz), a .dcm "
+                             "or a .zip of a DICOM series")
     try:
         folder = Path(tempfile.mkdtemp(prefix=f"{UPLOAD_PREFIX}{os.getpid()}-"))
     except OSError as exc:
         raise UploadRejected(f"{name}: the server cannot store uploads now ({exc.strerror or exc})") from None
     os.chmod(folder, 0o700)
     try:
-        target = folder / _safe_name(name, suffix)
+        if suffix == ".dcm":  # one DICOM file (a multi-frame series, or a single image): a series folder of it
+            (folder / "series").mkdir(mode=0o700)
+            target = folder / "series" / _safe_name(name, suffix)
+        else:
+            target = folder / _safe_name(name, suffix)
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -406,6 +412,8 @@ def accept_upload(name: str, data: bytes, max_bytes: int) -> Upload:
                 raise UploadRejected(f"{name}: {exc}") from None
             target.unlink()
             target = series
+        elif suffix == ".dcm":
+            target = target.parent
         try:
             found = discover(target)
         except I2M2Error as exc:

@@ -188,8 +188,9 @@ def _pick_root(cfg: Settings) -> sources.StudyRef | None:
 def _pick_upload(cfg: Settings) -> sources.StudyRef | None:
     limit = cfg.max_upload_bytes // (1 << 20)
     file = st.sidebar.file_uploader(
-        "Upload a study", type=["h5", "hdf5", "nii", "gz", "zip"], key="upload_file",
-        help=f"A fastMRI .h5, a NIfTI volume (.nii / .nii.gz) or a .zip of one DICOM series; at most {limit} MB. "
+        "Upload a study", type=["h5", "hdf5", "nii", "gz", "zip", "dcm"], key="upload_file",
+        help=f"A fastMRI .h5, a NIfTI volume (.nii / .nii.gz), one DICOM file (.dcm: a multi-frame series or a "
+             f"single image) or a .zip of one DICOM series; at most {limit} MB. "
              "The file is kept in a private temporary folder while you view it and deleted afterwards.",
     )
     if file is None:
