@@ -190,6 +190,20 @@ def diagnose_cmd(
     )
 
 
+@_command("export")
+def export_cmd(
+    model: Optional[Path] = typer.Argument(
+        None, help="Training run folder or checkpoint file (default: the bundled demo model)."
+    ),
+    fmt: str = typer.Option(..., "--format", help="onnx, torchscript or exported-program (torch.export, a .pt2 file)."),
+    out: Path = typer.Option(..., "--out", help="File to write; a description FILE.json is written beside it."),
+) -> None:
+    """Export a model as an ONNX, TorchScript or ExportedProgram graph with plain tensor inputs (images, tabular vector, presence flags) and every expert's log-probabilities plus the combined ones as outputs; the file is checked against PyTorch before it is kept."""
+    from pipelines import export as pipeline
+
+    raise typer.Exit(pipeline.run(model, fmt, out))
+
+
 @_command("fit-shift")
 def fit_shift_cmd(
     run: Path = typer.Argument(..., help="Training run folder (or its checkpoint file) to add the statistics to."),

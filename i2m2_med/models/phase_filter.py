@@ -79,6 +79,24 @@ class PhaseHighPass(nn.Module):
         return f"sigma={self.sigma:g}"
 
 
+class FixedSizePhaseHighPass(PhaseHighPass):
+    """:class:`PhaseHighPass` for one image size, its blur matrices held as (non-persistent)
+    buffers: no cache and no Python state at call time, so tracers and graph exporters see plain
+    tensor operations. ``forward(phase [B, 1, height, width])``; other sizes are not accepted."""
+
+    def __init__(self, sigma: float, height: int, width: int):
+        super().__init__(sigma)
+        self.register_buffer("a_h", self.blur_matrix(height, torch.device("cpu"), torch.float32), persistent=False)
+        self.register_buffer("a_w", self.blur_matrix(width, torch.device("cpu"), torch.float32).clone(), persistent=False)
+        self._matrices.clear()
+
+    def lowpass(self, x: Tensor) -> Tensor:
+        return self.a_h @ x @ self.a_w.T
+
+    def extra_repr(self) -> str:
+        return f"sigma={self.sigma:g}, size={self.a_h.shape[0]}x{self.a_w.shape[0]}"
+
+
 def phase_input_module(filter_name: str, sigma: float) -> nn.Module:
     """The phase input stage named by the config: identity for ``none``, :class:`PhaseHighPass`."""
     if filter_name == "none":

@@ -329,6 +329,17 @@ class I2M2Model(nn.Module):
             )
         return next(iter(sizes.values()))
 
+    def expert_logits(self, name: str, batch: Mapping[str, Tensor], present: Mapping[str, Tensor]) -> Tensor:
+        """Logits ``[B, 4, 2]`` of one expert on ``batch`` (modality -> tensor); ``present``
+        (modality -> bool ``[B]``) tells the joint model on which samples to fuse the tabular
+        vector. The expert's own modalities must be in ``batch``."""
+        expert = self.experts[name]
+        if name in ("magnitude", "phase", "tabular"):
+            return expert(batch[name].float())
+        with_tab = expert.uses_tabular and "tabular" in present
+        tab = batch["tabular"].float() if with_tab else None
+        return expert(batch["magnitude"].float(), batch["phase"].float(), tab, present["tabular"] if with_tab else None)
+
     def forward(self, batch: Mapping[str, Any]) -> I2M2Output:
         batch_size = self._check_inputs(batch)
         device = next(self.parameters()).device
@@ -337,19 +348,12 @@ class I2M2Model(nn.Module):
         logits: dict[str, Tensor] = {}
         mask: dict[str, Tensor] = {}
         dropped: list[str] = []
-        for name, expert in self.experts.items():
+        for name in self.experts:
             needs = self.required_modalities(name)
             if any(m not in present for m in needs):
                 dropped.append(name)
                 continue
-            if name in ("magnitude", "phase"):
-                z = expert(batch[name].float())
-            elif name == "tabular":
-                z = expert(batch["tabular"].float())
-            else:
-                with_tab = expert.uses_tabular and "tabular" in present
-                tab = batch["tabular"].float() if with_tab else None
-                z = expert(batch["magnitude"].float(), batch["phase"].float(), tab, present["tabular"] if with_tab else None)
+            z = self.expert_logits(name, batch, present)
             logits[name] = z
             terms[name] = F.log_softmax(z, dim=-1)
             usable = torch.stack([present[m] for m in needs]).all(dim=0)
