@@ -129,7 +129,8 @@ def diagnose_cmd(
     ),
     num_nodes: int = typer.Option(1, "--num-nodes", min=1, help="Nodes for a multi-node DDP run."),
     strategy: str = typer.Option("ddp", "--strategy", help="Lightning strategy for --devices/--num-nodes (ddp, ddp_spawn, ...)."),
-    accelerator: str = typer.Option("cpu", "--accelerator", help="Lightning accelerator for --devices (cpu, gpu, auto)."),
+    accelerator: str = typer.Option("cpu", "--accelerator", help="Lightning accelerator for --devices (cpu, gpu, auto); gpu on a machine without one is refused."),
+    device: str = typer.Option("auto", "--device", help="Where the model runs: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N; a GPU that is not there is refused."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with ETA on stderr."),
     series: Optional[str] = typer.Option(
         None, "--series", help="Diagnose only this series: a SeriesInstanceUID, or a pattern of the series description "
@@ -186,6 +187,7 @@ def diagnose_cmd(
             series=series,
             review_threshold=review_threshold,
             memory_mb=memory_mb,
+            device=device,
         )
     )
 

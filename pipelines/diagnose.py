@@ -606,6 +606,7 @@ def prepare(
     debug: bool = False,
     auto_clinical: bool = True,
     memory_mb: int | None = None,
+    device: torch.device | None = None,
 ) -> tuple[Context, list[Item]]:
     """Validate the arguments, load the model and find the studies (every rank does this).
 
@@ -651,7 +652,7 @@ def prepare(
 
         table = read_clinical_csv(cpath)
         digest = "sha256:" + hashlib.sha256(cpath.read_bytes()).hexdigest()[:16]
-    model, meta = load_model(model_path)
+    model, meta = load_model(model_path, map_location=device or "cpu")
     modality_pipeline(int(meta.config.image_size))  # builds the transforms now, not under the progress bar
     set_memory_budget(memory_mb, readers=max(1, int(workers)))
     items = plan(root, keep_ids)
@@ -719,6 +720,7 @@ def run(
     series: str | None = None,
     review_threshold: float | None = None,
     memory_mb: int | None = None,
+    device: str | None = "auto",
 ) -> int:
     """Diagnose every study under ``input_dir`` into ``out_dir``; returns the exit code
     (0 all ok, 2 some failed). Usage errors and an unusable checkpoint raise
@@ -730,20 +732,37 @@ def run(
     finished study's record (single-process runs). ``series``: see :func:`choose_series`.
     ``review_threshold``: flag the ok studies whose disagreement is above it (``review`` column).
     ``memory_mb``: the run's memory budget (:mod:`i2m2_med.io.limits`; default ``I2M2_MEMORY_MB``
-    or 4096), per process.
+    or 4096), per process. ``device``: where a single-process run puts the model
+    (:func:`i2m2_med.inference.loading.resolve_device`: ``auto``, ``cpu``, ``cuda[:N]``); a GPU
+    that is not there is refused, never replaced by the CPU. ``accelerator`` (``--devices``
+    runs) is checked the same way.
     """
+    from i2m2_med.inference.loading import device_name, resolve_device
+
     if devices is not None and devices < 1:
         raise UsageError("--devices", f"must be >= 1, got {devices}")
     if num_nodes < 1:
         raise UsageError("--num-nodes", f"must be >= 1, got {num_nodes}")
     threshold = check_review_threshold(review_threshold)
     memory_budget_mb(memory_mb)  # a bad value is refused before the model is loaded
+    distributed = (devices or 1) > 1 or num_nodes > 1
+    if str(accelerator).lower() in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--accelerator", f"{accelerator!r} asks for a GPU but torch sees none on this machine; use cpu")
+        if not distributed and (device is None or str(device).lower() == "auto"):
+            device = "cuda"
+    target = resolve_device(device)
+    if not distributed and target.type != "cpu":
+        print(f"device: {device_name(target)}", file=sys.stderr)
     try:
         ctx, items = prepare(input_dir, out_dir, model, keep_ids, workers, clinical, batch_size, drop_modalities, debug,
-                             auto_clinical=auto_clinical, memory_mb=memory_mb)
+                             auto_clinical=auto_clinical, memory_mb=memory_mb,
+                             device=None if distributed else target)
         ctx.review_threshold = threshold
         choose_series(items, series)
-        if (devices or 1) > 1 or num_nodes > 1:
+        if distributed:
             return _run_distributed(ctx, items, resume, devices or 1, num_nodes, strategy, accelerator, progress)
 
         records: dict[str, dict[str, Any]] = {}

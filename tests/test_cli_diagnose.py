@@ -619,3 +619,33 @@ def test_help_documents_the_review_threshold(capsys):
     assert main(["diagnose", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.replace("│", " ").split())
     assert "--review-thresh" in text and "disagreement" in text and "status stays ok" in text
+
+
+def test_device_choice_never_falls_back_silently(capsys, tmp_path, checkpoint):
+    """`--device cuda` (or `--accelerator gpu`) where torch sees no GPU is one line and exit 1
+    with nothing written; a name that is no device likewise; `cpu` and `auto` run."""
+    import torch
+
+    from i2m2_med.inference.loading import resolve_device
+
+    src = tmp_path / "in"
+    write_h5(src / "a.h5", n_slices=2, width=368, seed=11)
+    if torch.cuda.is_available():
+        rc, err = _diagnose(capsys, src, "--out", tmp_path / "gpu", "--model", checkpoint, "--device", "cuda")
+        assert rc == 0 and "device: cuda:" in err
+    else:
+        assert resolve_device("auto") == torch.device("cpu")
+        for args, reason in ((("--device", "cuda"), "asks for a CUDA GPU but torch sees none"),
+                             (("--device", "cuda:1"), "asks for a CUDA GPU but torch sees none"),
+                             (("--accelerator", "gpu"), "'gpu' asks for a GPU but torch sees none")):
+            rc, err = _diagnose(capsys, src, "--out", tmp_path / "no", "--model", checkpoint, *args)
+            lines = err.strip().splitlines()
+            assert rc == 1 and len(lines) == 1 and reason in lines[0], err
+            assert not (tmp_path / "no").exists()
+    rc, err = _diagnose(capsys, src, "--out", tmp_path / "no", "--model", checkpoint, "--device", "tpu")
+    assert rc == 1 and "'tpu' is not a device" in err and not (tmp_path / "no").exists()
+    for device in ("cpu", "auto"):
+        rc, _ = _diagnose(capsys, src, "--out", tmp_path / device, "--model", checkpoint, "--device", device)
+        assert rc == 0 and (tmp_path / device / "predictions.csv").is_file()
+    if not torch.cuda.is_available():  # auto is the CPU here: the same answers
+        assert (tmp_path / "cpu" / "predictions.csv").read_text() == (tmp_path / "auto" / "predictions.csv").read_text()

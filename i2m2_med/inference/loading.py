@@ -13,7 +13,7 @@ import torch
 from i2m2_med import demo_model_path
 from i2m2_med.checkpoint import CheckpointMeta, load_checkpoint
 from i2m2_med.data.tabular import TABULAR_FEATURES
-from i2m2_med.errors import CheckpointError
+from i2m2_med.errors import CheckpointError, UsageError
 from i2m2_med.models import I2M2Model
 
 #: Checkpoint file names looked for, in order, when a run folder is given.
@@ -43,6 +43,38 @@ def resolve_checkpoint(path: str | os.PathLike | None = None) -> Path:
             raise CheckpointError(p, f"several checkpoints in the run folder ({names}); name the file")
         raise CheckpointError(p, "no checkpoint (*.safetensors) in this folder")
     raise CheckpointError(p, "no such checkpoint file or run folder")
+
+
+DEVICE_HELP = "auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda or cuda:N"
+
+
+def resolve_device(spec: str | None = "auto", option: str = "--device") -> torch.device:
+    """The torch device named by ``spec`` (:data:`DEVICE_HELP`; None is ``auto``). Raises
+    :class:`UsageError` naming ``option`` for a GPU this machine does not have or a name that is
+    none of these, so a run never falls back to the CPU behind the user's back."""
+    text = "auto" if spec is None else str(spec).strip().lower()
+    if text == "auto":
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    if text == "cuda" or text.startswith("cuda:"):
+        index = text.partition(":")[2]
+        if index and not index.isdigit():
+            raise UsageError(option, f"{spec!r} is not a device; use {DEVICE_HELP}")
+        if not torch.cuda.is_available():
+            raise UsageError(option, f"{spec!r} asks for a CUDA GPU but torch sees none on this machine; use cpu or auto")
+        n = int(index or torch.cuda.current_device())
+        if n >= torch.cuda.device_count():
+            raise UsageError(option, f"{spec!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s), numbered from 0")
+        return torch.device("cuda", n)
+    raise UsageError(option, f"{spec!r} is not a device; use {DEVICE_HELP}")
+
+
+def device_name(device: torch.device) -> str:
+    """``cpu`` or ``cuda:N (card name)``, for a run's log."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
 
 
 def load_model(path: str | os.PathLike | None = None, map_location: str | torch.device = "cpu") -> tuple[I2M2Model, CheckpointMeta]:
