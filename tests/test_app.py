@@ -461,6 +461,13 @@ def batch_run(env, tmp_path):
     model = None if env.model is None else str(env.model)
     code = diagnose.run(inputs, out, model=model, progress=False)
     assert code == 2  # one study failed
+    # a training run's folder also holds a predictions.csv (one row per slice): not a result folder
+    train_run = root / "runs" / "train1"
+    train_run.mkdir()
+    (train_run / "predictions.csv").write_text(
+        "split,study_id,slice,y_acl,y_mtear,y_cart,y_abnormal,p_acl,p_mtear,p_cart,p_abnormal\n"
+        "test,synth0_0001,3,0,1,0,0,0.1,0.7,0.2,0.3\n")
+    (train_run / "studies").mkdir()
     return root, out
 
 
@@ -472,6 +479,7 @@ def test_batch_page_sorts_filters_and_opens_a_study(batch_run, monkeypatch):
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.selectbox(key="batch_run").value == "runs/run1"
+    assert at.selectbox(key="batch_run").options == ["runs/run1", "Type a path..."]
     values = {m.label: m.value for m in at.metric}
     assert values["Studies"] == "3" and values["Succeeded"] == "2" and values["Failed"] == "1"
     table = at.dataframe[0].value

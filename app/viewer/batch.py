@@ -24,8 +24,24 @@ class NotARun(Exception):
     """The folder is not a ``diagnose`` output folder; ``str(exc)`` is one line for the user."""
 
 
+def is_diagnose_output(folder: Path) -> bool:
+    """True when ``folder`` looks like an output folder of ``diagnose``: a ``studies/`` folder and
+    a ``predictions.csv`` whose header has the diagnose columns (a training run's per-slice
+    ``predictions.csv`` has others). Reads the header line only."""
+    folder = Path(folder)
+    if not (folder / STUDIES).is_dir():
+        return False
+    try:
+        with open(folder / PREDICTIONS, encoding="utf-8", errors="replace") as fh:
+            header = fh.readline(1 << 16).strip().split(",")
+    except OSError:
+        return False
+    return all(c in header for c in LEADING)
+
+
 def find_runs(roots: Sequence[Path], depth: int = 4) -> list[Path]:
-    """Folders under the roots (at most ``depth`` levels down) that hold a ``predictions.csv``."""
+    """Output folders of ``diagnose`` under the roots (at most ``depth`` levels down); folders with
+    another ``predictions.csv`` (a training run's) are left out (:func:`is_diagnose_output`)."""
     found: list[Path] = []
     seen = 0
     for root in roots:
@@ -37,7 +53,7 @@ def find_runs(roots: Sequence[Path], depth: int = 4) -> list[Path]:
             dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != STUDIES)
             if len(here.parts) - base_depth >= depth:
                 dirnames[:] = []
-            if PREDICTIONS in filenames:
+            if PREDICTIONS in filenames and is_diagnose_output(here):
                 found.append(here)
             if len(found) >= MAX_RUNS or seen >= MAX_DIRS:
                 return found

@@ -39,7 +39,7 @@ runs = _runs(roots)
 OTHER = "Type a path..."
 labels = [relative_label(Path(r), cfg.data_roots) for r in runs] + [OTHER]
 choice = st.selectbox("Result folder", labels, key="batch_run",
-                      help="Folders under the data root(s) that hold a predictions.csv.")
+                      help="Output folders of i2m2-med diagnose under the data root(s); training run folders are not listed.")
 if choice == OTHER:
     typed = st.text_input("Output folder (relative to the data root, or absolute inside it)", key="batch_path")
     if not typed.strip():
