@@ -192,6 +192,19 @@ def diagnose_cmd(
     )
 
 
+@_command("app")
+def app_cmd(
+    port: Optional[int] = typer.Option(None, "--port", min=1, max=65535, help="Port to serve on (default: Streamlit's, 8501)."),
+    address: Optional[str] = typer.Option(
+        None, "--address", help="Address to listen on (default: localhost only; change deliberately, e.g. behind an authenticating proxy)."
+    ),
+) -> None:
+    """Start the evidence viewer (the same app as `streamlit run app/main.py` from a checkout) with its safe server settings. Its settings come from the environment: I2M2_DATA_ROOT, I2M2_MODEL, I2M2_CACHE_DIR."""
+    from pipelines import app as pipeline
+
+    raise typer.Exit(pipeline.run(port=port, address=address))
+
+
 @_command("export")
 def export_cmd(
     model: Optional[Path] = typer.Argument(

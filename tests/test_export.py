@@ -56,6 +56,7 @@ def run_dir(tmp_path_factory):
 SUFFIX = {"onnx": "onnx", "torchscript": "pt", "exported-program": "pt2"}
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_each_format_matches_pytorch_with_and_without_each_modality(run_dir, tmp_path, fmt):
     out = tmp_path / f"model.{SUFFIX[fmt]}"
