@@ -97,6 +97,11 @@ def test_demo_study_page_shows_banner_probabilities_and_evidence(env):
     assert study_id not in text  # hashed, never the raw id
     assert len(charts(at)) >= 8  # 3 images, waterfall, agreement, 3 saliency maps, curve, tabular
     assert any(s.label == "Slice" for s in at.slider)
+    # every chart's camera button downloads an SVG (a vector figure for a paper's supplement)
+    for chart in charts(at):
+        config = json.loads(chart.proto.config)
+        assert config["toImageButtonOptions"]["format"] == "svg", config
+        assert config["toImageButtonOptions"]["filename"].startswith("i2m2-")
 
 
 def test_moving_the_slider_does_not_rerun_the_model(env):

@@ -1,7 +1,7 @@
 """End to end in a real headless browser: `streamlit run app/main.py` as a subprocess, driven by
 playwright with Debian's chromium (never a downloaded browser). Opens the page, picks a demo
 study, checks the research-use banner, the probabilities, the per-expert evidence chart and a
-saliency image, and saves a screenshot (a non-blank PNG) as a test artifact.
+saliency image, downloads a chart as SVG from its camera button, and saves a screenshot (a non-blank PNG) as a test artifact.
 
 The screenshot goes to ``$I2M2_TEST_ARTIFACTS`` when set, else to pytest's temporary folder; its
 path is printed."""
@@ -135,6 +135,17 @@ def test_browser_shows_banner_probabilities_evidence_and_saliency(server, tmp_pa
             assert len(maps) == 1, [q["title"] for q in plots]
             href = maps[0]["images"][0] if maps[0]["images"] else ""
             assert href.startswith("data:image/png;base64,") and len(href) > 2000
+            # the chart's camera button downloads it as an SVG (a vector figure for a supplement)
+            waterfall = page.locator(".js-plotly-plot").filter(
+                has=page.locator(".gtitle", has_text="Log-odds contributions")).first
+            waterfall.hover()
+            button = waterfall.locator('.modebar-btn[data-title^="Download plot"]').first
+            with page.expect_download(timeout=60_000) as info:
+                button.click()
+            download = info.value
+            assert download.suggested_filename == "i2m2-waterfall.svg"
+            svg = Path(download.path()).read_text()
+            assert svg.lstrip().startswith("<svg") and "Log-odds contributions" in svg and "I2M2" in svg
             page.mouse.move(1400, 5)  # no tooltip in the picture
             time.sleep(1.0)
             page.screenshot(path=str(shot), full_page=True)

@@ -25,6 +25,13 @@ TOTAL = "#212529"
 FONT = dict(family="Inter, 'Source Sans Pro', 'Segoe UI', Helvetica, Arial, sans-serif", size=12, color="#212529")
 
 
+def chart_config(name: str) -> dict[str, Any]:
+    """The Plotly config of every chart in the viewer: no logo, and the modebar's camera button
+    downloads the chart as an SVG (vector, for a paper's supplement) named ``i2m2-<name>.svg``."""
+    return {"displaylogo": False,
+            "toImageButtonOptions": {"format": "svg", "filename": f"i2m2-{name}", "scale": 1}}
+
+
 def _base_layout(fig: go.Figure, height: int, title: str | None = None, margin: Mapping[str, int] | None = None) -> go.Figure:
     fig.update_layout(
         height=height,

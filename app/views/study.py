@@ -230,14 +230,14 @@ else:
                                            title=f"{title} - slice {index}", edges=edges)
             else:
                 fig = figures.placeholder_figure(f"{title.split(' ')[0]} missing in this study")
-            st.plotly_chart(fig, key=f"img_{name}", config={"displaylogo": False})
+            st.plotly_chart(fig, key=f"img_{name}", config=figures.chart_config(f"img_{name}"))
     with cols[2]:
         k = planes.kspace
         rows = k.shape[0]
         squeezed = figures.squeeze_rows(k, 320) if rows > 400 else k
         title = "k-space, log magnitude" + (" (from the image)" if planes.kspace_derived else "")
         fig = figures.image_figure(_window("k", squeezed, percentiles=(20.0, 99.99)), title=title)
-        st.plotly_chart(fig, key="img_kspace", config={"displaylogo": False})
+        st.plotly_chart(fig, key="img_kspace", config=figures.chart_config("img_kspace"))
     notes_line = []
     if flip:
         notes_line.append("Superior at the top (rows flipped from the stored orientation for display).")
@@ -277,7 +277,7 @@ left, right = st.columns([1, 1], gap="large")
 with left:
     fig = figures.waterfall_figure(contrib, missing=pred.dropped_experts, probability=p_here, total_label=label_total,
                                    title=f"Log-odds contributions ({scope.lower()})")
-    st.plotly_chart(fig, key="waterfall", config={"displaylogo": False})
+    st.plotly_chart(fig, key="waterfall", config=figures.chart_config("waterfall"))
     st.caption("Each bar is one expert's log p(1) - log p(0) in nats; I2M2 multiplies the experts' "
                "probabilities and renormalises, so the bars add up to the product's log-odds. "
                "Red pushes towards the finding, blue against it."
@@ -320,7 +320,7 @@ with right:
     agreement = agreement_matrix(pred)
     st.plotly_chart(figures.agreement_figure(agreement.experts, agreement.matrix[j],
                                              title=f"Agreement over the {pred.n_slices} slices"),
-                    key="agreement", config={"displaylogo": False})
+                    key="agreement", config=figures.chart_config("agreement"))
 
 # ---- saliency -------------------------------------------------------------------------------------------------
 
@@ -338,7 +338,7 @@ else:
             if expert not in pred.terms or base_name not in gray:
                 needs = "phase" if expert in ("phase", "joint") and "phase" in pred.missing_modalities else "its input"
                 st.plotly_chart(figures.placeholder_figure(f"{expert_title(expert)}<br>not in the product ({needs} missing)"),
-                                key=f"sal_{expert}", config={"displaylogo": False})
+                                key=f"sal_{expert}", config=figures.chart_config(f"sal_{expert}"))
                 continue
             try:
                 with st.spinner(f"{expert_title(expert)} saliency..."):
@@ -350,7 +350,7 @@ else:
             over = "phase" if base_name == "phase" else "magnitude"
             fig = figures.image_figure(_orient(rgb), _orient_boxes(boxes) if show_boxes else (),
                                        title=f"{expert_title(expert)} on {over}", edges=edges)
-            st.plotly_chart(fig, key=f"sal_{expert}", config={"displaylogo": False})
+            st.plotly_chart(fig, key=f"sal_{expert}", config=figures.chart_config(f"sal_{expert}"))
             c_e = float(pred.terms[expert][pos, j, 1] - pred.terms[expert][pos, j, 0])
             st.caption(f"own p = {np.exp(pred.terms[expert][pos, j, 1]):.2f}, contribution {c_e:+.2f} nats")
 
@@ -362,7 +362,7 @@ label_col = None if labels is None else np.asarray(labels)[np.asarray(pred.slice
 curve = figures.slice_curve_figure(pred.slices, pred.p[:, j], top_pos, index,
                                    expert_p={t: v[:, j] for t, v in compute.expert_p(pred).items() if t != "prior"},
                                    labels=label_col, title=f"{head_title(head)}: I2M2 probability per slice")
-st.plotly_chart(curve, key="curve", config={"displaylogo": False})
+st.plotly_chart(curve, key="curve", config=figures.chart_config("curve"))
 st.caption("Star: the top slice. Dashed line: the slice shown. Shaded: slices annotated with this finding (when "
            "labels exist). Click an expert in the legend to show its own probability.")
 
@@ -396,7 +396,7 @@ if "tabular" in lm.experts:
                 st.plotly_chart(figures.tabular_figure(names, np.array([grouped[n] for n in names]),
                                                        [shown.get(n, "") for n in names],
                                                        title=f"Integrated gradients, {head_title(head)}"),
-                                key="tabular", config={"displaylogo": False})
+                                key="tabular", config=figures.chart_config("tabular"))
             with tr:
                 st.dataframe(pd.DataFrame({"Feature": names, "Encoded value": [shown.get(n, "") for n in names],
                                            "Attribution (nats)": [round(grouped[n], 3) for n in names]}),
@@ -430,14 +430,14 @@ else:
             wl, wr = st.columns([3, 2], gap="large")
             with wl:
                 st.plotly_chart(figures.withheld_figure(pred.p_study, pred_w.p_study, f"without {', '.join(withheld)}"),
-                                key="withheld_bars", config={"displaylogo": False})
+                                key="withheld_bars", config=figures.chart_config("withheld_bars"))
             with wr:
                 c_w = {t: float(v[j]) for t, v in pred_w.contributions.items()}
                 st.plotly_chart(figures.waterfall_figure(c_w, missing=pred_w.dropped_experts,
                                                          probability=float(pred_w.p_study[j]),
                                                          total_label="I2M2", height=300,
                                                          title=f"{head_title(head)} without {', '.join(withheld)}"),
-                                key="withheld_waterfall", config={"displaylogo": False})
+                                key="withheld_waterfall", config=figures.chart_config("withheld_waterfall"))
             st.markdown(f"{head_title(head)}: p = **{pred.p_study[j]:.2f}** with every available modality, "
                         f"**{pred_w.p_study[j]:.2f}** without {', '.join(withheld)} "
                         f"(experts left out: {', '.join(pred_w.dropped_experts) or 'none'}).")
