@@ -219,6 +219,19 @@ def export_cmd(
     raise typer.Exit(pipeline.run(model, fmt, out))
 
 
+@_command("bundle")
+def bundle_cmd(
+    model: Optional[Path] = typer.Argument(
+        None, help="Training run folder or checkpoint file (default: the bundled demo model)."
+    ),
+    out: Path = typer.Option(..., "--out", help="New folder for the bundle (configs/, models/, docs/)."),
+) -> None:
+    """Write a model as a MONAI Bundle: configs/metadata.json, configs/inference.json (which `python -m monai.bundle run` executes as diagnose over a folder of studies), models/ and docs/README.md (the model card)."""
+    from pipelines import bundle as pipeline
+
+    raise typer.Exit(pipeline.run(model, out))
+
+
 @_command("fit-shift")
 def fit_shift_cmd(
     run: Path = typer.Argument(..., help="Training run folder (or its checkpoint file) to add the statistics to."),

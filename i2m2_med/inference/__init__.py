@@ -5,5 +5,6 @@
 * :mod:`.predict` -- one study -> its prediction (the one place that turns a study into numbers);
 * :mod:`.prediction` -- :class:`~.prediction.StudyPrediction` and its JSON form;
 * :mod:`.shift` -- the distribution-shift score (out of scope by content);
-* :mod:`.export` -- a model as an ONNX, TorchScript or ExportedProgram graph with plain tensor inputs.
+* :mod:`.export` -- a model as an ONNX, TorchScript or ExportedProgram graph with plain tensor inputs;
+* :mod:`.bundle` -- a model as a MONAI Bundle (metadata, inference config that runs diagnose, model card).
 """
