@@ -104,6 +104,30 @@ def test_demo_study_page_shows_banner_probabilities_and_evidence(env):
         assert config["toImageButtonOptions"]["filename"].startswith("i2m2-")
 
 
+def test_tabular_features_are_shown_in_clinical_units_beside_the_encoded_value(env):
+    from i2m2_med.data.tabular import clinical_text
+
+    at = start()
+    assert not at.exception, [e.value for e in at.exception]
+    table = next(d.value for d in at.dataframe if "Feature" in d.value.columns)
+    assert list(table.columns) == ["Feature", "Value", "Encoded value", "Attribution (nats)"]
+    rows = table.set_index("Feature")
+    age = rows.loc["age_years"]
+    assert age["Value"].endswith(" years") or age["Value"] == "unknown"
+    for name, row in rows.iterrows():
+        if row["Value"] == "unknown":
+            continue
+        # the value shown is the encoded value read back (the table's encoded value has 3 decimals)
+        back = clinical_text(name, float(row["Encoded value"]))
+        first = back.split()[0].replace(",", "")
+        if first.replace(".", "").isdigit():
+            assert back.split()[1:] == row["Value"].split()[1:], name
+            assert math.isclose(float(row["Value"].split()[0].replace(",", "")), float(first), rel_tol=0.01), name
+        else:
+            assert row["Value"] == back, name
+    assert rows.loc["tr_ms", "Value"].endswith(" ms") and rows.loc["field_strength_t", "Value"].endswith(" T")
+
+
 def test_moving_the_slider_does_not_rerun_the_model(env):
     at = start()
     assert not at.exception

@@ -4,7 +4,9 @@ is the exported graph's, a model card with the run's numbers, and an inference c
 
 from __future__ import annotations
 
+import csv
 import json
+import os
 import subprocess
 import sys
 
@@ -15,7 +17,7 @@ from i2m2_med.checkpoint import load_checkpoint, read_checkpoint_meta
 from i2m2_med.inference.bundle import REQUIRED_METADATA, TENSOR_KEYS, write_bundle
 from i2m2_med.inference.export import ExportableModel
 from i2m2_med.inference.loading import resolve_checkpoint
-from pipelines import diagnose
+from i2m2_med.synth import generate_cohort
 from pipelines.cli import main
 
 
@@ -53,19 +55,33 @@ def test_model_card_states_use_data_and_the_run_numbers(bundle):
 
 @pytest.mark.slow
 def test_monai_bundle_run_gives_the_predictions_of_diagnose(bundle, tmp_path):
+    """Two synthetic knees (in scope, so there are probabilities to compare) and one random h5
+    (out of scope), through the bundle and through the command, each in a fresh process."""
     data = tmp_path / "in"
-    write_h5(data / "a.h5", n_slices=3, seed=4)
-    write_h5(data / "b.h5", n_slices=2, width=368, seed=5)
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "inference.json"),
-           "--bundle_root", str(bundle), "--dataset_dir", str(data), "--output_dir", str(tmp_path / "bundle_out")]
-    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert diagnose.run(data, tmp_path / "cli_out", model=bundle / "models" / "model.safetensors", progress=False) == 0
+    generate_cohort(tmp_path / "cohort", 2, seed=21, n_slices=8)
+    (data / "h5").mkdir(parents=True)
+    for f in sorted((tmp_path / "cohort" / "h5").glob("*.h5")):
+        (data / "h5" / f.name).write_bytes(f.read_bytes())
+    write_h5(data / "noise.h5", n_slices=2, width=368, seed=5)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("I2M2_")}
+    bundle_cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "inference.json"),
+                  "--bundle_root", str(bundle), "--dataset_dir", str(data), "--output_dir", str(tmp_path / "bundle_out")]
+    cli_cmd = [sys.executable, "-m", "pipelines.cli", "diagnose", str(data), "--out", str(tmp_path / "cli_out"),
+               "--model", str(bundle / "models" / "model.safetensors"), "--no-progress"]
+    for cmd in (bundle_cmd, cli_cmd):
+        done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
     got = (tmp_path / "bundle_out" / "predictions.csv").read_text()
     want = (tmp_path / "cli_out" / "predictions.csv").read_text()
-    assert got == want and got.count("\n") == 3  # header + two studies
+    assert got == want
+    with open(tmp_path / "bundle_out" / "predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    status = {r["source"]: r["status"] for r in rows}
+    assert len(rows) == 3 and status["noise.h5"] == "out_of_scope"
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert ok and all(0.0 <= float(r["p_acl"]) <= 1.0 for r in ok)  # probabilities were compared
     records = sorted(p.name for p in (tmp_path / "bundle_out" / "studies").iterdir())
-    assert records == sorted(p.name for p in (tmp_path / "cli_out" / "studies").iterdir()) and len(records) == 2
+    assert records == sorted(p.name for p in (tmp_path / "cli_out" / "studies").iterdir()) and len(records) == 3
 
 
 def test_cli_bundle_refuses_a_folder_that_is_not_empty(tmp_path, capsys):

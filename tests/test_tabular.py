@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from i2m2_med.data.tabular import (
+    clinical_text,
     TABULAR_FEATURES,
     feature_names,
     read_clinical_csv,
@@ -122,3 +123,23 @@ def test_property_values_finite_and_indicators_exclusive(age, tr, sex) -> None:
     assert (missing[0] == 1) == (age is None)
     if tr is not None:
         assert x[10] == pytest.approx(math.log10(tr) / 4, rel=1e-6)
+
+
+def test_clinical_text_reads_the_encoding_back_in_clinical_units() -> None:
+    tags = {"age_years": 65, "sex": "M", "bmi": 27.5, "field_strength_t": 1.5, "fat_sat": False, "tr_ms": 2800,
+            "te_ms": 8.5}
+    values, names = tabular_features(tags, {"kl_grade": 3}, columns={"kl_grade": 4.0})
+    shown = {n: clinical_text(n, float(values[i]), {"kl_grade": 4.0}) for i, n in enumerate(names) if not n.endswith("_missing")}
+    assert shown == {"age_years": "65 years", "sex_male": "male", "bmi": "27.5 kg/m²", "field_strength_t": "1.5 T",
+                     "fat_sat": "not fat-suppressed", "tr_ms": "2,800 ms", "te_ms": "8.5 ms", "kl_grade": "3"}
+    assert clinical_text("field_strength_t", 1.0) == "3 T" and clinical_text("sex_male", 0.0) == "female or other"
+
+
+@settings(max_examples=60, deadline=None)
+@given(age=st.floats(0, 100), tr=st.floats(100, 9000), te=st.floats(1, 200))
+def test_clinical_text_round_trips_through_float32(age, tr, te) -> None:
+    values, names = tabular_features({"age_years": age, "tr_ms": tr, "te_ms": te})
+    got = {n: clinical_text(n, float(values[i])) for i, n in enumerate(names) if n in ("age_years", "tr_ms", "te_ms")}
+    assert math.isclose(float(got["age_years"].split()[0]), age, abs_tol=0.051)
+    assert math.isclose(float(got["tr_ms"].split()[0].replace(",", "")), tr, rel_tol=1e-5, abs_tol=0.51)
+    assert math.isclose(float(got["te_ms"].split()[0]), te, rel_tol=1e-5, abs_tol=0.051)

@@ -11,9 +11,11 @@ import streamlit as st
 from viewer import compute, figures, report, sources, ui
 
 from i2m2_med.data.layout import CLINICAL_CSV
+from i2m2_med.data.tabular import clinical_text
 from i2m2_med.errors import I2M2Error
 from i2m2_med.evidence import agreement_matrix, contributions, driving_expert
 from i2m2_med.heads import HEADS, expert_short_title, expert_title, head_title
+from i2m2_med.inference.loading import tabular_columns
 from i2m2_med.inference.shift import out_of_scope_reason
 
 IMAGE_EXPERTS = ("magnitude", "phase", "joint")
@@ -383,29 +385,34 @@ if "tabular" in lm.experts:
         if attr is not None:
             grouped: dict[str, float] = {}
             shown: dict[str, str] = {}
+            encoded: dict[str, str] = {}
+            declared = tabular_columns(lm.meta)
+            scales = declared if isinstance(declared, dict) else None
             for i, name in enumerate(attr.names):
                 base = name[: -len("_missing")] if name.endswith("_missing") else name
                 grouped[base] = grouped.get(base, 0.0) + float(attr.attributions[i, j])
             for i, name in enumerate(attr.names):
                 if not name.endswith("_missing"):
                     unknown = (name + "_missing") in attr.names and attr.values[list(attr.names).index(name + "_missing")] > 0.5
-                    shown[name] = "unknown" if unknown else f"{attr.values[i]:.3f}"
+                    shown[name] = "unknown" if unknown else clinical_text(name, float(attr.values[i]), scales)
+                    encoded[name] = "missing" if unknown else f"{attr.values[i]:.3f}"
             names = list(grouped)
             tl, tr = st.columns([3, 2], gap="large")
             with tl:
                 st.plotly_chart(figures.tabular_figure(names, np.array([grouped[n] for n in names]),
-                                                       [shown.get(n, "") for n in names],
+                                                       [f"{shown.get(n, '')} (encoded {encoded.get(n, '')})" for n in names],
                                                        title=f"Integrated gradients, {head_title(head)}"),
                                 key="tabular", config=figures.chart_config("tabular"))
             with tr:
-                st.dataframe(pd.DataFrame({"Feature": names, "Encoded value": [shown.get(n, "") for n in names],
+                st.dataframe(pd.DataFrame({"Feature": names, "Value": [shown.get(n, "") for n in names],
+                                           "Encoded value": [encoded.get(n, "") for n in names],
                                            "Attribution (nats)": [round(grouped[n], 3) for n in names]}),
                              hide_index=True, key="tabular_table")
                 gap = float(attr.log_odds[j] - attr.baseline_log_odds[j])
                 st.caption(f"Attributions add up to {sum(grouped.values()):+.2f} nats: the tabular expert's log-odds "
                            f"for this study ({attr.log_odds[j]:+.2f}) minus its log-odds with every feature unknown "
-                           f"({attr.baseline_log_odds[j]:+.2f}), i.e. {gap:+.2f}. Values are encoded as the model "
-                           "reads them (e.g. age / 100).")
+                           f"({attr.baseline_log_odds[j]:+.2f}), i.e. {gap:+.2f}. Values in clinical units; the "
+                           "encoded value is what the model reads (e.g. age / 100).")
 
 # ---- withholding a modality ------------------------------------------------------------------------------------
 

@@ -154,6 +154,35 @@ def _encode(name: str, m: Mapping[str, Any], scales: Mapping[str, float]) -> flo
     return None if v is None else v / float(scales.get(name, 1.0) or 1.0)
 
 
+def _plain(x: float, decimals: int) -> str:
+    """``x`` rounded to ``decimals``, thousands separated, without trailing zeros."""
+    text = f"{x:,.{decimals}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def clinical_text(name: str, encoded: float, scales: Mapping[str, float] | None = None) -> str:
+    """One encoded feature back in clinical units, for people: the inverse of the encoding above
+    (``age_years`` 0.65 -> "65 years", ``tr_ms`` 0.86 -> "2,754 ms", ``field_strength_t`` 0.5 ->
+    "1.5 T"); an extra clinical column times its divisor in ``scales``. The caller says "unknown"
+    when the feature's missing indicator is set (the encoded value is then 0)."""
+    v = float(encoded)
+    if name == "age_years":
+        return f"{_plain(100.0 * v, 1)} years"
+    if name == "sex_male":
+        return "male" if v >= 0.5 else "female or other"
+    if name == "bmi":
+        return f"{_plain(50.0 * v, 1)} kg/m²"
+    if name == "field_strength_t":
+        return f"{_plain(3.0 * v, 2)} T"
+    if name == "fat_sat":
+        return "fat-suppressed" if v >= 0.5 else "not fat-suppressed"
+    if name == "tr_ms":
+        return f"{_plain(10.0 ** (4.0 * v), 0)} ms"
+    if name == "te_ms":
+        return f"{_plain(10.0 ** (2.0 * v), 1)} ms"
+    return _plain(v * float((scales or {}).get(name, 1.0) or 1.0), 3)
+
+
 def tabular_features(
     tags: Mapping[str, Any],
     clinical_row: Mapping[str, Any] | None = None,
