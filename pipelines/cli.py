@@ -273,6 +273,9 @@ def train_cmd(
     tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log to TensorBoard (needs tensorboard installed)."),
     n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap replicates of the AUROC confidence intervals."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    bundle: Optional[Path] = typer.Option(
+        None, "--bundle", help="Also write the trained model as a MONAI Bundle into this new folder (as `i2m2-med bundle`)."
+    ),
 ) -> None:
     """Train a variant on a cohort; write the checkpoint and metrics (slice- and study-level AUROC, per expert)."""
     from pipelines import train as pipeline
@@ -288,7 +291,7 @@ def train_cmd(
             data, out, variant=variant, config=config, epochs=epochs, seed=seed, devices=devices,
             num_nodes=num_nodes, strategy=strategy, warm_start=warm_start, progress=progress, labels=labels,
             clinical=clinical, splits=splits, batch_size=batch_size, num_workers=num_workers, tensorboard=tensorboard,
-            accelerator=accelerator, n_boot=n_boot,
+            accelerator=accelerator, n_boot=n_boot, bundle=bundle,
         )
     )
 

@@ -122,10 +122,16 @@ def run(
     tensorboard: bool = False,
     accelerator: str = "auto",
     n_boot: int = 1000,
+    bundle: Path | None = None,
 ) -> int:
-    """Train and print the summary; returns the exit code (errors propagate to the CLI)."""
+    """Train and print the summary; returns the exit code (errors propagate to the CLI).
+    ``bundle``: a new folder for the trained model as a MONAI Bundle (checked before training)."""
     if not Path(data).is_dir():
         raise UsageError(data, "no such data folder")
+    if bundle is not None:
+        from i2m2_med.inference.bundle import check_bundle_folder
+
+        check_bundle_folder(bundle)
     # Lightning loads with this import (seconds): only once the data folder is known to exist
     from i2m2_med.training.fit import train
 
@@ -155,5 +161,9 @@ def run(
     )
     if result is not None:  # only rank 0 of a multi-process run evaluates and prints
         print_summary(result.metrics, Path(out))
+        if bundle is not None:
+            from i2m2_med.inference.bundle import write_bundle
+
+            print(f"MONAI Bundle: {write_bundle(out, bundle)}")
         sys.stdout.flush()
     return 0

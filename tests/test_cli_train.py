@@ -31,7 +31,7 @@ def test_train_end_to_end(tiny_cohort: Path, small_config: Path, tmp_path: Path,
     run = tmp_path / "run"
     rc = main([
         "train", "--data", str(tiny_cohort), "--out", str(run), "--variant", "i2m2", "--config", str(small_config),
-        "--epochs", "1", "--seed", "2", "--batch-size", "16", "--no-progress",
+        "--epochs", "1", "--seed", "2", "--batch-size", "16", "--no-progress", "--bundle", str(tmp_path / "bundle"),
     ])
     out = capsys.readouterr().out
     assert rc == 0
@@ -47,6 +47,11 @@ def test_train_end_to_end(tiny_cohort: Path, small_config: Path, tmp_path: Path,
         assert name in out
     test_mean = metrics["test_mean_pathologies"]["slice"]
     assert test_mean is None or 0.0 <= test_mean <= 1.0
+    # --bundle: the trained model as a MONAI Bundle, its metadata carrying this run's numbers
+    bundle = json.loads((tmp_path / "bundle" / "configs" / "metadata.json").read_text())
+    assert bundle["eval_metrics"]["slice"] == metrics["test"]["summary"]["combined"]["slice"]["mean_pathologies"]
+    assert (tmp_path / "bundle" / "models" / "model.safetensors").read_bytes() == (run / "model.safetensors").read_bytes()
+    assert f"MONAI Bundle: {tmp_path / 'bundle'}" in out
 
 
 @pytest.mark.parametrize(
@@ -58,6 +63,8 @@ def test_train_end_to_end(tiny_cohort: Path, small_config: Path, tmp_path: Path,
         (["--devices", "0"], "--devices: must be a positive integer"),
         (["--accelerator", "abacus"], "unknown accelerator"),
         (["--config", "/nonexistent/cfg.yaml"], "no such config file"),
+        (["--bundle", "/nonexistent/folder/b"], "its parent folder does not exist"),
+        (["--bundle", "/"], "exists and is not an empty folder"),
     ],
 )
 def test_train_bad_arguments_are_one_line(

@@ -232,17 +232,24 @@ training data (a distribution-shift score above its threshold) are reported as `
 """
 
 
-def write_bundle(run: str | os.PathLike | None, out: str | os.PathLike) -> Path:
-    """Write the MONAI Bundle of the model of ``run`` (a run folder, a checkpoint, or None for the
-    bundled demo model) into the folder ``out`` (created; refused when it exists and is not
-    empty). Returns ``out``."""
-    source = resolve_checkpoint(run)
-    model, meta = load_checkpoint(source)
+def check_bundle_folder(out: str | os.PathLike) -> Path:
+    """``out`` as a folder a bundle may be written to: new or empty, in an existing folder
+    (:class:`UsageError` otherwise)."""
     root = Path(out)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise UsageError(root, "exists and is not an empty folder; name a new folder for the bundle")
     if not root.parent.is_dir():
         raise UsageError(root, "its parent folder does not exist")
+    return root
+
+
+def write_bundle(run: str | os.PathLike | None, out: str | os.PathLike) -> Path:
+    """Write the MONAI Bundle of the model of ``run`` (a run folder, a checkpoint, or None for the
+    bundled demo model) into the folder ``out`` (created; refused when it exists and is not
+    empty). Returns ``out``."""
+    root = check_bundle_folder(out)
+    source = resolve_checkpoint(run)
+    model, meta = load_checkpoint(source)
     tmp = root.with_name(f".{root.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
