@@ -457,7 +457,7 @@ def tabular_attributions(
     tabular: Any,
     names: Sequence[str] | None = None,
     baseline: Any = None,
-    steps: int = 64,
+    steps: int = 1024,
 ) -> TabularAttribution:
     """Integrated gradients of the tabular expert's log-odds, per feature and head.
 
@@ -473,7 +473,8 @@ def tabular_attributions(
 
     Returns a :class:`TabularAttribution`; its attributions of a head add up to the change of the
     expert's log-odds between the baseline and the vector (exactly for a piecewise-linear MLP in
-    the limit of many steps; the gap is small for the default 64).
+    the limit of many steps; the default 1024 keeps the gap under the two decimals the viewer
+    shows -- a few hundred microseconds for a small MLP).
     """
     import torch
 

@@ -409,10 +409,11 @@ if "tabular" in lm.experts:
                                            "Attribution (nats)": [round(grouped[n], 3) for n in names]}),
                              hide_index=True, key="tabular_table")
                 gap = float(attr.log_odds[j] - attr.baseline_log_odds[j])
-                st.caption(f"Attributions add up to {sum(grouped.values()):+.2f} nats: the tabular expert's log-odds "
-                           f"for this study ({attr.log_odds[j]:+.2f}) minus its log-odds with every feature unknown "
-                           f"({attr.baseline_log_odds[j]:+.2f}), i.e. {gap:+.2f}. Values in clinical units; the "
-                           "encoded value is what the model reads (e.g. age / 100).")
+                st.caption(f"Attributions add up to {sum(grouped.values()):+.2f} nats: the change of the tabular "
+                           f"expert's log-odds from every feature unknown ({attr.baseline_log_odds[j]:+.2f}) to this "
+                           f"study ({attr.log_odds[j]:+.2f}), which is {gap:+.2f} (integrated gradients; they differ "
+                           f"by {abs(sum(grouped.values()) - gap):.3f}). Values in clinical units; the encoded value "
+                           "is what the model reads (e.g. age / 100).")
 
 # ---- withholding a modality ------------------------------------------------------------------------------------
 
