@@ -345,6 +345,29 @@ def test_paired_bootstrap_agrees_with_delong_and_handles_clusters():
     }
 
 
+def test_bootstrap_p_value_agrees_with_the_percentile_interval():
+    """Skewed replicates (as a small test split gives): the interval excludes 0 while the old
+    centred p-value was 0.14; the p-value read from the same replicates agrees with the interval."""
+    rng = np.random.default_rng(5)
+    d = 0.1 + rng.gamma(1.0, 0.15, size=2000)  # diff 0.2, long right tail, every replicate > 0
+    low, high = np.quantile(d, [0.025, 0.975])
+    centred = (1 + (np.abs(d - 0.2) >= 0.2).sum()) / (d.size + 1)
+    assert low > 0 and centred > 0.05  # the contradiction the report used to print
+    assert paired.percentile_p_value(d) == pytest.approx(1 / 2000)  # no replicate beyond 0: the resolution
+    # an interval that contains 0 gives p > 0.05; all replicates at 0 give 1
+    wide = rng.normal(0.02, 0.05, size=2000)
+    assert np.quantile(wide, 0.025) < 0 < np.quantile(wide, 0.975) and paired.percentile_p_value(wide) > 0.05
+    assert paired.percentile_p_value(np.zeros(50)) == 1.0
+    # every paired test of the package: interval excludes 0 exactly when p < 0.05, on 30 random sets
+    for seed in range(30):
+        r = np.random.default_rng(seed)
+        y = r.random(120) < 0.4
+        s_a = r.normal(size=120) + y * r.uniform(0.0, 1.5)
+        s_b = s_a + r.normal(scale=r.uniform(0.2, 1.5), size=120)
+        res = paired.paired_bootstrap_test(y, s_a, s_b, n_boot=400, seed=seed)
+        assert (res.ci_low > 0 or res.ci_high < 0) == (res.p < 0.05), (seed, res)
+
+
 # ------------------------------------------------------------------------------------------------
 # Calibration
 # ------------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from i2m2_med.evidence import (
 )
 from i2m2_med.heads import HEADS, PATHOLOGY_HEADS
 from i2m2_med.metrics.aggregation import study_level
-from i2m2_med.metrics.paired import compare_auroc
+from i2m2_med.metrics.paired import compare_auroc, percentile_p_value
 from i2m2_med.metrics.ranking import auroc, auroc_result, roc_curve_points
 from i2m2_med.metrics.tables import in_view_metrics, metrics_table, summarise_seeds
 from i2m2_med.metrics.thresholds import choose_thresholds
@@ -306,8 +306,9 @@ def paired_mean_auroc_difference(
     and that have at least :data:`MIN_UNITS_PER_CLASS` units of each class; the others are in
     ``excluded_heads`` (name -> reason). Returns ``{"diff", "ci", "p", "se", "auc_a", "auc_b",
     "n_boot", "n_valid", "method", "heads", "excluded_heads"}``; ``p`` is the two-sided
-    bootstrap p-value of no difference, ``(1 + #{|d* - d| >= |d|}) / (n_valid + 1)``; or
-    ``{"value": None, "reason"}`` when no head qualifies.
+    bootstrap p-value of no difference read from the same replicates as the interval
+    (:func:`~i2m2_med.metrics.paired.percentile_p_value`); or ``{"value": None, "reason"}`` when
+    no head qualifies.
     """
     y = np.asarray(y, dtype=bool)
     s_a = np.asarray(s_a, dtype=np.float64)
@@ -359,8 +360,7 @@ def paired_mean_auroc_difference(
         return {"value": None, "reason": "no bootstrap replicate contained both classes for every head"}
     d = np.asarray(reps)
     low, high = np.quantile(d, [alpha / 2.0, 1.0 - alpha / 2.0])
-    extreme = np.abs(d - diff) >= abs(diff) - 1e-12
-    p = float(min(1.0, (1 + extreme.sum()) / (d.size + 1)))
+    p = percentile_p_value(d)
     return {
         "diff": float(diff), "ci": [float(low), float(high)], "p": p, "se": float(d.std(ddof=1)) if d.size > 1 else 0.0,
         "auc_a": auc_a, "auc_b": auc_b, "n_boot": int(n_boot), "n_valid": int(d.size), "alpha": alpha,

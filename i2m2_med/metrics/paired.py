@@ -62,8 +62,8 @@ class PairedBootstrapResult(NamedTuple):
     """Paired bootstrap comparison of two AUROCs (same resamples for both score vectors).
 
     ``se`` is the standard deviation of the replicated differences; ``ci_low``/``ci_high`` their
-    percentile interval; ``p`` the two-sided p-value of ``diff = 0`` from the centred bootstrap
-    distribution, ``(1 + #{|d* - diff| >= |diff|}) / (n_valid + 1)``.
+    percentile interval; ``p`` the two-sided p-value of ``diff = 0`` read from the same
+    replicates (:func:`percentile_p_value`), so that the interval and the test agree.
     """
 
     auc_a: float
@@ -158,6 +158,23 @@ def delong_test(y: Any, s_a: Any, s_b: Any) -> DeLongResult:
     return DeLongResult(float(auc[0]), float(auc[1]), diff, se, float(z), p)
 
 
+def percentile_p_value(d: Any) -> float:
+    """Two-sided bootstrap p-value of "no difference" from replicated differences ``d`` (R,),
+    the one that agrees with their percentile interval: twice the smaller share of replicates on
+    either side of 0 (a replicate at 0 counts on both sides), ``min(1, 2 min(#{d* <= 0},
+    #{d* >= 0}) / R)``, and ``1 / R`` (the resolution of R replicates) when no replicate lies
+    beyond 0. The (1 - alpha) percentile interval excludes 0 when fewer than alpha / 2 of the
+    replicates lie beyond 0, which is when this p is below alpha (up to the interval's
+    interpolation between two neighbouring replicates). A centred-distribution p-value can
+    disagree with the percentile interval when the replicates are skewed (an interval excluding
+    0 beside p > 0.05)."""
+    d = np.asarray(d, dtype=np.float64).reshape(-1)
+    if d.size == 0:
+        raise UndefinedMetricError("bootstrap", "no replicates")
+    side = min(int((d <= 0.0).sum()), int((d >= 0.0).sum()))
+    return float(min(1.0, max(2.0 * side, 1.0) / d.size))
+
+
 def paired_bootstrap_test(
     y: Any,
     s_a: Any,
@@ -187,11 +204,8 @@ def paired_bootstrap_test(
     d = reps.values[:, 0] - reps.values[:, 1]
     low, high = np.quantile(d, [alpha / 2.0, 1.0 - alpha / 2.0])
     se = float(d.std(ddof=1)) if d.size > 1 else 0.0
-    # centred null distribution; tolerance so that exact ties (e.g. diff 0) count as extreme
-    extreme = np.abs(d - diff) >= abs(diff) - 1e-12
-    p = float((1 + extreme.sum()) / (d.size + 1))
     return PairedBootstrapResult(
-        auc_a, auc_b, float(diff), se, float(low), float(high), min(p, 1.0), n_boot, int(d.size), reps.method
+        auc_a, auc_b, float(diff), se, float(low), float(high), percentile_p_value(d), n_boot, int(d.size), reps.method
     )
 
 
