@@ -10,7 +10,7 @@ sampling, no warm start) is trained on the intra training pool (seed 71001, 1,00
 of 4,096 draws and no early stopping; the best epoch is chosen on the validation in-view AUROC
 as in every run. Reported per size: the per-epoch training loss and validation in-view AUROC
 (memorisation shows as a falling loss with a flat or falling validation score), and on the
-held-out intra cohort (seed 90002, 160 volumes, never trained or tuned on) the in-view AUROC
+held-out intra cohort (seed 90001, 160 volumes, never trained or tuned on) the in-view AUROC
 per head and the cue response (:mod:`i2m2_med.metrics.cues`): the AUROC of the expert's score
 between slices whose episode shows the magnitude cue and slices whose episode does not, among
 the mimics and among the findings apart. Seed 0, one run per size. ``I2M2_CLAIM_DIR`` and

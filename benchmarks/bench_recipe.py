@@ -17,7 +17,7 @@ its epochs and early stopping) on the demo cohort (400 mixed-regime volumes, see
 The best epoch is chosen on the validation in-view AUROC as in every run, and a recipe is chosen
 on its validation in-view AUROC (mean over the four heads; the median over seeds in part A).
 Reported beside it, never used to choose: the in-view AUROC (mean ACL/MTEAR/CART) on the held-out
-cohort of the regime (intra seed 90002 in part A, mixed seed 90003 in part B; 160 volumes each,
+cohort of the regime (intra seed 90001 in part A, mixed seed 90003 in part B; 160 volumes each,
 never trained or tuned on), and in part B the held-out study AUROC and study-level calibration
 error. ``I2M2_CLAIM_DIR`` and ``I2M2_HELDOUT_DIR`` reuse the claim study's folders (pool and
 held-out cohorts); ``I2M2_DEMO_COHORT`` a demo cohort (``demo_out/cohort``).
