@@ -105,3 +105,24 @@ def test_train_reports_split_problems_first(tiny_cohort: Path, small_config: Pat
     logged = [r.getMessage() for r in caplog.records if r.name == "i2m2_med.training"]
     assert logged == [f"split check: {p}" for p in expected]
     assert result.metrics["split_problems"] == expected
+
+
+@pytest.mark.slow
+def test_a_grid_reports_split_problems_once_not_once_per_run(tiny_cohort: Path, small_config: Path, tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """The ablation trains many runs on one cohort: its split problems are logged once for the
+    grid (the runs do not repeat them)."""
+    from i2m2_med.ablation.grid import run_grid
+    from i2m2_med.ablation.settings import default_settings
+    from i2m2_med.config import load_config
+    from i2m2_med.data.cohort import data_fingerprint
+
+    cohort = load_cohort(tiny_cohort)
+    expected = cohort.split_problems()
+    assert expected
+    with caplog.at_level(logging.WARNING, logger="i2m2_med.training"):
+        grid = run_grid(cohort, tiny_cohort, tmp_path / "runs", ["mag", "tab"], [0], load_config(small_config), 1,
+                        data_fingerprint(cohort), default_settings(quick=True))
+    assert sorted(r.status for r in grid.records.values()) == ["trained", "trained"]
+    logged = [r.getMessage() for r in caplog.records if r.name == "i2m2_med.training"]
+    assert logged == [f"split check: {p}" for p in expected]

@@ -29,7 +29,7 @@ from i2m2_med.data.dataset import SliceDataset
 from i2m2_med.errors import CheckpointError
 from i2m2_med.metrics.baselines import position_scores, relative_position
 from i2m2_med.models import I2M2Model
-from i2m2_med.training.options import resolve_config
+from i2m2_med.training.options import resolve_config, split_log
 from i2m2_med.training.results import position_prior_of
 
 EVAL_DIR = "ablation_eval"
@@ -98,6 +98,8 @@ def run_grid(
     """Train or reuse every (variant, seed), then predict validation and test (clean) and, for
     the runs of ``robustness_seeds``, the test split under each ``robustness`` condition."""
     grid = GridResult()
+    for problem in cohort.split_problems():  # once for the grid, not once per run
+        split_log.warning("split check: %s", problem)
     grid.subjects = dict(cohort.subjects)
     grid.in_view = cohort.in_view
     t0 = time.perf_counter()
@@ -116,7 +118,7 @@ def run_grid(
                 continue
             grid.records[(variant, seed)] = train_or_reuse(
                 data_dir, runs_dir, variant, seed, cfg, fingerprint, cohort=cohort, datasets=shared,
-                train_n_boot=settings.train_n_boot, progress=progress,
+                train_n_boot=settings.train_n_boot, progress=progress, report_split=False,
             )
     grid.train_seconds = time.perf_counter() - t0
 

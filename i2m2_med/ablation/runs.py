@@ -138,12 +138,13 @@ def train_or_reuse(
     datasets: Mapping[str, SliceDataset] | None = None,
     train_n_boot: int = 50,
     progress: Progress | None = None,
+    report_split: bool = True,
 ) -> RunRecord:
     """Train one (variant, seed) with ``config`` (epochs already resolved), or reuse the cached
     run with the same key. ``cohort`` and ``datasets`` (split -> SliceDataset of that cohort)
     are passed to :func:`i2m2_med.training.fit.train`, so the runs of a grid share one transform
     cache. Never raises for a training failure (KeyboardInterrupt aside): the record says
-    ``failed`` and why."""
+    ``failed`` and why. ``report_split``: as for :func:`~i2m2_med.training.fit.train`."""
     # Lightning loads with this import (seconds): only when a run is not in the cache
     from i2m2_med.training.fit import train
 
@@ -167,6 +168,7 @@ def train_or_reuse(
             num_workers=0,
             cohort=cohort,
             datasets=datasets,
+            report_split=report_split,
         )
     except (KeyboardInterrupt, SystemExit):
         raise

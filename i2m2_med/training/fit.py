@@ -53,7 +53,7 @@ from i2m2_med.metrics.calibration import calibration_errors, fit_prior_offset
 from i2m2_med.models import I2M2Model, build_model, variant_experts
 from i2m2_med.training.datamodule import I2M2DataModule
 from i2m2_med.training.module import I2M2Module
-from i2m2_med.training.options import ACCELERATORS, TrainerOptions, resolve_config
+from i2m2_med.training.options import ACCELERATORS, TrainerOptions, resolve_config, split_log
 from i2m2_med.training.results import (
     CHECKPOINT_NAME,
     CONFIG_NAME,
@@ -73,9 +73,6 @@ from i2m2_med.training.results import (
 
 __all__ = ["ACCELERATORS", "TrainResult", "TrainerOptions", "resolve_config", "train"]
 
-_log = logging.getLogger("i2m2_med.training")
-"""Where training reports what the user should know before it starts (the split check); without
-a handler, Python prints warnings to stderr."""
 
 
 def _check_args(epochs: int | None, seed: int, options: TrainerOptions) -> None:
@@ -202,6 +199,7 @@ def train(
     cache_size: int | None = None,
     cohort: Cohort | None = None,
     datasets: Mapping[str, SliceDataset] | None = None,
+    report_split: bool = True,
 ) -> TrainResult | None:
     """Train ``variant`` on the cohort under ``data_dir``; write the run to ``out_dir``.
 
@@ -224,6 +222,8 @@ def train(
         datasets: already built :class:`~i2m2_med.data.dataset.SliceDataset` of ``cohort`` by split
             name (same ``image_size``), used instead of new ones -- with their caches, so runs that
             share them (an ablation grid) transform each slice once.
+        report_split: log the cohort's split problems before training (a caller that trains
+            many runs on one cohort reports them once itself).
 
     Returns the :class:`~.results.TrainResult` (its ``metrics`` exactly as written to
     ``metrics.json``) on the global rank 0 process; None on the other ranks of a multi-process
@@ -259,8 +259,8 @@ def train(
         tensor_cache=tensor_cache,
     )
     split_problems = dm.cohort.split_problems()
-    for problem in split_problems:  # in the first seconds, before any training
-        _log.warning("split check: %s", problem)
+    for problem in split_problems if report_split else ():  # in the first seconds, before any training
+        split_log.warning("split check: %s", problem)
     val_in_view = dm.in_view_of("val")
     model = build_model(variant, cfg, dm.n_tabular)
     if model.prior is not None and cfg.training.class_weighting == "none":

@@ -7,11 +7,16 @@ without paying for Lightning.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
 
 from i2m2_med.config import Config, load_config
+
+split_log = logging.getLogger("i2m2_med.training")
+"""Where training reports what the user should know before it starts (the split check); without
+a handler, Python prints warnings to stderr."""
 
 ACCELERATORS: tuple[str, ...] = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 
