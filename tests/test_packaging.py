@@ -95,3 +95,23 @@ def test_app_command_serves_the_viewer_from_any_folder(tmp_path):
             out, _ = proc.communicate()
     # the shipped server settings applied (listening on this machine only), wherever it started
     assert f"localhost:{port}" in out
+
+
+def test_constraints_pin_every_declared_dependency_within_its_floor():
+    """constraints.txt (the versions the suite passed on) pins each dependency pyproject.toml
+    declares, at a version its floor allows."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[canonicalize_name(name)] = version.strip()
+    project = _pyproject()["project"]
+    declared = [*project["dependencies"], *(d for extra in project["optional-dependencies"].values() for d in extra)]
+    for text in declared:
+        req = Requirement(text)
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{req.name} is not pinned in constraints.txt"
+        assert req.specifier.contains(pins[name], prereleases=True), (text, pins[name])
