@@ -182,6 +182,8 @@ def model_card(meta: CheckpointMeta, metrics: Mapping[str, Any]) -> str:
             "and prevalences from the real fastMRI+ statistics; findings and their mimics placed by a regime). No real\n"
             "patient data was used; performance on real scanner data is unknown." if metrics["synthetic"]
             else "The user's own cohort; the checkpoint does not describe it beyond the split sizes below.")
+    synthetic_limit = ("- Trained and tested on synthetic data only; the phase cues of the generator are a controlled knob, not\n"
+                       "  a claim about clinical phase contrast.\n" if metrics["synthetic"] else "")
     splits = "; ".join(f"{s}: {(cohort.get(s) or {}).get('studies')} studies of {(cohort.get(s) or {}).get('subjects')} subjects"
                        for s in ("train", "val", "test") if cohort.get(s))
     return f"""# i2m2-med knee MRI model {meta.fingerprint} ({meta.variant})
@@ -220,7 +222,7 @@ The held-out benchmark of the bundled demo model (a cohort nothing was trained o
 project's BENCHMARKS.md, with the targets it misses.
 
 ## Limitations
-{"- Trained and tested on synthetic data only; the phase cues of the generator are a controlled knob, not" + chr(10) + "  a claim about clinical phase contrast." + chr(10) if metrics["synthetic"] else ""}- Tells findings from their mimics only partly (see the in-view AUROC); much of the slice AUROC is
+{synthetic_limit}- Tells findings from their mimics only partly (see the in-view AUROC); much of the slice AUROC is
   the anatomy prior (compare the position-only row).
 - Study-level probabilities are calibrated on the run's validation studies; they mean what they say
   only for data like the training data.

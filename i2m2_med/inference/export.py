@@ -27,6 +27,7 @@ measured.
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,13 +62,14 @@ class ExportableModel(nn.Module):
     """An :class:`I2M2Model` behind plain tensor inputs and outputs (see the module text).
 
     ``forward(*inputs, present) -> (combined, *terms)``; the inputs are those of
-    :attr:`input_names` in order. The phase high-pass filters are replaced by fixed-size copies
-    for the model's image size, so no Python state is touched at call time.
+    :attr:`input_names` in order. It wraps a copy of ``model`` whose phase high-pass filters are
+    fixed-size copies for the model's image size, so no Python state is touched at call time and
+    the caller's model stays as it was (the reference the export is checked against).
     """
 
     def __init__(self, model: I2M2Model, image_size: int):
         super().__init__()
-        self.model = model
+        self.model = model = copy.deepcopy(model)
         for parent in list(model.modules()):
             for name, child in list(parent.named_children()):
                 if isinstance(child, PhaseHighPass) and not isinstance(child, FixedSizePhaseHighPass):
