@@ -95,3 +95,19 @@ def test_cli_bundle_refuses_a_folder_that_is_not_empty(tmp_path, capsys):
     assert "python -m monai.bundle run" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["configs", "docs", "models"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_run_on_the_users_own_cohort_is_described_as_such(tmp_path):
+    """A run trained without a generator manifest (real data: metrics.json has ``ceilings``
+    null) bundles, and its card does not claim synthetic training data."""
+    source = resolve_checkpoint(None)
+    run = tmp_path / "real_run"
+    run.mkdir()
+    (run / "model.safetensors").write_bytes(source.read_bytes())
+    metrics = json.loads((source.parent / "metrics.json").read_text())
+    metrics["ceilings"] = None
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    out = write_bundle(run, tmp_path / "b")
+    card = (out / "docs" / "README.md").read_text()
+    assert "The user's own cohort" in card and "Synthetic:" not in card
+    assert "the user's own cohort" in json.loads((out / "configs" / "metadata.json").read_text())["data_source"]

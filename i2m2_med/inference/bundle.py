@@ -154,10 +154,11 @@ def run_metrics(checkpoint: Path, meta: CheckpointMeta) -> dict[str, Any]:
             full = {}
     carried = meta.metrics or {}
     test = ((full.get("test") or {}).get("summary") or (carried.get("summary") or {}).get("test") or {})
-    synthetic = full.get("ceilings", {}).get("learnable") if full else None
-    if synthetic is None:
-        synthetic = carried.get("label_noise_ceiling_mean")
-    return {"test": test, "cohort": full.get("cohort") or {}, "synthetic": synthetic is not None}
+    if full:  # a generator manifest gave the learnable ceiling; real cohorts have none
+        synthetic = (full.get("ceilings") or {}).get("learnable") is not None
+    else:
+        synthetic = carried.get("label_noise_ceiling_mean") is not None
+    return {"test": test, "cohort": full.get("cohort") or {}, "synthetic": synthetic}
 
 
 def _fmt(value: Any) -> str:
