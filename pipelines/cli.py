@@ -252,8 +252,8 @@ def fit_shift_cmd(
 
 @_command("train")
 def train_cmd(
-    data: Path = typer.Option(..., "--data", help="Cohort folder: studies, annotations/knee.csv, optional tabular.csv and splits.csv."),
-    out: Path = typer.Option(..., "--out", help="Run folder: model.safetensors, metrics.json, predictions.csv, config.yaml, logs/."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Cohort folder: studies, annotations/knee.csv, optional tabular.csv and splits.csv."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder: model.safetensors, metrics.json, predictions.csv, config.yaml, logs/."),
     variant: str = typer.Option("i2m2", "--variant", help="mag, phase, tab, intra, inter, i2m2 or i2m2-notab."),
     config: str = typer.Option("cpu", "--config", help="cpu, paper, or a YAML config file."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Maximum epochs (default: the config's)."),
@@ -276,16 +276,38 @@ def train_cmd(
     bundle: Optional[Path] = typer.Option(
         None, "--bundle", help="Also write the trained model as a MONAI Bundle into this new folder (as `i2m2-med bundle`)."
     ),
+    resume: Optional[Path] = typer.Option(
+        None, "--resume", help="Continue the interrupted run in this folder from its last finished epoch, with the "
+        "arguments it was started with (--devices, --strategy, --accelerator, --progress and --bundle may change).",
+    ),
 ) -> None:
-    """Train a variant on a cohort; write the checkpoint and metrics (slice- and study-level AUROC, per expert)."""
+    """Train a variant on a cohort; write the checkpoint and metrics (slice- and study-level AUROC, per expert).
+
+    After every epoch the run's resumable state is written to RUN/resume/ (safetensors, no
+    pickle); `--resume RUN` continues an interrupted run to the result it would have reached."""
+    from i2m2_med.errors import UsageError
     from pipelines import train as pipeline
 
     for name, value in (("--epochs", epochs), ("--devices", devices), ("--num-nodes", num_nodes),
                         ("--batch-size", batch_size), ("--n-boot", n_boot)):
         if value is not None and value < 1:
-            from i2m2_med.errors import UsageError
-
             raise UsageError(name, f"must be a positive integer, got {value}")
+    if resume is not None:
+        # what the run learns comes from RUN/resume/: a different value here would be silently lost
+        learning = {"--data": (data, None), "--variant": (variant, "i2m2"), "--config": (config, "cpu"),
+                    "--epochs": (epochs, None), "--seed": (seed, 0), "--warm-start": (warm_start, None),
+                    "--labels": (labels, None), "--clinical": (clinical, None), "--splits": (splits, None),
+                    "--batch-size": (batch_size, None), "--num-workers": (num_workers, None),
+                    "--tensorboard": (tensorboard, False), "--n-boot": (n_boot, 1000)}
+        for flag, (value, default) in learning.items():
+            if value != default:
+                raise UsageError("--resume", f"continues the run with the arguments it was started with; leave out {flag}")
+        if out is not None and Path(out).resolve() != Path(resume).resolve():
+            raise UsageError("--out", "--resume continues the run in its own folder; leave out --out")
+        raise typer.Exit(pipeline.resume_run(resume, devices=devices, num_nodes=num_nodes, strategy=strategy,
+                                             accelerator=accelerator, progress=progress, bundle=bundle))
+    if data is None or out is None:
+        raise UsageError("--data" if data is None else "--out", "missing; give --data DIR and --out RUN (or --resume RUN)")
     raise typer.Exit(
         pipeline.run(
             data, out, variant=variant, config=config, epochs=epochs, seed=seed, devices=devices,

@@ -5,6 +5,9 @@ A thin shell over :func:`i2m2_med.training.fit.train`: it trains, writes ``RUN_D
 validation and test AUROCs (combined and per expert; slice and study level) and where the files
 are. In a multi-process run (``--devices N --strategy ddp``) only rank 0 prints.
 
+``--resume RUN`` (:func:`resume_run`) continues an interrupted run from its last finished epoch
+(:mod:`i2m2_med.training.resume`) and then prints the same summary.
+
 Exit codes: 0 success; 1 bad arguments or unreadable data (one line on stderr).
 """
 
@@ -88,6 +91,9 @@ def print_summary(metrics: Mapping[str, Any], out_dir: Path) -> None:
     if sps:
         line += f", {t.get('time_s', 0):.1f} s, {sps:.1f} training slices/s"
     console.print(line)
+    if t.get("resumed_stages"):
+        stages = " and ".join(s.replace("_", " ") for s in t["resumed_stages"])
+        console.print(f"resumed: the {stages} stage{'s' if len(t['resumed_stages']) > 1 else ''} continued from the last finished epoch")
     learnable = metrics.get("learnable_ceiling_mean")
     noise = metrics.get("label_noise_ceiling_mean")
     if learnable is not None or noise is not None:
@@ -161,6 +167,47 @@ def run(
     )
     if result is not None:  # only rank 0 of a multi-process run evaluates and prints
         print_summary(result.metrics, Path(out))
+        if bundle is not None:
+            from i2m2_med.inference.bundle import write_bundle
+
+            print(f"MONAI Bundle: {write_bundle(out, bundle)}")
+        sys.stdout.flush()
+    return 0
+
+
+def resume_run(
+    run_dir: Path,
+    *,
+    devices: int = 1,
+    num_nodes: int = 1,
+    strategy: str = "auto",
+    accelerator: str = "auto",
+    progress: bool = True,
+    bundle: Path | None = None,
+) -> int:
+    """Continue the interrupted run in ``run_dir`` with its own arguments; how it runs (devices,
+    nodes, strategy, accelerator) follows the run's unless given here (non-default)."""
+    from i2m2_med.training.resume import resume_arguments
+
+    args = resume_arguments(run_dir)  # one line when there is nothing to resume, before Lightning loads
+    if bundle is not None:
+        from i2m2_med.inference.bundle import check_bundle_folder
+
+        check_bundle_folder(bundle)
+    from i2m2_med.training.fit import train
+
+    stored = args.pop("options")
+    given = {"devices": devices, "num_nodes": num_nodes, "strategy": strategy, "accelerator": accelerator}
+    defaults = {"devices": 1, "num_nodes": 1, "strategy": "auto", "accelerator": "auto"}
+    stored.update({k: v for k, v in given.items() if v != defaults[k]})
+    stored["progress"] = progress
+    options = TrainerOptions(**{k: v for k, v in stored.items() if k in TrainerOptions.__dataclass_fields__})
+    data_dir, out = args.pop("data_dir"), Path(args.pop("out_dir"))
+    if not Path(data_dir).is_dir():
+        raise UsageError(data_dir, "the run's data folder is gone; resume needs the same cohort")
+    result = train(data_dir, out, options=options, **args)
+    if result is not None:
+        print_summary(result.metrics, out)
         if bundle is not None:
             from i2m2_med.inference.bundle import write_bundle
 

@@ -5,7 +5,7 @@ balance (loss weights or a weighted sampler, :mod:`i2m2_med.data.sampling`).
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import pytorch_lightning as pl
@@ -78,6 +78,8 @@ class I2M2DataModule(pl.LightningDataModule):
         self.cohort = cohort
         self.config = config
         self.seed = int(seed)
+        self._train_generator: torch.Generator | None = None
+        self._pending_generator_state: Tensor | None = None
         t = config.training
         self.batch_size = int(batch_size if batch_size is not None else t.batch_size)
         self.num_workers = int(num_workers if num_workers is not None else t.num_workers)
@@ -123,8 +125,24 @@ class I2M2DataModule(pl.LightningDataModule):
     def n_tabular(self) -> int:
         return self.cohort.n_tabular
 
+    # -- resumable state (:mod:`.resume`): where the training draws are in their random stream --
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self._train_generator is None else {"train_generator": self._train_generator.get_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending_generator_state = state_dict.get("train_generator")
+
+    def new_stage(self) -> None:
+        """Forget a restored draw state that no loader used (a finished stage resumed as a no-op)."""
+        self._pending_generator_state = None
+
     def _loader(self, dataset: SliceDataset, train: bool) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed)
+        if train:  # each fit (stage) starts the stream at the seed, or where a resumed stage left it
+            if self._pending_generator_state is not None:
+                generator.set_state(self._pending_generator_state)
+                self._pending_generator_state = None
+            self._train_generator = generator
         sampler = None
         shuffle = False
         if train and self.sample_weights is not None:

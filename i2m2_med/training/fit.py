@@ -35,7 +35,7 @@ from typing import Any, Iterator, Mapping
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import EarlyStopping, TQDMProgressBar
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.strategies import StrategyRegistry
 
@@ -53,7 +53,12 @@ from i2m2_med.metrics.calibration import calibration_errors, fit_prior_offset
 from i2m2_med.models import I2M2Model, build_model, variant_experts
 from i2m2_med.training.datamodule import I2M2DataModule
 from i2m2_med.training.module import I2M2Module
-from i2m2_med.training.options import ACCELERATORS, TrainerOptions, resolve_config, split_log
+from i2m2_med.training.options import (
+    ACCELERATORS,
+    TrainerOptions,
+    resolve_config,
+    split_log,
+)
 from i2m2_med.training.results import (
     CHECKPOINT_NAME,
     CONFIG_NAME,
@@ -69,6 +74,16 @@ from i2m2_med.training.results import (
     predict_dataset,
     prediction_metrics,
     study_calibration_of,
+)
+from i2m2_med.training.resume import (
+    SafetensorsCheckpointIO,
+    check_resume_data,
+    clear_resume_state,
+    finish_resume_state,
+    read_resume_args,
+    resume_dir,
+    stage_path,
+    write_resume_args,
 )
 
 __all__ = ["ACCELERATORS", "TrainResult", "TrainerOptions", "resolve_config", "train"]
@@ -152,7 +167,11 @@ def _trainer(
             loggers.append(TensorBoardLogger(str(out_dir), name="tensorboard", version=stage))
         except ModuleNotFoundError as exc:
             raise UsageError("--tensorboard", f"TensorBoard is not installed ({exc.name})") from None
-    callbacks: list[Any] = []
+    # the stage's resumable state after every epoch (:mod:`.resume`), overwritten in place
+    checkpoint = ModelCheckpoint(dirpath=str(resume_dir(out_dir)), filename=stage, monitor=None, save_top_k=1,
+                                 every_n_epochs=1, save_on_train_epoch_end=True, enable_version_counter=False)
+    checkpoint.FILE_EXTENSION = stage_path(out_dir, stage).suffix
+    callbacks: list[Any] = [checkpoint]
     if early_stopping:
         es = config.training.early_stopping
         callbacks.append(EarlyStopping(monitor=es.monitor, mode=es.mode, patience=es.patience, check_finite=True))
@@ -167,7 +186,8 @@ def _trainer(
         precision=_precision(config),
         logger=loggers,
         callbacks=callbacks,
-        enable_checkpointing=False,
+        enable_checkpointing=True,
+        plugins=[SafetensorsCheckpointIO()],
         enable_progress_bar=options.progress,
         enable_model_summary=False,
         num_sanity_val_steps=0,
@@ -200,6 +220,7 @@ def train(
     cohort: Cohort | None = None,
     datasets: Mapping[str, SliceDataset] | None = None,
     report_split: bool = True,
+    resume: bool = False,
 ) -> TrainResult | None:
     """Train ``variant`` on the cohort under ``data_dir``; write the run to ``out_dir``.
 
@@ -224,6 +245,9 @@ def train(
             share them (an ablation grid) transform each slice once.
         report_split: log the cohort's split problems before training (a caller that trains
             many runs on one cohort reports them once itself).
+        resume: continue from the resumable state in ``out_dir/resume/`` (:mod:`.resume`; the
+            same arguments as the interrupted call, see :func:`~.resume.resume_arguments`);
+            without it any such state is discarded and training starts from the beginning.
 
     Returns the :class:`~.results.TrainResult` (its ``metrics`` exactly as written to
     ``metrics.json``) on the global rank 0 process; None on the other ranks of a multi-process
@@ -261,6 +285,16 @@ def train(
     split_problems = dm.cohort.split_problems()
     for problem in split_problems if report_split else ():  # in the first seconds, before any training
         split_log.warning("split check: %s", problem)
+    fingerprint = data_fingerprint(dm.cohort)
+    if resume:
+        check_resume_data(out, fingerprint)
+        config_label = read_resume_args(out).get("config_label") or config_label
+    else:
+        clear_resume_state(out)
+        write_resume_args(out, data_dir=data_dir, variant=variant, config=cfg, config_label=config_label, seed=seed,
+                          options=options, n_boot=n_boot, extra=extra, labels=labels, clinical=clinical, splits=splits,
+                          batch_size=batch_size, num_workers=num_workers, cache_size=cache_size,
+                          data_fingerprint=fingerprint)
     val_in_view = dm.in_view_of("val")
     model = build_model(variant, cfg, dm.n_tabular)
     if model.prior is not None and cfg.training.class_weighting == "none":
@@ -268,28 +302,36 @@ def train(
     n_train_batches = max(1, math.ceil(dm.epoch_slices / dm.batch_size))
     out.mkdir(parents=True, exist_ok=True)
 
-    t_start = time.perf_counter()
+    def resume_from(stage: str) -> str | None:
+        path = stage_path(out, stage)
+        return str(path) if resume and path.is_file() else None
+
     cpu_start = time.process_time()
     stages: list[dict[str, Any]] = []
+    resumed_stages: list[str] = []
     with _quiet_lightning(options.progress):
         if cfg.training.warm_start:
             ws_epochs = cfg.training.warm_start_epochs
             module = I2M2Module(model, cfg, dm.class_weights, objective="experts", max_epochs=ws_epochs)
             trainer = _trainer(out, cfg, options, stage="warm_start", max_epochs=ws_epochs, early_stopping=False,
                                n_train_batches=n_train_batches)
-            t0 = time.perf_counter()
-            trainer.fit(module, datamodule=dm)
-            stages.append(_stage_record("experts", module, trainer, time.perf_counter() - t0))
+            dm.new_stage()
+            ckpt = resume_from("warm_start")
+            trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+            resumed_stages += ["warm_start"] if ckpt else []
+            stages.append(_stage_record("experts", module, trainer))
             model = module.model
         module = I2M2Module(model, cfg, dm.class_weights, objective="product",
                             lr_scale=cfg.training.finetune_lr_scale if cfg.training.warm_start else 1.0,
                             val_in_view=val_in_view)
         trainer = _trainer(out, cfg, options, stage="product", max_epochs=cfg.training.max_epochs, early_stopping=True,
                            n_train_batches=n_train_batches)
-        t0 = time.perf_counter()
-        trainer.fit(module, datamodule=dm)
-        stages.append(_stage_record("product", module, trainer, time.perf_counter() - t0))
-    fit_seconds = time.perf_counter() - t_start
+        dm.new_stage()
+        ckpt = resume_from("product")
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+        resumed_stages += ["product"] if ckpt else []
+        stages.append(_stage_record("product", module, trainer))
+    fit_seconds = sum(s["seconds"] for s in stages)  # a resumed stage counts its time before the resume
     fit_cpu_seconds = time.process_time() - cpu_start
     model = module.model
 
@@ -338,7 +380,7 @@ def train(
         "config": config_label,
         "seed": int(seed),
         "data_dir": str(data_dir),
-        "data_fingerprint": data_fingerprint(dm.cohort),
+        "data_fingerprint": fingerprint,
         "cohort": dm.cohort.summary(),
         "split_problems": split_problems,
         "heads": list(HEADS),
@@ -360,6 +402,7 @@ def train(
             "best_epoch": stages[-1]["best_epoch"],
             "best_val_auroc_mean": stages[-1]["best_val_auroc_mean"],
             "time_s": fit_seconds,
+            "resumed_stages": resumed_stages,
             "cpu_time_s": fit_cpu_seconds,
             "cpu_time_note": "CPU seconds of this process (all its threads) during fitting: on a busy "
             "machine, cpu_time_s / cores estimates the wall time an idle machine would take",
@@ -412,6 +455,7 @@ def train(
     _write_predictions(out / PREDICTIONS_NAME, predictions)
     metrics = json_safe(metrics)
     write_json(out / METRICS_NAME, metrics)
+    finish_resume_state(out)
     return TrainResult.from_metrics(out, metrics)
 
 
@@ -444,7 +488,7 @@ def _refit_prior(model: I2M2Model, cfg: Config, dm: I2M2DataModule, batch_size: 
     return record
 
 
-def _stage_record(objective: str, module: I2M2Module, trainer: pl.Trainer, seconds: float) -> dict[str, Any]:
+def _stage_record(objective: str, module: I2M2Module, trainer: pl.Trainer) -> dict[str, Any]:
     cb = trainer.callback_metrics
     best = module.best_score if module.best_epoch is not None else (float(cb["best_val_auroc_mean"]) if "best_val_auroc_mean" in cb else None)
     best_epoch = module.best_epoch if module.best_epoch is not None else (int(cb["best_epoch"]) if "best_epoch" in cb else None)
@@ -454,7 +498,7 @@ def _stage_record(objective: str, module: I2M2Module, trainer: pl.Trainer, secon
         "best_epoch": best_epoch,
         "best_val_auroc_mean": best,
         "stopped_early": bool(trainer.should_stop) and int(trainer.current_epoch) < int(trainer.max_epochs or 0),
-        "seconds": seconds,
+        "seconds": module.fit_seconds,
         "train_seconds": module.train_seconds,
         "val_seconds": module.val_seconds,
         "train_samples": int(module.train_samples) * int(trainer.world_size),

@@ -36,6 +36,7 @@ from i2m2_med.errors import UsageError
 from i2m2_med.heads import HEADS
 from i2m2_med.metrics.ranking import auroc_result
 from i2m2_med.models import I2M2Model, I2M2Output, nll, per_expert_param_groups
+from i2m2_med.training.resume import random_states, set_random_states
 
 OBJECTIVES: tuple[str, ...] = ("product", "experts")
 
@@ -138,6 +139,9 @@ class I2M2Module(pl.LightningModule):
         self._val_in_epoch = 0.0
         aug = config.training.augment
         self.augment = BatchAugment(aug.flip_p, aug.max_shift, seed=config.training.seed)
+        self.resumed_seconds = 0.0  # wall time of this stage before the process that resumed it
+        self._t_fit = time.perf_counter()
+        self._restored: dict[str, Any] | None = None
 
     def forward(self, batch: Mapping[str, Any]) -> I2M2Output:
         return self.model(batch)
@@ -148,9 +152,53 @@ class I2M2Module(pl.LightningModule):
             return product_loss(out, labels, self.class_weights)
         return experts_loss(out, labels, self.class_weights)
 
+    def on_fit_start(self) -> None:
+        self._t_fit = time.perf_counter()
+
     def on_train_start(self) -> None:
         # each DDP process draws its own augmentations (reproducibly)
         self.augment.generator.manual_seed(int(self.config.training.seed) + 1_000_003 * int(self.global_rank))
+        if self._restored is not None:  # resumed: continue the random streams where the epoch left them
+            self.augment.generator.set_state(self._restored["augment_rng"])
+            set_random_states(self._restored["rng"])
+            self._restored = None
+
+    @property
+    def fit_seconds(self) -> float:
+        """Wall time of this stage so far, including the time before a resume."""
+        return self.resumed_seconds + time.perf_counter() - self._t_fit
+
+    # -- resumable state (:mod:`.resume`): what Lightning's checkpoint does not hold of its own --
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["i2m2"] = {
+            "objective": self.objective,
+            "history": self.history,
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "best_state": self.best_state,
+            "train_samples": self.train_samples,
+            "train_seconds": self.train_seconds,
+            "val_seconds": self.val_seconds,
+            "fit_seconds": self.fit_seconds,
+            "augment_rng": self.augment.generator.get_state(),
+            "rng": random_states(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("i2m2")
+        if not isinstance(state, dict) or state.get("objective") != self.objective:
+            raise UsageError("--resume", f"the saved stage is not a {self.objective!r} stage")
+        self.history = list(state["history"])
+        self.best_score = float(state["best_score"])
+        self.best_epoch = state["best_epoch"]
+        self.best_state = state["best_state"]
+        self.train_samples = int(state["train_samples"])
+        self.train_seconds = float(state["train_seconds"])
+        self.val_seconds = float(state["val_seconds"])
+        self.resumed_seconds = float(state["fit_seconds"])
+        self._restored = {"augment_rng": state["augment_rng"], "rng": state["rng"]}
+        # now, for a finished stage (its fit starts no epoch), and again at on_train_start otherwise
+        set_random_states(state["rng"])
 
     def on_train_epoch_start(self) -> None:
         self._loss_sum, self._loss_n = 0.0, 0
