@@ -35,6 +35,14 @@ def app_folder() -> Path:
     raise UsageError("i2m2-med app", "the viewer (package i2m2_med_app) is not installed; reinstall i2m2-med")
 
 
+def check_streamlit() -> None:
+    """UsageError when Streamlit (the ``app`` extra) is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("streamlit") is None:
+        raise UsageError("i2m2-med app", "the viewer needs Streamlit, which is not installed: pip install 'i2m2-med[app]'")
+
+
 def absolute_settings(env: dict[str, str], cwd: Path) -> dict[str, str]:
     """``env`` with the app's path settings made absolute against ``cwd``."""
     out = dict(env)
@@ -61,6 +69,7 @@ def run(port: int | None = None, address: str | None = None) -> int:
     """Replace this process by Streamlit (so that a signal to ``i2m2-med app`` reaches the server
     and leaves nothing running); where ``exec`` is not available, wait for it as a child."""
     folder = app_folder()
+    check_streamlit()
     env = absolute_settings(dict(os.environ), Path.cwd())
     cmd = command(folder, port, address)
     sys.stdout.flush()

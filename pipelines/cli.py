@@ -270,7 +270,11 @@ def train_cmd(
     splits: Optional[Path] = typer.Option(None, "--splits", help="Split CSV (default: DATA/splits.csv, else a sha256 split by subject)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Slices per batch (default: the config's)."),
     num_workers: Optional[int] = typer.Option(None, "--num-workers", help="DataLoader workers (default: the config's)."),
-    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log to TensorBoard (needs tensorboard installed)."),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log to TensorBoard in RUN/tensorboard/ (the tracking extra)."),
+    mlflow: Optional[str] = typer.Option(
+        None, "--mlflow", help="Also log to MLflow (the tracking extra): a server URL, a database URI or a local folder."
+    ),
+    mlflow_experiment: str = typer.Option("i2m2-med", "--mlflow-experiment", help="MLflow experiment name."),
     n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap replicates of the AUROC confidence intervals."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     bundle: Optional[Path] = typer.Option(
@@ -298,7 +302,8 @@ def train_cmd(
                     "--epochs": (epochs, None), "--seed": (seed, 0), "--warm-start": (warm_start, None),
                     "--labels": (labels, None), "--clinical": (clinical, None), "--splits": (splits, None),
                     "--batch-size": (batch_size, None), "--num-workers": (num_workers, None),
-                    "--tensorboard": (tensorboard, False), "--n-boot": (n_boot, 1000)}
+                    "--tensorboard": (tensorboard, False), "--n-boot": (n_boot, 1000), "--mlflow": (mlflow, None),
+                    "--mlflow-experiment": (mlflow_experiment, "i2m2-med")}
         for flag, (value, default) in learning.items():
             if value != default:
                 raise UsageError("--resume", f"continues the run with the arguments it was started with; leave out {flag}")
@@ -313,7 +318,7 @@ def train_cmd(
             data, out, variant=variant, config=config, epochs=epochs, seed=seed, devices=devices,
             num_nodes=num_nodes, strategy=strategy, warm_start=warm_start, progress=progress, labels=labels,
             clinical=clinical, splits=splits, batch_size=batch_size, num_workers=num_workers, tensorboard=tensorboard,
-            accelerator=accelerator, n_boot=n_boot, bundle=bundle,
+            accelerator=accelerator, n_boot=n_boot, bundle=bundle, mlflow=mlflow, mlflow_experiment=mlflow_experiment,
         )
     )
 

@@ -106,6 +106,9 @@ def print_summary(metrics: Mapping[str, Any], out_dir: Path) -> None:
     console.print(calibration_line(metrics.get("calibration") or {}), soft_wrap=True)
     console.print(f"checkpoint: {out_dir / 'model.safetensors'}", soft_wrap=True)
     console.print(f"metrics:    {out_dir / 'metrics.json'}", soft_wrap=True)
+    tracked = (metrics.get("training") or {}).get("mlflow")
+    if tracked:
+        console.print(f"MLflow:     run {tracked['run_id']} in experiment {tracked['experiment']!r}", soft_wrap=True)
 
 
 def run(
@@ -129,6 +132,8 @@ def run(
     accelerator: str = "auto",
     n_boot: int = 1000,
     bundle: Path | None = None,
+    mlflow: str | None = None,
+    mlflow_experiment: str = "i2m2-med",
 ) -> int:
     """Train and print the summary; returns the exit code (errors propagate to the CLI).
     ``bundle``: a new folder for the trained model as a MONAI Bundle (checked before training)."""
@@ -148,6 +153,8 @@ def run(
         strategy=strategy,
         progress=progress,
         tensorboard=tensorboard,
+        mlflow=mlflow,
+        mlflow_experiment=mlflow_experiment,
     )
     result = train(
         data,

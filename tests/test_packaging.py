@@ -115,3 +115,24 @@ def test_constraints_pin_every_declared_dependency_within_its_floor():
         name = canonicalize_name(req.name)
         assert name in pins, f"{req.name} is not pinned in constraints.txt"
         assert req.specifier.contains(pins[name], prereleases=True), (text, pins[name])
+
+
+def test_app_without_streamlit_is_one_line_naming_the_extra(tmp_path):
+    """The core install has no Streamlit: `i2m2-med app` says which extra brings it."""
+    code = ("import sys; sys.modules['streamlit'] = None; "  # as if the app extra were not installed
+            "from pipelines.cli import main; sys.exit(main(['app']))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+    assert "the viewer needs Streamlit" in lines[0] and "pip install 'i2m2-med[app]'" in lines[0]
+
+
+def test_extras_split_the_viewer_and_tracking_from_the_core():
+    project = _pyproject()["project"]
+    core = {d.split(">")[0] for d in project["dependencies"]}
+    extras = project["optional-dependencies"]
+    assert "streamlit" not in core and extras["app"] == ["streamlit>=1.35"]
+    assert {d.split(">")[0] for d in extras["tracking"]} == {"tensorboard", "mlflow-skinny"}
+    for extra in ("app", "tracking", "export"):  # the README's test command installs them all
+        assert set(extras[extra]) <= set(extras["test"]), extra

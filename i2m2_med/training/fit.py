@@ -85,6 +85,7 @@ from i2m2_med.training.resume import (
     stage_path,
     write_resume_args,
 )
+from i2m2_med.training.tracking import log_result, stage_logger, tracked_run
 
 __all__ = ["ACCELERATORS", "TrainResult", "TrainerOptions", "resolve_config", "train"]
 
@@ -166,7 +167,10 @@ def _trainer(
 
             loggers.append(TensorBoardLogger(str(out_dir), name="tensorboard", version=stage))
         except ModuleNotFoundError as exc:
-            raise UsageError("--tensorboard", f"TensorBoard is not installed ({exc.name})") from None
+            raise UsageError("--tensorboard", f"TensorBoard is not installed ({exc.name}); "
+                                              "pip install 'i2m2-med[tracking]'") from None
+    if options.mlflow:
+        loggers.append(stage_logger(out_dir, options, stage, run_name=out_dir.name))
     # the stage's resumable state after every epoch (:mod:`.resume`), overwritten in place
     checkpoint = ModelCheckpoint(dirpath=str(resume_dir(out_dir)), filename=stage, monitor=None, save_top_k=1,
                                  every_n_epochs=1, save_on_train_epoch_end=True, enable_version_counter=False)
@@ -403,6 +407,7 @@ def train(
             "best_val_auroc_mean": stages[-1]["best_val_auroc_mean"],
             "time_s": fit_seconds,
             "resumed_stages": resumed_stages,
+            "mlflow": tracked_run(out, options),
             "cpu_time_s": fit_cpu_seconds,
             "cpu_time_note": "CPU seconds of this process (all its threads) during fitting: on a busy "
             "machine, cpu_time_s / cores estimates the wall time an idle machine would take",
@@ -455,6 +460,7 @@ def train(
     _write_predictions(out / PREDICTIONS_NAME, predictions)
     metrics = json_safe(metrics)
     write_json(out / METRICS_NAME, metrics)
+    log_result(out, options, metrics)
     finish_resume_state(out)
     return TrainResult.from_metrics(out, metrics)
 

@@ -34,6 +34,12 @@ class TrainerOptions:
         progress: progress bars (Lightning's, via tqdm) and Lightning's informational logs.
         tensorboard: also log to ``RUN_DIR/tensorboard/`` (needs tensorboard installed); the
             CSV logs in ``RUN_DIR/logs/`` are always written.
+        mlflow: also log to MLflow (needs the ``tracking`` extra): a tracking server's URL
+            (``http://host:5000``), a database URI (``sqlite:///mlflow.db``, needs the full
+            ``mlflow`` package), or a local folder (MLflow's file store). One MLflow run per
+            training: the stages' metrics prefixed ``warm_start-`` / ``product-``, then the run's
+            parameters, its test figures and ``metrics.json``.
+        mlflow_experiment: the MLflow experiment's name.
         limit_train_batches: Lightning's, to shorten epochs (smoke tests, quick checks).
     """
 
@@ -43,6 +49,8 @@ class TrainerOptions:
     strategy: str = "auto"
     progress: bool = True
     tensorboard: bool = False
+    mlflow: str | None = None
+    mlflow_experiment: str = "i2m2-med"
     limit_train_batches: int | float | None = None
 
 
