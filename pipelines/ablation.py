@@ -5,6 +5,11 @@ and writes ``REPORT_DIR/report.html`` (self-contained: opens offline), ``results
 ``tables/*.csv`` (see :func:`i2m2_med.ablation.run_ablation`). Progress lines go to stderr; the
 last lines of stdout say where the files are and summarise the headline numbers.
 
+Scale-out: ``--shard I/N`` trains only shard I's share of the runs into the cache (for a cluster
+scheduler: N jobs sharing one ``--cache`` folder) and writes no report; the same command without
+``--shard`` is the merge. ``--jobs J`` does both on one machine: J shard processes at once (each
+with its share of the cores), then the merge in this process.
+
 Exit codes: 0 the report was written (variants that failed to train, empty splits or heads
 without positives are shown in it with their reasons); 1 nothing could be done (no such
 folder, no labelled study, an unreadable config, bad options); 130 interrupted (cached runs are
@@ -105,11 +110,21 @@ def run(
     argv: Sequence[str] | None = None,
     cv: int | None = None,
     claim_study: bool = False,
+    shard: str | None = None,
+    jobs: int = 1,
 ) -> int:
     """Run the ablation, write the report; returns the exit code (fatal errors propagate as
-    :class:`~i2m2_med.errors.I2M2Error` for the CLI to print in one line)."""
+    :class:`~i2m2_med.errors.I2M2Error` for the CLI to print in one line). ``shard``: ``"I/N"``,
+    train that shard's runs only; ``jobs``: run that many shards at once here, then merge."""
+    from i2m2_med.ablation.runs import parse_shard
+
     if not Path(data).is_dir():
         raise UsageError(data, "no such data folder")
+    if int(jobs) < 1:
+        raise UsageError("--jobs", f"must be a positive integer, got {jobs}")
+    if shard is not None and int(jobs) > 1:
+        raise UsageError("--jobs", "runs shards itself; leave out --shard")
+    the_shard = parse_shard(shard) if shard is not None else None
     names: list[str] | None = None
     if variants:
         names = [n.strip() for v in variants for n in str(v).split(",") if n.strip()]
@@ -124,6 +139,17 @@ def run(
         if progress:
             print(f"[{time.perf_counter() - t0:7.1f} s] {message}", file=sys.stderr, flush=True)
 
+    if the_shard is not None:
+        record = run_ablation(data, out, settings, command=command_line(argv), cache_dir=cache, progress=say, shard=the_shard)
+        counts = record["counts"]
+        print(f"shard {the_shard.label}: {counts['trained']} runs trained, {counts['cached']} already in the cache, "
+              f"{counts['pending']} left to other shards, {counts['failed']} failed; record: "
+              f"{Path(out) / 'shards' / f'shard-{the_shard.index}-of-{the_shard.count}.json'}")
+        print("when every shard has finished, rerun this command without --shard to write the report")
+        sys.stdout.flush()
+        return 0
+    if int(jobs) > 1:
+        run_shards(int(jobs), argv, Path(out), say)
     results = run_ablation(data, out, settings, command=command_line(argv), cache_dir=cache, progress=say)
     say("writing the report")
     write_report(results, Path(out))
@@ -132,4 +158,36 @@ def run(
     return 0
 
 
-__all__ = ["command_line", "print_summary", "run", "write_report"]
+def run_shards(jobs: int, argv: Sequence[str] | None, out: Path, say: Any) -> None:
+    """``--jobs J``: the same ablation as J shard processes at once, each with its share of the
+    cores; their output goes to ``OUT/shards/shard-I-of-J.log``. Returns when all have ended (a
+    shard that failed leaves its runs to the merge, which trains them)."""
+    import os
+    import subprocess
+
+    args = list(sys.argv[1:] if argv is None else argv[1:])
+    args = [a for i, a in enumerate(args) if not (a == "--jobs" or (i and args[i - 1] == "--jobs") or a.startswith("--jobs="))]
+    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    logs = Path(out) / "shards"
+    logs.mkdir(parents=True, exist_ok=True)
+    code = "import sys; from pipelines.cli import main; sys.exit(main(sys.argv[1:]))"
+    procs = []
+    for index in range(jobs):
+        log = open(logs / f"shard-{index}-of-{jobs}.log", "w", encoding="utf-8")  # noqa: SIM115 -- closed below
+        cmd = [sys.executable, "-c", code, *args, "--shard", f"{index}/{jobs}"]
+        procs.append((index, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
+    say(f"{jobs} shard processes started ({threads} thread{'s' if threads != '1' else ''} each); logs in {logs}")
+    try:
+        for index, proc, log in procs:
+            rc = proc.wait()
+            log.close()
+            say(f"shard {index}/{jobs} " + ("finished" if rc == 0 else f"failed (exit {rc}, see {log.name}); the merge trains its runs"))
+    except BaseException:
+        for _, proc, log in procs:
+            proc.terminate()
+            log.close()
+        raise
+
+
+__all__ = ["command_line", "print_summary", "run", "run_shards", "write_report"]

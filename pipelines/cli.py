@@ -351,6 +351,11 @@ def ablate_cmd(
                                                       "over three seeds per regime, tested on held-out cohorts, with a learning curve "
                                                       "(about two hours on 2 cores; minutes with --quick)."
     ),
+    shard: Optional[str] = typer.Option(
+        None, "--shard", help="I/N: train only shard I of N's runs into the cache (N scheduler jobs sharing --cache), no report; "
+                              "the same command without --shard merges them into the report."
+    ),
+    jobs: int = typer.Option(1, "--jobs", help="Train as this many shard processes at once on this machine, then merge."),
 ) -> None:
     """Train every variant over the seeds and write the clinical ablation report (CIs, paired tests, calibration, robustness, regimes).
 
@@ -365,7 +370,7 @@ def ablate_cmd(
             data, out, variants=variants, seeds=seeds, config=config, quick=quick, regime_study=regime_study,
             epochs=epochs, n_boot=n_boot, robustness=robustness, cache=cache, regime_volumes=regime_volumes,
             progress=progress, argv=["i2m2-med", *_state.get("argv", sys.argv[1:])], cv=cv,
-            claim_study=claim_study,
+            claim_study=claim_study, shard=shard, jobs=jobs,
         )
     )
 

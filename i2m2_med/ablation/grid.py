@@ -20,7 +20,7 @@ from i2m2_med.ablation.predict import (
     predict_models,
     try_load,
 )
-from i2m2_med.ablation.runs import RunRecord, train_or_reuse
+from i2m2_med.ablation.runs import RunRecord, Shard, train_or_reuse
 from i2m2_med.ablation.settings import AblationSettings
 from i2m2_med.checkpoint import load_checkpoint
 from i2m2_med.config import Config
@@ -94,11 +94,15 @@ def run_grid(
     robustness: Sequence[cond.Condition] = (),
     robustness_seeds: Sequence[int] = (),
     progress: Progress | None = None,
+    shard: Shard | None = None,
+    report_split: bool = True,
 ) -> GridResult:
     """Train or reuse every (variant, seed), then predict validation and test (clean) and, for
-    the runs of ``robustness_seeds``, the test split under each ``robustness`` condition."""
+    the runs of ``robustness_seeds``, the test split under each ``robustness`` condition.
+    With ``shard``: train the runs the shard claims and stop (the merge predicts).
+    ``report_split``: log the cohort's split problems (a caller that reported them already says no)."""
     grid = GridResult()
-    for problem in cohort.split_problems():  # once for the grid, not once per run
+    for problem in cohort.split_problems() if report_split else ():  # once for the grid, not once per run
         split_log.warning("split check: %s", problem)
     grid.subjects = dict(cohort.subjects)
     grid.in_view = cohort.in_view
@@ -118,9 +122,11 @@ def run_grid(
                 continue
             grid.records[(variant, seed)] = train_or_reuse(
                 data_dir, runs_dir, variant, seed, cfg, fingerprint, cohort=cohort, datasets=shared,
-                train_n_boot=settings.train_n_boot, progress=progress, report_split=False,
+                train_n_boot=settings.train_n_boot, progress=progress, report_split=False, shard=shard,
             )
     grid.train_seconds = time.perf_counter() - t0
+    if shard is not None:
+        return grid
 
     t1 = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() else "cpu"

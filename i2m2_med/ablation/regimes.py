@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -78,8 +80,22 @@ def ensure_regime_cohort(root: str | os.PathLike, regime: str, n_volumes: int, s
     if progress:
         progress(f"generating the {regime}-regime cohort ({n_volumes} volumes)")
     workers = max(1, min(os.cpu_count() or 1, int(n_volumes), 8))  # the cohort does not depend on it
-    generate_cohort(path, int(n_volumes), int(seed), regime=regime, label_noise=float(label_noise), n_slices=n_slices,
-                    workers=workers)
+    # into a folder of its own, then renamed: the shards of a sharded ablation may generate the
+    # same cohort at once (the same bytes), and an interrupted generation leaves no half cohort
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
+    try:
+        generate_cohort(part, int(n_volumes), int(seed), regime=regime, label_noise=float(label_noise), n_slices=n_slices,
+                        workers=workers)
+        if path.exists() and not cohort_is_complete(path, regime, n_volumes, seed, label_noise):
+            shutil.rmtree(path)  # an incomplete cohort of an earlier version
+        try:
+            os.rename(part, path)
+        except OSError:
+            if not cohort_is_complete(path, regime, n_volumes, seed, label_noise):
+                raise
+    finally:
+        shutil.rmtree(part, ignore_errors=True)
     return path
 
 

@@ -38,6 +38,7 @@ from i2m2_med.ablation.card import model_card
 from i2m2_med.ablation.crossval import cv_folds, fold_notes, pool_folds
 from i2m2_med.ablation.grid import GridResult, run_grid
 from i2m2_med.ablation.predict import Predictions, ensemble, error_reason
+from i2m2_med.ablation.runs import Shard
 from i2m2_med.ablation.settings import (
     REFERENCE_VARIANT,
     REGIME_VARIANTS,
@@ -194,9 +195,17 @@ def run_ablation(
     command: str = "",
     cache_dir: str | os.PathLike | None = None,
     progress: Progress | None = None,
+    shard: Shard | None = None,
 ) -> dict[str, Any]:
     """Run the ablation of ``settings`` on the cohort in ``data_dir``; write
     ``REPORT_DIR/results.json`` and ``REPORT_DIR/tables/*.csv``; return the results dict.
+
+    With ``shard`` (:class:`~i2m2_med.ablation.runs.Shard`): train only this shard's runs of the
+    main grid and of the regime study into the cache, write ``REPORT_DIR/shards/shard-I-of-N.json``
+    and return its record (no statistics, no report). The merge is the same call without
+    ``shard``: it reuses every finished run (the cache is keyed by data, variant, seed, config and
+    version) and trains only what no shard finished. The claim study is not sharded: it runs in
+    the merge.
 
     Raises UsageError / ConfigError / AnnotationError only for what stops everything (no such
     folder, no labelled study, an unreadable config); a variant that fails to train, an empty
@@ -231,6 +240,9 @@ def run_ablation(
     data["split_problems"] = split_problems
 
     seeds = settings.seed_list
+    if shard is not None:
+        return _run_shard(shard, cohort, folds, data, data_dir, report_dir, runs_dir, cohorts_dir, base_config, settings,
+                          fingerprint, progress, t_start)
     if folds:
         if progress:
             progress(f"{settings.cv}-fold cross-validation by subject: every study is tested once")
@@ -239,14 +251,14 @@ def run_ablation(
         conditions, rseeds = [], []
         grid = pool_folds([
             run_grid(fold, data_dir, runs_dir, settings.variants, seeds, base_config, settings.epochs, data_fingerprint(fold),
-                     settings, progress=progress)
+                     settings, progress=progress, report_split=False)
             for fold in folds
         ])
     else:
         conditions = cond.robustness_conditions(settings.accelerations, settings.mask_types, settings.noise_levels)[1:] if settings.robustness else []
         rseeds = seeds if settings.robustness_seeds is None else seeds[: settings.robustness_seeds]
         grid = run_grid(cohort, data_dir, runs_dir, settings.variants, seeds, base_config, settings.epochs, fingerprint, settings,
-                        robustness=conditions, robustness_seeds=rseeds, progress=progress)
+                        robustness=conditions, robustness_seeds=rseeds, progress=progress, report_split=False)
     if progress:
         progress("computing statistics")
     t_stats = time.perf_counter()
@@ -310,6 +322,63 @@ def run_ablation(
     clean.setdefault("data", {}).setdefault("problems", []).extend(problems)
     write_tables(report_dir / "tables", tables(clean))
     write_json(report_dir / "results.json", clean)
+    return clean
+
+
+def _run_shard(
+    shard: Shard,
+    cohort: Cohort,
+    folds: Sequence[Cohort] | None,
+    data: Mapping[str, Any],
+    data_dir: Path,
+    report_dir: Path,
+    runs_dir: Path,
+    cohorts_dir: Path,
+    base_config: Config,
+    settings: AblationSettings,
+    fingerprint: str,
+    progress: Progress | None,
+    t_start: float,
+) -> dict[str, Any]:
+    """The training of one shard (see :func:`run_ablation`): the runs it claims, in the order every
+    shard considers them, then its record in ``REPORT_DIR/shards/``."""
+    if progress:
+        progress(f"shard {shard.label}: training this shard's runs")
+    seeds = settings.seed_list
+    grids = [run_grid(fold, data_dir, runs_dir, settings.variants, seeds, base_config, settings.epochs, data_fingerprint(fold),
+                      settings, progress=progress, shard=shard, report_split=False) for fold in folds] if folds else [
+        run_grid(cohort, data_dir, runs_dir, settings.variants, seeds, base_config, settings.epochs, fingerprint, settings,
+                 progress=progress, shard=shard, report_split=False)]
+    do_regimes = settings.regime_study if settings.regime_study is not None else bool(data["synthetic"])
+    if do_regimes:
+        own = str((cohort.manifest or {}).get("regime", "")) if data["synthetic"] else ""
+        # as the merge decides it, from the settings alone (a run that then fails is retrained there)
+        reused = own if (own in reg.REGIMES and set(REGIME_VARIANTS) <= set(settings.variants)
+                         and settings.regime_reuse_data and not settings.cv) else None
+        for regime in reg.REGIMES:
+            if regime == reused:
+                continue
+            path = reg.ensure_regime_cohort(cohorts_dir, regime, settings.regime_volumes, settings.regime_cohort_seed,
+                                            settings.regime_label_noise, progress, n_slices=settings.regime_slices)
+            regime_cohort = load_cohort(path, val_fraction=base_config.training.val_fraction,
+                                        test_fraction=base_config.training.test_fraction)
+            grids.append(run_grid(regime_cohort, path, runs_dir, REGIME_VARIANTS, list(range(settings.regime_seeds)),
+                                  base_config, settings.regime_epochs, data_fingerprint(regime_cohort), settings,
+                                  progress=progress, shard=shard))
+    runs = [r.to_dict() for g in grids for r in g.records.values()]
+    counts = {status: sum(r["status"] == status for r in runs) for status in ("trained", "cached", "pending", "failed")}
+    record = {
+        "schema": RESULTS_SCHEMA,
+        "shard": shard.label,
+        "runs_considered": shard.considered,
+        "counts": counts,
+        "runs": runs,
+        "seconds": time.perf_counter() - t_start,
+        "merge": "rerun the same command without --shard once every shard has finished: it reuses the finished "
+                 "runs, trains what no shard finished, and writes the report",
+    }
+    clean = _sanitise(record, "shard", [])
+    write_json(report_dir / "shards" / f"shard-{shard.index}-of-{shard.count}.json", clean)
     return clean
 
 

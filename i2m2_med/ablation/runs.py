@@ -41,10 +41,52 @@ Progress = Callable[[str], None]
 
 
 @dataclass
+class Shard:
+    """Shard ``index`` of ``count`` (``--shard I/N``): which runs of an ablation this process trains.
+
+    Every process of a sharded ablation considers the same runs in the same order (the main
+    grid variant by variant and seed by seed, then each regime's grid); the k-th run considered
+    belongs to shard ``k mod count``. :meth:`claims` is asked once per run, cached or not, so
+    that every shard counts alike. A run of another shard that is not in the cache yet is left
+    ``pending``; the merge (the same command without ``--shard``) reuses every finished run and
+    trains only what no shard finished.
+    """
+
+    index: int
+    count: int
+    considered: int = 0
+
+    def claims(self) -> tuple[bool, int]:
+        """(whether this shard trains the next run, the shard that owns it)."""
+        owner = self.considered % self.count
+        self.considered += 1
+        return owner == self.index, owner
+
+    @property
+    def label(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def parse_shard(text: str) -> Shard:
+    """``"I/N"`` (0 <= I < N) -> :class:`Shard`; UsageError otherwise."""
+    from i2m2_med.errors import UsageError
+
+    head, sep, tail = str(text).partition("/")
+    try:
+        index, count = int(head), int(tail)
+    except ValueError:
+        index, count = -1, 0
+    if not sep or count < 1 or not 0 <= index < count:
+        raise UsageError("--shard", f"expected I/N with 0 <= I < N (e.g. 0/4), got {text!r}")
+    return Shard(index, count)
+
+
+@dataclass
 class RunRecord:
     """One (variant, seed) of the grid: where it lives and how it went.
 
-    ``status``: ``"trained"`` (now), ``"cached"`` (reused) or ``"failed"`` (``reason`` says why).
+    ``status``: ``"trained"`` (now), ``"cached"`` (reused), ``"failed"`` (``reason`` says why) or
+    ``"pending"`` (another shard's, not finished yet; see :class:`Shard`).
     ``training``: epochs run, best epoch and validation AUROC, times, samples/s (from the run's
     metrics.json) -- empty for a failed run.
     """
@@ -139,20 +181,26 @@ def train_or_reuse(
     train_n_boot: int = 50,
     progress: Progress | None = None,
     report_split: bool = True,
+    shard: Shard | None = None,
 ) -> RunRecord:
     """Train one (variant, seed) with ``config`` (epochs already resolved), or reuse the cached
     run with the same key. ``cohort`` and ``datasets`` (split -> SliceDataset of that cohort)
     are passed to :func:`i2m2_med.training.fit.train`, so the runs of a grid share one transform
     cache. Never raises for a training failure (KeyboardInterrupt aside): the record says
-    ``failed`` and why. ``report_split``: as for :func:`~i2m2_med.training.fit.train`."""
+    ``failed`` and why. ``report_split``: as for :func:`~i2m2_med.training.fit.train`.
+    ``shard``: train only the runs this shard claims (a run it does not claim and that is not
+    cached is returned ``pending``)."""
     # Lightning loads with this import (seconds): only when a run is not in the cache
     from i2m2_med.training.fit import train
 
     key = run_key(data_fingerprint, variant, seed, config)
     run_dir = run_dir_for(cache_dir, variant, seed, key)
+    mine, owner = shard.claims() if shard is not None else (True, 0)
     marker = cached_run(run_dir, key)
     if marker is not None:
         return RunRecord(variant, int(seed), key, str(run_dir), "cached", None, 0.0, marker.get("training", {}))
+    if not mine:
+        return RunRecord(variant, int(seed), key, str(run_dir), "pending", f"shard {owner}/{shard.count} trains it")
     if progress:
         progress(f"training {variant} (seed {seed})")
     t0 = time.perf_counter()
