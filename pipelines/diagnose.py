@@ -587,11 +587,10 @@ def _term_names(model: Any) -> list[str]:
     return sorted(names, key=lambda t: (TERM_ORDER.index(t) if t in TERM_ORDER else len(TERM_ORDER), t))
 
 
-def _progress(total: int, enabled: bool, desc: str = "diagnose") -> Any:
-    from tqdm import tqdm
+def _progress(total: int, enabled: bool, desc: str = "diagnose", unit: str = "slices") -> Any:
+    from i2m2_med.progress import Bar
 
-    return tqdm(total=total, unit="slice", desc=desc, file=sys.stderr, disable=not enabled,
-                dynamic_ncols=True, smoothing=0.1)
+    return Bar(total, unit, desc, enabled)
 
 
 def prepare(
@@ -792,7 +791,7 @@ def _run_pending(ctx: Context, items: list[Item], pending: list[Item], records: 
     read_ahead = _read_ahead(ctx, pending)
     try:
         for it in pending:
-            bar.set_postfix_str(it.source[-40:], refresh=False)
+            bar.note(it.source[-40:])
             counted = [0]
 
             def tick(n: int, counted: list[int] = counted) -> None:
@@ -862,8 +861,7 @@ def _diagnose_task(ctx: Context, items: list[Item], n_pending: int, progress: bo
         def on_predict_start(self) -> None:
             if self.global_rank == 0:
                 world = max(1, self.trainer.world_size)
-                self.bar = _progress(-(-n_pending // world), progress, desc=f"diagnose (rank 0 of {world})")
-                self.bar.unit = "study"
+                self.bar = _progress(-(-n_pending // world), progress, desc=f"diagnose (rank 0 of {world})", unit="studies")
 
         def predict_step(self, batch: list[int], batch_idx: int) -> None:
             for position in batch:

@@ -35,31 +35,16 @@ def run(
 ) -> int:
     """Generate the cohort; returns the exit code (0)."""
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+
+    from i2m2_med.progress import Bar
 
     # fail on bad arguments before drawing anything
     validate(out_dir, volumes, seed, regime, label_noise, multicoil, dicom, nifti, workers, slices, coils)
     err = Console(file=sys.stderr)
-    bar = Progress(
-        TextColumn("synthesising"), BarColumn(), MofNCompleteColumn(), TextColumn("volumes"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=err, disable=not progress, transient=False,
-    )
-    with bar:
-        task = bar.add_task("volumes", total=volumes)
-
-        def on_progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
+    with Bar(volumes, "volumes", "synthesising", progress) as bar:
         manifest = generate_cohort(
             out_dir, volumes, seed, regime=regime, label_noise=label_noise, multicoil=multicoil, dicom=dicom,
-            nifti=nifti, workers=workers, progress=on_progress, n_slices=slices, n_coils=coils,
+            nifti=nifti, workers=workers, progress=bar.set_completed, n_slices=slices, n_coils=coils,
         )
     counts, prev = manifest["counts"], manifest["prevalence"]["slice_annotated"]
     err.print(

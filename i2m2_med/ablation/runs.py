@@ -156,6 +156,23 @@ def _training_summary(result: TrainResult) -> dict[str, Any]:
     }
 
 
+def epoch_line(variant: str, seed: int, progress: Progress) -> Callable[[str, int, int, dict], None]:
+    """An ``on_epoch`` callback (:class:`~i2m2_med.training.options.TrainerOptions`) that says where
+    a run of the grid is: variant, seed, stage, epoch of how many, training loss, validation figure."""
+
+    def report(stage: str, epoch: int, max_epochs: int, record: dict) -> None:
+        loss, selection = record.get("train_loss"), record.get("val_selection")
+        what = "in-view AUROC" if record.get("val_in_view_auroc_mean") is not None else "AUROC"
+        text = f"  {variant} (seed {seed}) {stage.replace('_', ' ')} epoch {epoch + 1} of {max_epochs}"
+        if loss is not None:
+            text += f": training loss {loss:.3f}"
+        if selection is not None:
+            text += f", validation {what} {selection:.3f}"
+        progress(text)
+
+    return report
+
+
 def cached_run(run_dir: Path, key: str) -> dict[str, Any] | None:
     """The marker of a complete cached run with this key, or None."""
     marker = run_dir / RUN_MARKER
@@ -210,7 +227,8 @@ def train_or_reuse(
             run_dir,
             variant=variant,
             config=config,
-            options=TrainerOptions(accelerator="auto", progress=False),
+            options=TrainerOptions(accelerator="auto", progress=False,
+                                   on_epoch=epoch_line(variant, seed, progress) if progress else None),
             seed=int(seed),
             n_boot=int(train_n_boot),
             num_workers=0,

@@ -28,6 +28,7 @@ import contextlib
 import logging
 import math
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -35,7 +36,7 @@ from typing import Any, Iterator, Mapping
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint, RichProgressBar
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.strategies import StrategyRegistry
 
@@ -50,6 +51,7 @@ from i2m2_med.heads import HEADS
 from i2m2_med.inference.shift import fit_shift
 from i2m2_med.metrics.aggregation import aggregation_rule
 from i2m2_med.metrics.calibration import calibration_errors, fit_prior_offset
+from i2m2_med.progress import bars_wanted
 from i2m2_med.models import I2M2Model, build_model, variant_experts
 from i2m2_med.training.datamodule import I2M2DataModule
 from i2m2_med.training.module import I2M2Module
@@ -146,6 +148,28 @@ def _quiet_lightning(progress: bool) -> Iterator[None]:
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
 
 
+class _ProgressBar(RichProgressBar):
+    """Lightning's rich bar without the logger's version number (a stage name here, not news)."""
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        return items
+
+
+class _EpochReport(Callback):
+    """Calls ``on_epoch(stage, epoch, max_epochs, record)`` after each finished epoch (``record``:
+    the module's history entry of that epoch: losses and validation figures)."""
+
+    def __init__(self, on_epoch: Any, stage: str, max_epochs: int):
+        self.on_epoch, self.stage, self.max_epochs = on_epoch, stage, int(max_epochs)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        history = getattr(pl_module, "history", None) or [{}]
+        if trainer.global_rank == 0:
+            self.on_epoch(self.stage, int(trainer.current_epoch), self.max_epochs, history[-1])
+
+
 def _trainer(
     out_dir: Path,
     config: Config,
@@ -179,8 +203,11 @@ def _trainer(
     if early_stopping:
         es = config.training.early_stopping
         callbacks.append(EarlyStopping(monitor=es.monitor, mode=es.mode, patience=es.patience, check_finite=True))
-    if options.progress:
-        callbacks.append(TQDMProgressBar(refresh_rate=max(1, n_train_batches // 20)))
+    bars = bars_wanted(options.progress)
+    if bars:
+        callbacks.append(_ProgressBar(refresh_rate=max(1, n_train_batches // 20), console_kwargs={"file": sys.stderr}))
+    if options.on_epoch is not None:
+        callbacks.append(_EpochReport(options.on_epoch, stage, max_epochs))
     return pl.Trainer(
         accelerator=options.accelerator,
         devices=options.devices,
@@ -192,7 +219,7 @@ def _trainer(
         callbacks=callbacks,
         enable_checkpointing=True,
         plugins=[SafetensorsCheckpointIO()],
-        enable_progress_bar=options.progress,
+        enable_progress_bar=bars,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         log_every_n_steps=max(1, min(50, n_train_batches)),

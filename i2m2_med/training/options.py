@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from i2m2_med.config import Config, load_config
 
@@ -31,7 +31,8 @@ class TrainerOptions:
         num_nodes: nodes of a multi-node run.
         strategy: Lightning's (``"ddp"`` for several devices: one process per device, launched by
             re-running the command).
-        progress: progress bars (Lightning's, via tqdm) and Lightning's informational logs.
+        progress: a progress bar (Lightning's rich bar, on stderr when it is a terminal:
+            :func:`i2m2_med.progress.bars_wanted`) and Lightning's informational logs.
         tensorboard: also log to ``RUN_DIR/tensorboard/`` (needs tensorboard installed); the
             CSV logs in ``RUN_DIR/logs/`` are always written.
         mlflow: also log to MLflow (needs the ``tracking`` extra): a tracking server's URL
@@ -40,6 +41,9 @@ class TrainerOptions:
             training: the stages' metrics prefixed ``warm_start-`` / ``product-``, then the run's
             parameters, its test figures and ``metrics.json``.
         mlflow_experiment: the MLflow experiment's name.
+        on_epoch: called as ``on_epoch(stage, epoch, max_epochs, record)`` after every epoch
+            (``stage``: ``warm_start`` or ``product``; ``record``: that epoch's training loss and
+            validation figures), e.g. for a line per epoch where bars do not fit (``ablate``).
         limit_train_batches: Lightning's, to shorten epochs (smoke tests, quick checks).
     """
 
@@ -51,6 +55,7 @@ class TrainerOptions:
     tensorboard: bool = False
     mlflow: str | None = None
     mlflow_experiment: str = "i2m2-med"
+    on_epoch: Callable[[str, int, int, dict], None] | None = None
     limit_train_batches: int | float | None = None
 
 

@@ -228,7 +228,7 @@ def write_resume_args(
         "variant": variant,
         "config_label": config_label,
         "seed": int(seed),
-        "options": asdict(options),
+        "options": {k: v for k, v in asdict(options).items() if k != "on_epoch"},
         "n_boot": int(n_boot),
         "extra": None if extra is None else dict(extra),
         "labels": path_or_none(labels),
