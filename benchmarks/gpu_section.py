@@ -6,7 +6,9 @@ Config ``paper`` (PreActResNet-18 experts, 320 x 320), variants ``i2m2`` and ``m
 bfloat16 autocast and channels-last weights and inputs, cuDNN autotuning on; the same model and
 step code as the CPU figures (:func:`benchmarks.bench_models.make_steps`). Per variant: 3
 untimed training and inference steps, then 5 repetitions of 8 timed training steps and 8 timed
-inference steps (each step synchronises the card). Prints the card's name and writes one JSON
+inference steps (each step synchronises the card). Then the viewer's evidence with the model on
+the card (``i2m2-med app --device cuda``): GradCAM, occlusion and the tabular attributions of the
+bundled model against the CPU's (largest absolute difference, in the params). Prints the card's name and writes one JSON
 file: to ``$OUT/gpu_results.json`` when the environment variable ``OUT`` names a folder, to
 ``$OUT`` when it names a file, else to ``./gpu_results.json`` (``--output`` overrides). Without
 CUDA it prints one line and exits with code 2.
@@ -67,6 +69,36 @@ def output_path(explicit: Path | None = None) -> Path:
     return p / "gpu_results.json" if p.is_dir() else p
 
 
+def evidence_on_gpu(log=print) -> dict[str, float]:
+    """The viewer's evidence with the model on the GPU (``i2m2-med app --device cuda``) against the
+    CPU: the largest absolute difference of GradCAM, occlusion (nats) and the tabular attributions
+    (nats) of the bundled model on one random slice, each head and image expert."""
+    import numpy as np
+    import torch
+
+    from i2m2_med.evidence import saliency, tabular_attributions
+    from i2m2_med.heads import HEADS
+    from i2m2_med.inference.loading import load_model
+
+    cpu, meta = load_model(None, map_location="cpu")
+    gpu, _ = load_model(None, map_location="cuda")
+    g = torch.Generator().manual_seed(0)
+    size = int(meta.config.image_size)
+    sample = {"magnitude": torch.rand(1, size, size, generator=g), "phase": (torch.rand(1, size, size, generator=g) - 0.5) * 6,
+              "tabular": torch.rand(len(meta.tabular_names), generator=g)}
+    worst: dict[str, float] = {}
+    for method in ("gradcam", "occlusion"):
+        diffs = [float(np.abs(saliency(cpu, sample, e, h, method=method) - saliency(gpu, sample, e, h, method=method)).max())
+                 for e in ("magnitude", "phase", "joint") if e in cpu.expert_names for h in HEADS]
+        worst[f"evidence_gpu_vs_cpu_{method}_max_abs"] = max(diffs)
+    if "tabular" in cpu.expert_names:
+        a = tabular_attributions(cpu, sample["tabular"].numpy(), names=list(meta.tabular_names))
+        b = tabular_attributions(gpu, sample["tabular"].numpy(), names=list(meta.tabular_names))
+        worst["evidence_gpu_vs_cpu_tabular_max_abs"] = float(np.abs(a.attributions - b.attributions).max())
+    log("viewer evidence on the GPU against the CPU: " + ", ".join(f"{k} {v:.2e}" for k, v in worst.items()))
+    return worst
+
+
 def measure(variants: tuple[str, ...] = VARIANTS, batch: int = BATCH, steps: int = STEPS, repeats: int = REPEATS,
             warmup: int = WARMUP, log=print) -> dict[str, Any]:
     """The section entry (see the module docstring); needs CUDA."""
@@ -124,6 +156,7 @@ def measure(variants: tuple[str, ...] = VARIANTS, batch: int = BATCH, steps: int
                        "values": [a / b for a, b in zip(rates["i2m2"], rates["mag"])], "target": None})
     for item in figures + ratios:
         item["stats"] = summarise(item["values"])
+    params.update(evidence_on_gpu(log))
     machine = machine_info()
     machine["gpu"] = card
     return {

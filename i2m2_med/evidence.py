@@ -324,6 +324,9 @@ def _log_odds_network(model: I2M2Model, sample: Mapping[str, Any], expert: str) 
         tab = None
     else:
         raise UsageError(f"expert {expert!r}", f"saliency needs an image expert ({', '.join(IMAGE_EXPERTS)})")
+    device = next(module.parameters()).device  # the model's device (a GPU with `--device cuda`)
+    x = x.to(device)
+    tab = None if tab is None else tab.to(device)
 
     class LogOdds(nn.Module):
         def __init__(self) -> None:

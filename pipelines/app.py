@@ -65,12 +65,18 @@ def command(folder: Path, port: int | None, address: str | None) -> list[str]:
     return cmd
 
 
-def run(port: int | None = None, address: str | None = None) -> int:
+def run(port: int | None = None, address: str | None = None, device: str | None = None) -> int:
     """Replace this process by Streamlit (so that a signal to ``i2m2-med app`` reaches the server
-    and leaves nothing running); where ``exec`` is not available, wait for it as a child."""
+    and leaves nothing running); where ``exec`` is not available, wait for it as a child.
+    ``device``: where the model runs (``I2M2_DEVICE`` for the app), checked here first."""
     folder = app_folder()
     check_streamlit()
     env = absolute_settings(dict(os.environ), Path.cwd())
+    if device is not None:
+        from i2m2_med.inference.loading import resolve_device
+
+        resolve_device(device, "--device")  # a GPU that is not there: one line now, not a page error later
+        env["I2M2_DEVICE"] = device
     cmd = command(folder, port, address)
     sys.stdout.flush()
     sys.stderr.flush()

@@ -198,11 +198,14 @@ def app_cmd(
     address: Optional[str] = typer.Option(
         None, "--address", help="Address to listen on (default: localhost only; change deliberately, e.g. behind an authenticating proxy)."
     ),
+    device: Optional[str] = typer.Option(
+        None, "--device", help="Where the model runs: auto (a CUDA GPU when there is one), cpu, cuda or cuda:N (default: I2M2_DEVICE, else auto)."
+    ),
 ) -> None:
-    """Start the evidence viewer (the same app as `streamlit run app/main.py` from a checkout) with its safe server settings. Its settings come from the environment: I2M2_DATA_ROOT, I2M2_MODEL, I2M2_CACHE_DIR."""
+    """Start the evidence viewer (the same app as `streamlit run app/main.py` from a checkout) with its safe server settings. Its settings come from the environment: I2M2_DATA_ROOT, I2M2_MODEL, I2M2_CACHE_DIR, I2M2_DEVICE."""
     from pipelines import app as pipeline
 
-    raise typer.Exit(pipeline.run(port=port, address=address))
+    raise typer.Exit(pipeline.run(port=port, address=address, device=device))
 
 
 @_command("export")

@@ -295,6 +295,27 @@ def test_without_a_model_the_page_says_so_in_one_line(tmp_path, monkeypatch):
     assert len(errors) == 1 and "cannot be loaded" in errors[0] and "missing.safetensors" in errors[0]
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal of a GPU this machine does not have")
+def test_a_gpu_that_is_not_there_is_one_line_on_the_page(monkeypatch):
+    monkeypatch.setenv("I2M2_DEVICE", "cuda")
+    at = start()
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and "cannot be loaded" in errors[0], errors
+    assert "I2M2_DEVICE: 'cuda' asks for a CUDA GPU but torch sees none on this machine" in errors[0]
+
+
+def test_the_device_setting_reaches_the_model(monkeypatch):
+    from viewer.settings import load_settings
+
+    assert load_settings({}).device == "auto" and load_settings({"I2M2_DEVICE": " cuda:1 "}).device == "cuda:1"
+    monkeypatch.setenv("I2M2_DEVICE", "cpu")
+    at = start()
+    assert not at.exception and not at.error
+    lm = compute.load_model(*compute.model_location(None), True, "cpu")
+    assert {p.device.type for p in lm.model.parameters()} == {"cpu"}
+
+
 # ---- paths ------------------------------------------------------------------------------------------
 
 

@@ -136,3 +136,13 @@ def test_extras_split_the_viewer_and_tracking_from_the_core():
     assert {d.split(">")[0] for d in extras["tracking"]} == {"tensorboard", "mlflow-skinny"}
     for extra in ("app", "tracking", "export"):  # the README's test command installs them all
         assert set(extras[extra]) <= set(extras["test"]), extra
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal of a GPU this machine does not have")
+def test_app_refuses_a_gpu_that_is_not_there_before_serving(tmp_path):
+    for device, expected in (("cuda", "--device: 'cuda' asks for a CUDA GPU but torch sees none"),
+                             ("abacus", "--device: 'abacus' is not a device")):
+        proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "app", "--device", device], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1 and len(lines) == 1 and expected in lines[0], proc.stderr

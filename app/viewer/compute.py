@@ -89,11 +89,13 @@ def model_location(path: Path | None) -> tuple[str, str]:
 
 
 @st.cache_resource(show_spinner="Loading the model...", max_entries=4)
-def load_model(checkpoint: str, stamp: str, bundled: bool) -> LoadedModel:
-    """Load a checkpoint once per file version; every forward pass is counted in :data:`COUNTS`."""
+def load_model(checkpoint: str, stamp: str, bundled: bool, device: str = "auto") -> LoadedModel:
+    """Load a checkpoint once per file version onto ``device`` (``I2M2_DEVICE``; UsageError for a
+    GPU that is not there); every forward pass is counted in :data:`COUNTS`."""
     from i2m2_med.inference.loading import load_model as load
+    from i2m2_med.inference.loading import resolve_device
 
-    model, meta = load(checkpoint)
+    model, meta = load(checkpoint, map_location=resolve_device(device, "I2M2_DEVICE"))
     model.register_forward_hook(lambda module, args, output: _count("forward"))
     return LoadedModel(model=model, meta=meta, path=checkpoint, fingerprint=str(meta.fingerprint), bundled=bundled)
 

@@ -8,6 +8,8 @@
                      ``~/.cache/i2m2-med``. Created with mode 0700.
 ``I2M2_MAX_UPLOAD_MB`` largest upload accepted, in MB (default 512; Streamlit's own
                      ``server.maxUploadSize`` in ``.streamlit/config.toml`` caps it as well).
+``I2M2_DEVICE``      where the model runs: ``auto`` (default: a CUDA GPU when torch sees one),
+                     ``cpu``, ``cuda`` or ``cuda:N`` (``i2m2-med app --device`` sets it).
 ===================  ==========================================================================
 """
 
@@ -22,6 +24,7 @@ ENV_DATA_ROOT = "I2M2_DATA_ROOT"
 ENV_MODEL = "I2M2_MODEL"
 ENV_CACHE_DIR = "I2M2_CACHE_DIR"
 ENV_MAX_UPLOAD_MB = "I2M2_MAX_UPLOAD_MB"
+ENV_DEVICE = "I2M2_DEVICE"
 DEFAULT_MAX_UPLOAD_MB = 512
 
 
@@ -29,13 +32,15 @@ DEFAULT_MAX_UPLOAD_MB = 512
 class Settings:
     """``data_roots``: resolved existing folders; ``model_path``: None for the bundled model;
     ``cache_dir``: the private cache folder; ``max_upload_bytes``; ``problems``: settings that
-    were ignored, one line each (shown to the user)."""
+    were ignored, one line each (shown to the user); ``device``: where the model runs (checked
+    when the model loads)."""
 
     data_roots: tuple[Path, ...]
     model_path: Path | None
     cache_dir: Path
     max_upload_bytes: int
     problems: tuple[str, ...] = ()
+    device: str = "auto"
 
 
 def _cache_dir(env: Mapping[str, str]) -> Path:
@@ -82,6 +87,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         cache_dir=_cache_dir(env),
         max_upload_bytes=limit_mb * 1024 * 1024,
         problems=tuple(problems),
+        device=(env.get(ENV_DEVICE) or "auto").strip() or "auto",
     )
 
 

@@ -88,7 +88,7 @@ def model_or_stop(cfg: Settings) -> compute.LoadedModel:
 
     try:
         checkpoint, stamp = compute.model_location(cfg.model_path)
-        return compute.load_model(checkpoint, stamp, cfg.model_path is None)
+        return compute.load_model(checkpoint, stamp, cfg.model_path is None, cfg.device)
     except I2M2Error as exc:
         st.error(f"The model cannot be loaded. {exc.one_line()}")
         st.stop()
