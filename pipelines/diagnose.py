@@ -848,8 +848,30 @@ def _identity(batch: list[int]) -> list[int]:
     return batch
 
 
-def _diagnose_task(ctx: Context, items: list[Item], n_pending: int, progress: bool) -> Any:
-    """A LightningModule whose predict step diagnoses the items of its batch (positions)."""
+class _RankShare:
+    """The positions (into the pending list) this rank diagnoses: every world-size-th, from its
+    rank (all of them outside a process group). Decided when asked, after the group exists, so
+    the loader's order and the read-ahead's are the same list."""
+
+    def __init__(self, n: int):
+        self.n = int(n)
+
+    def indices(self) -> list[int]:
+        import torch.distributed as dist
+
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+        return list(range(rank, self.n, world))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices())
+
+    def __len__(self) -> int:
+        return len(self.indices())
+
+
+def _diagnose_task(ctx: Context, items: list[Item], pending: list[int], share: _RankShare, progress: bool) -> Any:
+    """A LightningModule whose predict step diagnoses the items of its batch (positions), with the
+    rank's own read-ahead over the studies it will see, in their order."""
     import pytorch_lightning as pl
 
     class DiagnoseTask(pl.LightningModule):
@@ -857,23 +879,39 @@ def _diagnose_task(ctx: Context, items: list[Item], n_pending: int, progress: bo
             super().__init__()
             self.model = ctx.model  # registered, so the strategy places it on the rank's device
             self.bar: Any = None
+            self.read_ahead: Any = None
 
         def on_predict_start(self) -> None:
+            mine = [items[pending[i]] for i in share.indices()]
+            self.read_ahead = _read_ahead(ctx, mine)
             if self.global_rank == 0:
                 world = max(1, self.trainer.world_size)
-                self.bar = _progress(-(-n_pending // world), progress, desc=f"diagnose (rank 0 of {world})", unit="studies")
+                self.bar = _progress(len(mine), progress, desc=f"diagnose (rank 0 of {world})", unit="studies")
 
         def predict_step(self, batch: list[int], batch_idx: int) -> None:
             for position in batch:
-                process(items[int(position)], ctx)
+                it = items[int(position)]
+                ahead = self.read_ahead
+                samples = ahead.samples(it.out_id) if ahead is not None and it.study is not None else None
+                process(it, ctx, samples=samples)
                 if self.bar is not None:
                     self.bar.update(1)
             return None
 
-        def on_predict_end(self) -> None:
+        def _close(self) -> None:
+            if self.read_ahead is not None:
+                self.read_ahead.close()
+                self.read_ahead = None
             if self.bar is not None:
                 self.bar.close()
+                self.bar = None
+
+        def on_predict_end(self) -> None:
+            self._close()
             self.trainer.strategy.barrier("diagnose-done")
+
+        def teardown(self, stage: str) -> None:
+            self._close()  # also after a failure, which skips on_predict_end
 
     return DiagnoseTask()
 
@@ -881,8 +919,9 @@ def _diagnose_task(ctx: Context, items: list[Item], n_pending: int, progress: bo
 def _run_distributed(ctx: Context, items: list[Item], resume: bool, devices: int, num_nodes: int,
                      strategy: str, accelerator: str, progress: bool) -> int:
     """Each rank (Lightning launches them) diagnoses its share of the pending items through
-    ``Trainer.predict`` (the distributed sampler splits the item positions without repeats);
-    rank 0 writes predictions.csv from every rank's JSONs after a barrier."""
+    ``Trainer.predict`` (:class:`_RankShare` splits the item positions without repeats), reading
+    its studies ahead as the single process does; rank 0 writes predictions.csv from every
+    rank's JSONs after a barrier."""
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader
 
@@ -897,11 +936,13 @@ def _run_distributed(ctx: Context, items: list[Item], resume: bool, devices: int
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        use_distributed_sampler=False,  # each rank's share is _RankShare's, which its read-ahead follows
     )
     t0 = time.perf_counter()
     if pending:
-        loader = DataLoader(pending, batch_size=1, shuffle=False, num_workers=0, collate_fn=_identity)
-        trainer.predict(_diagnose_task(ctx, items, len(pending), progress), dataloaders=loader, return_predictions=False)
+        share = _RankShare(len(pending))
+        loader = DataLoader(pending, batch_size=1, sampler=share, num_workers=0, collate_fn=_identity)
+        trainer.predict(_diagnose_task(ctx, items, pending, share, progress), dataloaders=loader, return_predictions=False)
     records = {it.out_id: slim(r) for it in items if (r := read_record(ctx.out_dir, it)) is not None}
     if trainer.global_rank != 0:
         return 0 if all((records.get(it.out_id) or {}).get("status") in ANSWERS for it in items) else 2
