@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 from i2m2_med.ablation import default_settings, run_ablation
 from i2m2_med.atomic import write_text
 from i2m2_med.errors import UsageError
-from pipelines.report.ablation import render_report
+from .report.ablation import render_report
 
 
 def command_line(argv: Sequence[str] | None = None) -> str:
@@ -171,7 +171,7 @@ def run_shards(jobs: int, argv: Sequence[str] | None, out: Path, say: Any) -> No
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     logs = Path(out) / "shards"
     logs.mkdir(parents=True, exist_ok=True)
-    code = "import sys; from pipelines.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = f"import sys; from {__package__}.cli import main; sys.exit(main(sys.argv[1:]))"
     procs = []
     for index in range(jobs):
         log = open(logs / f"shard-{index}-of-{jobs}.log", "w", encoding="utf-8")  # noqa: SIM115 -- closed below

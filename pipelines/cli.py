@@ -75,7 +75,7 @@ def synth_cmd(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
 ) -> None:
     """Write a synthetic knee cohort in the fastMRI format (h5, fastMRI+ annotations, tabular, splits, manifest)."""
-    from pipelines import synthesize as pipeline
+    from . import synthesize as pipeline
 
     raise typer.Exit(
         pipeline.run(
@@ -99,7 +99,7 @@ def inspect_cmd(
     keep_ids: bool = typer.Option(False, "--keep-ids", help="Show the readers' study and patient ids instead of their hashes."),
 ) -> None:
     """Summarise a study or a folder: format, slices, k-space shape, acquisition, tabular features, labels, what is missing."""
-    from pipelines import inspect as pipeline
+    from . import inspect as pipeline
 
     raise typer.Exit(pipeline.run(path, as_json=as_json, annotations=annotations, clinical=clinical, keep_ids=keep_ids))
 
@@ -160,7 +160,7 @@ def diagnose_cmd(
     error (bad path or option, corrupt or mismatched checkpoint, no study found); 130 interrupted
     (rerun with --resume to complete).
     """
-    from pipelines import diagnose as pipeline
+    from . import diagnose as pipeline
 
     if clinical is not None and no_clinical:
         from i2m2_med.errors import UsageError
@@ -203,7 +203,7 @@ def app_cmd(
     ),
 ) -> None:
     """Start the evidence viewer (the same app as `streamlit run app/main.py` from a checkout) with its safe server settings. Its settings come from the environment: I2M2_DATA_ROOT, I2M2_MODEL, I2M2_CACHE_DIR, I2M2_DEVICE."""
-    from pipelines import app as pipeline
+    from . import app as pipeline
 
     raise typer.Exit(pipeline.run(port=port, address=address, device=device))
 
@@ -217,7 +217,7 @@ def export_cmd(
     out: Path = typer.Option(..., "--out", help="File to write; a description FILE.json is written beside it."),
 ) -> None:
     """Export a model as an ONNX, TorchScript or ExportedProgram graph with plain tensor inputs (images, tabular vector, presence flags) and every expert's log-probabilities plus the combined ones as outputs; the file is checked against PyTorch before it is kept."""
-    from pipelines import export as pipeline
+    from . import export as pipeline
 
     raise typer.Exit(pipeline.run(model, fmt, out))
 
@@ -230,7 +230,7 @@ def bundle_cmd(
     out: Path = typer.Option(..., "--out", help="New folder for the bundle (configs/, models/, docs/)."),
 ) -> None:
     """Write a model as a MONAI Bundle: configs/metadata.json, configs/inference.json (which `python -m monai.bundle run` executes as diagnose over a folder of studies), models/ and docs/README.md (the model card)."""
-    from pipelines import bundle as pipeline
+    from . import bundle as pipeline
 
     raise typer.Exit(pipeline.run(model, out))
 
@@ -248,7 +248,7 @@ def fit_shift_cmd(
 
     Exit codes: 0 written; 1 bad run, cohort or option (nothing written).
     """
-    from pipelines import fit_shift as pipeline
+    from . import fit_shift as pipeline
 
     raise typer.Exit(pipeline.run(run, data, allow_other_data=allow_other_data, batch_size=batch_size))
 
@@ -293,7 +293,7 @@ def train_cmd(
     After every epoch the run's resumable state is written to RUN/resume/ (safetensors, no
     pickle); `--resume RUN` continues an interrupted run to the result it would have reached."""
     from i2m2_med.errors import UsageError
-    from pipelines import train as pipeline
+    from . import train as pipeline
 
     for name, value in (("--epochs", epochs), ("--devices", devices), ("--num-nodes", num_nodes),
                         ("--batch-size", batch_size), ("--n-boot", n_boot)):
@@ -366,7 +366,7 @@ def ablate_cmd(
     shown in it with their reasons); 1 nothing could be done (bad folder, config or option);
     130 interrupted (rerun the same command: finished runs are reused).
     """
-    from pipelines import ablation as pipeline
+    from . import ablation as pipeline
 
     raise typer.Exit(
         pipeline.run(
@@ -379,7 +379,7 @@ def ablate_cmd(
 
 
 def _demo_defaults() -> dict[str, int]:
-    from pipelines.demo import (  # a light module: no torch at import
+    from .demo import (  # a light module: no torch at import
         DEMO_SEED,
         DEMO_VOLUMES,
     )
@@ -398,7 +398,7 @@ def demo_cmd(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Synthesise the demo cohort, train i2m2 with the demo recipe (demo.yaml) and bundle it as the default model."""
-    from pipelines import demo as pipeline
+    from . import demo as pipeline
 
     raise typer.Exit(
         pipeline.run(

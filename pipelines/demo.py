@@ -150,7 +150,7 @@ def run(
 
     from i2m2_med.errors import UsageError
     from i2m2_med.training.fit import TrainerOptions, train
-    from pipelines.train import print_summary
+    from .train import print_summary
 
     if volumes < 6:
         raise UsageError("--volumes", f"the demo needs at least 6 volumes for train/val/test splits, got {volumes}")

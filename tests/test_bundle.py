@@ -66,7 +66,7 @@ def test_monai_bundle_run_gives_the_predictions_of_diagnose(bundle, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("I2M2_")}
     bundle_cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "inference.json"),
                   "--bundle_root", str(bundle), "--dataset_dir", str(data), "--output_dir", str(tmp_path / "bundle_out")]
-    cli_cmd = [sys.executable, "-m", "pipelines.cli", "diagnose", str(data), "--out", str(tmp_path / "cli_out"),
+    cli_cmd = [sys.executable, "-m", "i2m2_med_pipelines.cli", "diagnose", str(data), "--out", str(tmp_path / "cli_out"),
                "--model", str(bundle / "models" / "model.safetensors"), "--no-progress"]
     for cmd in (bundle_cmd, cli_cmd):
         done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

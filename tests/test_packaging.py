@@ -27,13 +27,16 @@ def _pyproject() -> dict:
 
 def test_package_list_is_complete():
     """Every package under i2m2_med/, pipelines/ and app/ is listed (a new subpackage left out of
-    pyproject.toml would be missing from a non-editable install)."""
+    pyproject.toml would be missing from a non-editable install); the commands and the viewer
+    install under names of their own, never as a generic top-level ``pipelines`` or ``app``."""
     setuptools = _pyproject()["tool"]["setuptools"]
     listed = set(setuptools["packages"])
-    library = set(find_packages(where=str(REPO), include=["i2m2_med*", "pipelines*"]))
+    library = set(find_packages(where=str(REPO), include=["i2m2_med*"]))
+    commands = {"i2m2_med_pipelines" + ("." + p if p else "") for p in ["", *find_packages(where=str(REPO / "pipelines"))]}
     viewer = {"i2m2_med_app" + ("." + p if p else "") for p in ["", *find_packages(where=str(REPO / "app"))]}
-    assert listed == library | viewer
-    assert setuptools["package-dir"] == {"i2m2_med_app": "app"}
+    assert listed == library | commands | viewer
+    assert setuptools["package-dir"] == {"i2m2_med_app": "app", "i2m2_med_pipelines": "pipelines"}
+    assert _pyproject()["project"]["scripts"] == {"i2m2-med": "i2m2_med_pipelines.cli:main"}
 
 
 @pytest.mark.slow
@@ -47,8 +50,8 @@ def test_wheel_carries_the_viewer_and_the_model(tmp_path):
     assert pages and helpers and pages | helpers <= names
     assert {"i2m2_med_app/main.py", "i2m2_med_app/.streamlit/config.toml",
             "i2m2_med/assets/demo_model/model.safetensors", "i2m2_med/config/demo.yaml",
-            "pipelines/report/ablation.css", "pipelines/app.py"} <= names
-    assert not any(n.startswith(("app/", "tests/", "benchmarks/")) for n in names)
+            "i2m2_med_pipelines/report/ablation.css", "i2m2_med_pipelines/app.py"} <= names
+    assert not any(n.startswith(("app/", "pipelines/", "tests/", "benchmarks/")) for n in names)
 
 
 def test_relative_app_settings_become_absolute(tmp_path):
@@ -71,7 +74,7 @@ def test_app_command_serves_the_viewer_from_any_folder(tmp_path):
     port = _free_port()
     (tmp_path / "data").mkdir()
     env = {**os.environ, "I2M2_DATA_ROOT": "data", "I2M2_CACHE_DIR": str(tmp_path / "cache")}
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "app", "--port", str(port)], cwd=tmp_path,
+    proc = subprocess.Popen([sys.executable, "-m", "i2m2_med_pipelines.cli", "app", "--port", str(port)], cwd=tmp_path,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         health = None

@@ -134,7 +134,7 @@ def inference_config() -> dict[str, Any]:
         "output_dir": "$@bundle_root + '/eval'",
         "model_path": f"$@bundle_root + '/models/{MODEL_FILE}'",
         "device": "auto",
-        "pipeline": "$importlib.import_module('pipelines.diagnose')",
+        "pipeline": "$importlib.import_module('i2m2_med_pipelines.diagnose')",
         "diagnose": "$@pipeline.run(@dataset_dir, @output_dir, model=@model_path, device=@device, progress=False)",
         "run": "$sys.exit(@diagnose)",
     }

@@ -912,7 +912,7 @@ def render_report(results: Mapping[str, Any]) -> str:
     """The whole report (one HTML string, plotly inlined once, no external resource)."""
     from plotly.offline import get_plotlyjs
 
-    from pipelines.report.claim import claim_section  # it builds on this module's helpers
+    from .claim import claim_section  # it builds on this module's helpers
 
     figs = Figures()
     body = "\n".join([

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from pipelines.report.ablation import Figures, Notes, ci_text, colour, esc, num, pm, section, table, undefined
+from .ablation import Figures, Notes, ci_text, colour, esc, num, pm, section, table, undefined
 
 LEVELS = (("in_view", "in view"), ("study", "study level"), ("slice", "slice level"))
 
