@@ -8,7 +8,10 @@ step code as the CPU figures (:func:`benchmarks.bench_models.make_steps`). Per v
 untimed training and inference steps, then 5 repetitions of 8 timed training steps and 8 timed
 inference steps (each step synchronises the card). Then the viewer's evidence with the model on
 the card (``i2m2-med app --device cuda``): GradCAM, occlusion and the tabular attributions of the
-bundled model against the CPU's (largest absolute difference, in the params). Prints the card's name and writes one JSON
+bundled model against the CPU's (largest absolute difference, in the params); ``diagnose`` on a
+6-volume synthetic cohort with ``--device cuda`` and ``--device cpu`` (slices/s, largest
+difference of the probabilities) and one epoch of ``train`` with the ``cpu`` config on the card.
+Prints the card's name and writes one JSON
 file: to ``$OUT/gpu_results.json`` when the environment variable ``OUT`` names a folder, to
 ``$OUT`` when it names a file, else to ``./gpu_results.json`` (``--output`` overrides). Without
 CUDA it prints one line and exits with code 2.
@@ -99,6 +102,41 @@ def evidence_on_gpu(log=print) -> dict[str, float]:
     return worst
 
 
+def commands_on_gpu(log=print, volumes: int = 6, slices: int = 24) -> dict[str, Any]:
+    """``diagnose --device cuda`` against ``--device cpu`` on a synthetic cohort (slices/s each and
+    the largest difference of the study probabilities), and ``train`` of the ``cpu`` config (one
+    epoch) on the card with the wall time; the paper config's training is the timed steps above."""
+    import csv
+    import tempfile
+
+    from i2m2_med.synth import generate_cohort
+    from i2m2_med.training.fit import TrainerOptions, train
+    from pipelines import diagnose
+
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        generate_cohort(root / "cohort", volumes, 5, n_slices=slices)
+        rows = {}
+        for device in ("cpu", "cuda"):
+            t0 = time.perf_counter()
+            diagnose.run(root / "cohort" / "h5", root / device, progress=False, device=device)
+            seconds = time.perf_counter() - t0
+            with open(root / device / "predictions.csv", newline="") as fh:
+                rows[device] = {r["study_id"]: r for r in csv.DictReader(fh)}
+            out[f"diagnose_{device}_slices_per_s"] = round(volumes * slices / seconds, 1)
+        diffs = [abs(float(a[k]) - float(rows["cuda"][sid][k])) for sid, a in rows["cpu"].items()
+                 for k in a if k.startswith("p_") and a[k] not in ("", None)]
+        out["diagnose_gpu_vs_cpu_p_max_abs"] = max(diffs) if diffs else None
+        t0 = time.perf_counter()
+        result = train(root / "cohort", root / "run", variant="i2m2", config="cpu", epochs=1, n_boot=20,
+                       options=TrainerOptions(accelerator="gpu", progress=False))
+        out["train_cpu_config_one_epoch_gpu_s"] = round(time.perf_counter() - t0, 1)
+        out["train_cpu_config_accelerator"] = result.metrics["training"]["accelerator"] if result else None
+    log("commands on the GPU: " + ", ".join(f"{k} {v}" for k, v in out.items()))
+    return out
+
+
 def measure(variants: tuple[str, ...] = VARIANTS, batch: int = BATCH, steps: int = STEPS, repeats: int = REPEATS,
             warmup: int = WARMUP, log=print) -> dict[str, Any]:
     """The section entry (see the module docstring); needs CUDA."""
@@ -157,6 +195,7 @@ def measure(variants: tuple[str, ...] = VARIANTS, batch: int = BATCH, steps: int
     for item in figures + ratios:
         item["stats"] = summarise(item["values"])
     params.update(evidence_on_gpu(log))
+    params.update(commands_on_gpu(log))
     machine = machine_info()
     machine["gpu"] = card
     return {
