@@ -5,6 +5,8 @@ Outputs (every file written atomically: a temporary name in the same folder, the
     OUT_DIR/predictions.csv          one row per study found (and per unreadable file)
     OUT_DIR/studies/<study_id>.json  per study: every slice's terms of the product, the study answer
     OUT_DIR/sr/<study_id>.dcm        per DICOM study: a DICOM Comprehensive SR (research use only)
+    OUT_DIR/model.json               the model of the run: fingerprint, variant, version, and its
+                                     study-level operating points chosen on its validation split
 
 ``predictions.csv`` starts with exactly ``study_id, source, format, status, error, n_slices,
 p_acl, p_mtear, p_cart, p_abnormal``; then ``contrib_<term>_<head>`` for every term of the
@@ -101,6 +103,7 @@ STATUSES: tuple[str, ...] = ("ok", "skipped", "out_of_scope", "error")
 """Every status of a row; all but ``error`` are answers (exit code 0)."""
 ANSWERS: tuple[str, ...] = ("ok", "skipped", "out_of_scope")
 PREDICTIONS_CSV = "predictions.csv"
+MODEL_JSON = "model.json"
 STUDIES_DIR = "studies"
 SR_DIR = "sr"
 _CSV_INTERVAL_S = 1.0
@@ -677,6 +680,25 @@ def prepare(
     return ctx, items
 
 
+def write_model_file(ctx: Context) -> Path:
+    """``OUT_DIR/model.json``: which model wrote the run and the study-level operating point of
+    each head it was validated at (threshold on ``p_<head>``; None with the reason where its
+    validation split could not choose one, or when the checkpoint predates them). No path."""
+    from i2m2_med.atomic import write_json
+
+    points = (ctx.meta.metrics or {}).get("operating_points")
+    body = {
+        "schema": "i2m2-med-diagnose-model/1",
+        **ctx.info,
+        "operating_points": points if points is not None else {
+            "per_head": {h: {"threshold": None, "reason": "the checkpoint carries no operating point (trained "
+                                                        "before they were stored)"} for h in HEADS}},
+    }
+    path = ctx.out_dir / MODEL_JSON
+    write_json(path, body)
+    return path
+
+
 def _summary(records: dict[str, dict[str, Any]], items: Sequence[Item], out: Path, seconds: float, slices: int) -> int:
     failed = [r for r in (records.get(it.out_id) for it in items) if r is not None and r.get("status") not in ANSWERS]
     ok = sum(1 for it in items if (records.get(it.out_id) or {}).get("status") == "ok")
@@ -776,6 +798,7 @@ def run(
         if skipped:
             print(f"resume: {skipped} of {len(items)} studies already done with model {ctx.info['fingerprint']}", file=sys.stderr)
         with output_lock(ctx.out_dir):
+            write_model_file(ctx)
             return _run_pending(ctx, items, pending, records, progress, on_study_done)
     finally:
         clear_memory_budget()
@@ -927,6 +950,7 @@ def _run_distributed(ctx: Context, items: list[Item], resume: bool, devices: int
 
     pending = [i for i, it in enumerate(items) if not (resume and is_done(read_record(ctx.out_dir, it), it, ctx))]
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
+    write_model_file(ctx)  # each rank writes the same bytes, atomically
     trainer = pl.Trainer(
         accelerator=accelerator,
         devices=devices,

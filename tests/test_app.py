@@ -16,6 +16,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from app_support import MAIN, prepare
@@ -23,6 +24,7 @@ from streamlit.testing.v1 import AppTest  # noqa: E402  (after app_support put a
 from viewer import compute, report, sources  # noqa: E402
 from viewer.paths import PathRefused, resolve_under  # noqa: E402
 
+from i2m2_med.heads import HEADS
 from i2m2_med.privacy import hash_id
 
 torch.set_num_threads(1)
@@ -588,6 +590,66 @@ def test_batch_page_opens_the_images_when_given_the_input_folder(batch_run, monk
     at.text_input(key="batch_path").input("../../")
     at.run()
     assert any("outside the allowed data roots" in e.value for e in at.error)
+
+
+def test_batch_page_sets_the_ground_truth_beside_each_prediction_with_sens_spec(env, tmp_path, monkeypatch):
+    """The demo studies diagnosed as a batch; with the input folder given, the page reads its
+    cohort's annotations, sets the truth beside every prediction and scores each head at the
+    operating point the run's model.json carries (here written by hand, so the figures can be
+    checked against the table)."""
+    import shutil
+
+    from pipelines import diagnose
+    from viewer import batch as batch_io
+
+    root = tmp_path / "root"
+    shutil.copytree(sources.demo_folder(env.cache_dir), root / "cohort")
+    out = root / "runs" / "demo"
+    assert diagnose.run(root / "cohort" / "h5", out, model=None if env.model is None else str(env.model), progress=False) == 0
+    model_json = json.loads((out / "model.json").read_text())
+    assert model_json["fingerprint"] and set(model_json["operating_points"]["per_head"]) == set(HEADS)
+    assert str(root) not in (out / "model.json").read_text()  # no path in it
+    thresholds = {"acl": 0.5, "mtear": 0.3, "cart": 0.2, "abnormal": None}
+    model_json["operating_points"] = {"per_head": {h: ({"threshold": t} if t is not None else {"threshold": None, "reason": "none chosen"})
+                                                   for h, t in thresholds.items()}}
+    (out / "model.json").write_text(json.dumps(model_json))
+
+    monkeypatch.setenv("I2M2_DATA_ROOT", str(root))
+    at = start()
+    at.switch_page("views/batch.py")
+    at.run()
+    at.text_input(key="batch_input").input("cohort/h5")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    table = at.dataframe[0].value
+    predictions = pd.read_csv(out / "predictions.csv", dtype={"study_id": str})
+    truth = batch_io.ground_truth(predictions, root / "cohort")[0]
+    assert batch_io.ground_truth(predictions, root / "cohort")[1] == len(predictions)  # every study annotated
+    for h in HEADS:
+        assert f"truth_{h}" in table.columns
+    by_id = dict(zip(predictions["study_id"], range(len(predictions))))
+    for _, row in table.iterrows():
+        i = by_id[row["study_id"]]
+        assert [bool(row[f"truth_{h}"]) for h in HEADS] == [bool(truth.iloc[i][f"truth_{h}"]) for h in HEADS]
+    assert f"name {len(predictions)} of {len(predictions)} studies" in " ".join(c.value for c in at.caption)
+    scores = at.dataframe[1].value.set_index("Pathology")
+    for h, title in zip(HEADS, ["ACL tear / sprain", "Meniscus tear", "Cartilage defect", "Other abnormality"]):
+        row = scores.loc[title]
+        if thresholds[h] is None:
+            assert row["Sensitivity [95% CI] (TP/P)"] == "-" and row["Note"] == "none chosen"
+            continue
+        y = truth[f"truth_{h}"].astype(bool).to_numpy()
+        called = predictions[f"p_{h}"].to_numpy(dtype=float) >= thresholds[h]
+        tp, p_, tn, n_ = int((called & y).sum()), int(y.sum()), int((~called & ~y).sum()), int((~y).sum())
+        sens, spec = row["Sensitivity [95% CI] (TP/P)"], row["Specificity [95% CI] (TN/N)"]
+        assert sens.endswith(f"({tp}/{p_})") if p_ else sens == "-"
+        assert spec.endswith(f"({tn}/{n_})") if n_ else spec == "-"
+    # the truth filter keeps the studies annotated with the selected finding
+    at.selectbox(key="batch_head").set_value("mtear")
+    at.selectbox(key="batch_truth").set_value("positive")
+    at.run()
+    shown = at.dataframe[0].value
+    assert len(shown) == int(truth["truth_mtear"].astype(bool).sum()) and shown["truth_mtear"].astype(bool).all()
 
 
 # ---- the report ---------------------------------------------------------------------------------------

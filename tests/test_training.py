@@ -226,3 +226,37 @@ def test_bad_arguments_are_one_line_errors(tiny_cohort: Path, tmp_path: Path) ->
         train(tmp_path / "nothing", tmp_path / "r")
     for err in (UsageError("x", "a\nb"),):
         assert "\n" not in err.one_line()
+
+
+def test_study_operating_points_are_chosen_on_validation_and_travel_with_the_model(tiny_cohort: Path, tmp_path: Path) -> None:
+    """Per head, a threshold on the calibrated study probability chosen on the validation studies
+    (or the reason there is none), in metrics.json and in the checkpoint; diagnose writes it to
+    the run's model.json."""
+    from i2m2_med.metrics.thresholds import operating_point
+    from pipelines import diagnose
+
+    run = tmp_path / "run"
+    result = train(tiny_cohort, run, variant="i2m2", config=SMALL, seed=2, **QUICK)
+    points = result.metrics["operating_points"]
+    assert points["rule"] == "youden" and points["level"] == "study" and points["fitted_on"] == "val"
+    cohort = load_cohort(tiny_cohort)
+    val_ids = [s.study_id for s in cohort.studies_in("val")]
+    for h, entry in points["per_head"].items():
+        positives = sum(bool(np.asarray(cohort.labels[sid])[:, HEADS.index(h)].any()) for sid in val_ids)
+        assert entry["n_pos"] == positives and entry["n_pos"] + entry["n_neg"] == len(val_ids)
+        if entry["threshold"] is None:
+            assert entry["reason"] == f"no {'positive' if positives == 0 else 'negative'} study in the validation split"
+        else:
+            assert 0.0 <= entry["val_sensitivity"] <= 1.0 and 0.0 <= entry["val_specificity"] <= 1.0
+    meta = read_checkpoint_meta(run / "model.safetensors")
+    assert meta.metrics["operating_points"] == points
+    # the threshold is the Youden point of the validation studies' reported probabilities
+    out = tmp_path / "diag"
+    diagnose.run(tiny_cohort / "h5", out, model=str(run), progress=False, keep_ids=True)
+    rows = pd.read_csv(out / "predictions.csv", dtype={"study_id": str}).set_index("study_id")
+    for h, entry in points["per_head"].items():
+        if entry["threshold"] is not None:
+            y = [bool(np.asarray(cohort.labels[sid])[:, HEADS.index(h)].any()) for sid in val_ids]
+            p = [float(rows.loc[sid, f"p_{h}"]) for sid in val_ids]
+            assert operating_point(y, p) == pytest.approx(entry["threshold"], abs=1e-5)
+    assert json.loads((out / "model.json").read_text())["operating_points"] == points

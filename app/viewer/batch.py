@@ -3,9 +3,11 @@ and turning one of its rows into a study reference for the viewer."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import pandas as pd
 
@@ -118,3 +120,93 @@ def study_ref(folder: Path, row: pd.Series, roots: Sequence[Path], input_dir: st
                            record=str(record), token=file_token(target))
             return ref, None
     return fallback, "the study was not found in its source under the input folder"
+
+
+# ---- ground truth and the model's operating point ---------------------------------------------------
+
+MODEL_JSON = "model.json"
+TRUTH = "truth_"
+
+
+def operating_points(folder: Path) -> tuple[dict[str, float | None], dict[str, str]]:
+    """The run's study-level operating points from ``OUT_DIR/model.json`` (written by ``diagnose``):
+    ``({head: threshold or None}, {head: why there is none})``. A run without the file (written by
+    an older version) has none, for a reason said once per head."""
+    path = Path(folder) / MODEL_JSON
+    thresholds: dict[str, float | None] = {h: None for h in HEADS}
+    reasons: dict[str, str] = {}
+    try:
+        body = json.loads(path.read_text(encoding="utf-8")) if path.is_file() and path.stat().st_size < (1 << 20) else None
+    except (OSError, ValueError):
+        body = None
+    per_head = ((body or {}).get("operating_points") or {}).get("per_head") if isinstance(body, dict) else None
+    for h in HEADS:
+        entry = per_head.get(h) if isinstance(per_head, dict) else None
+        value = entry.get("threshold") if isinstance(entry, dict) else None
+        if isinstance(value, (int, float)) and math.isfinite(float(value)):
+            thresholds[h] = float(value)
+        else:
+            reasons[h] = (entry or {}).get("reason") if isinstance(entry, dict) and entry.get("reason") else (
+                "this run has no model.json (written by diagnose from version 0.1 on)" if body is None
+                else "no operating point stored for this head")
+    return thresholds, reasons
+
+
+def ground_truth(table: pd.DataFrame, cohort: Path) -> tuple[pd.DataFrame, int]:
+    """``truth_<head>`` columns (True / False, NA where the annotations do not name the study) for
+    the rows of ``table``, from ``cohort/annotations/knee.csv`` (and its file list: listed volumes
+    without a finding are reviewed normals). A row's id is matched as written or as its hash (ids
+    are hashed by default). Returns the columns and how many rows were matched; an unreadable
+    annotation file raises :class:`NotARun` with its reason."""
+    from i2m2_med.data.layout import annotation_paths
+    from i2m2_med.errors import AnnotationError
+    from i2m2_med.io.annotations import read_fastmri_plus, volume_labels
+    from i2m2_med.privacy import hash_id
+
+    csv, listing = annotation_paths(cohort, None)
+    out = pd.DataFrame({f"{TRUTH}{h}": pd.Series(pd.NA, index=table.index, dtype="boolean") for h in HEADS})
+    if csv is None:
+        return out, 0
+    try:
+        labels = volume_labels(read_fastmri_plus(csv, listing))
+    except AnnotationError as exc:
+        raise NotARun(f"annotations not used: {exc.one_line()}") from None
+    by_id: dict[str, Any] = {}
+    for name, row in labels.iterrows():
+        by_id[str(name)] = row
+        by_id.setdefault(hash_id(str(name)), row)
+    matched = 0
+    for index, sid in table["study_id"].astype(str).items():
+        row = by_id.get(sid)
+        if row is None:
+            base, _, suffix = sid.rpartition("-")
+            row = by_id.get(base) if base and suffix.isdigit() else None
+        if row is None:
+            continue
+        matched += 1
+        for h in HEADS:
+            out.at[index, f"{TRUTH}{h}"] = bool(row[h])
+    return out, matched
+
+
+def scores_at_operating_points(table: pd.DataFrame, thresholds: dict[str, float | None],
+                               reasons: dict[str, str]) -> list[dict[str, Any]]:
+    """Per head, over the ``ok`` rows whose truth is known: sensitivity and specificity (Wilson
+    95% CIs) of ``p_<head> >= threshold`` at the model's own operating point."""
+    from i2m2_med.metrics.thresholds import sens_spec
+
+    rows: list[dict[str, Any]] = []
+    for h in HEADS:
+        col = f"{TRUTH}{h}"
+        known = table[(table["status"] == "ok") & table[col].notna() & table[f"p_{h}"].notna()] if col in table else table.iloc[:0]
+        entry: dict[str, Any] = {"head": h, "threshold": thresholds.get(h), "n": int(len(known)),
+                                 "positives": int(known[col].astype(bool).sum()) if len(known) else 0}
+        if thresholds.get(h) is None:
+            entry["reason"] = reasons.get(h, "no operating point")
+        elif not len(known):
+            entry["reason"] = "no successful study with known truth"
+        else:
+            at = sens_spec(known[col].astype(bool).to_numpy(), known[f"p_{h}"].to_numpy(dtype=float), float(thresholds[h]))
+            entry["sensitivity"], entry["specificity"] = at.sensitivity, at.specificity
+        rows.append(entry)
+    return rows

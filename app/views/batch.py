@@ -1,10 +1,12 @@
-"""Batch results: open an output folder of ``i2m2-med diagnose``, sort and filter its studies, and
-jump into one."""
+"""Batch results: open an output folder of ``i2m2-med diagnose``, sort and filter its studies, set
+the ground truth of the input folder's annotations beside each prediction (with sensitivity and
+specificity at the model's validated operating point), and jump into one."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 from viewer import batch, sources, ui
 from viewer.paths import PathRefused, relative_label, resolve_under
@@ -34,6 +36,17 @@ def _table(folder: str, token: str):
     return batch.read_predictions(Path(folder))
 
 
+@st.cache_data(show_spinner="Reading the annotations...", max_entries=16)
+def _truth(folder: str, token: str, cohort: str, annotations_token: str):
+    return batch.ground_truth(_table(folder, token), Path(cohort))
+
+
+def _proportion(value) -> str:
+    if value is None or value.value is None:
+        return "-"
+    return f"{value.value:.2f} [{value.low:.2f}, {value.high:.2f}] ({value.successes}/{value.total})"
+
+
 roots = tuple(str(r) for r in cfg.data_roots)
 runs = _runs(roots)
 OTHER = "Type a path..."
@@ -57,6 +70,36 @@ try:
 except batch.NotARun as exc:
     st.error(str(exc))
     st.stop()
+
+input_dir = st.text_input(
+    "Input folder of this run (optional, inside the data root)", key="batch_input",
+    help="The INPUT_DIR given to diagnose. With it, the ground truth of its annotations (annotations/knee.csv of the "
+         "cohort it belongs to) is shown beside each prediction, and a study opens with its images; without it a study "
+         "opens from its result file (evidence per expert and per slice, without images).")
+has_truth = False
+if input_dir.strip():
+    try:
+        base = resolve_under(cfg.data_roots, input_dir)
+    except PathRefused as exc:
+        st.error(str(exc))
+        base = None
+    if base is not None:
+        root = next((r for r in cfg.data_roots if r == base or r in base.parents), None)
+        cohort = sources.find_cohort(base, stop=root)
+        annotations = cohort / "annotations" / "knee.csv" if cohort is not None else None
+        if annotations is None or not annotations.is_file():
+            st.caption("No annotations/knee.csv at or above the input folder: no ground truth to compare with.")
+        else:
+            try:
+                truth, matched = _truth(str(folder), sources.file_token(folder / batch.PREDICTIONS), str(cohort),
+                                        sources.file_token(annotations))
+            except batch.NotARun as exc:
+                st.warning(str(exc))
+            else:
+                table = pd.concat([table, truth], axis=1)
+                has_truth = matched > 0
+                st.caption(f"Ground truth: the annotations of {relative_label(cohort, cfg.data_roots)} name {matched} of "
+                           f"{len(table)} studies" + ("" if has_truth else " - none of this run's studies."))
 
 show_ids = ui.show_identifiers()
 view = table.copy()
@@ -83,7 +126,7 @@ if n_scope:
     st.warning(f"{n_scope} of {len(table)} studies are out of the model's scope: their rows carry the reason and no "
                "probabilities.")
 
-f1, f2, f3, f4 = st.columns([2, 2, 2, 3])
+f1, f2, f3, f4, f5 = st.columns([2, 2, 2, 2, 3])
 with f1:
     statuses = sorted(table["status"].dropna().unique().tolist())
     keep = st.multiselect("Status", statuses, default=statuses, key="batch_status")
@@ -92,6 +135,10 @@ with f2:
 with f3:
     threshold = st.slider(f"Minimum p({head_title(sort_head)})", 0.0, 1.0, 0.0, 0.05, key="batch_min_p")
 with f4:
+    truth_filter = st.selectbox(f"Truth ({head_title(sort_head)})", ["all", "positive", "negative", "not annotated"],
+                                key="batch_truth", disabled=not has_truth,
+                                help="Needs the input folder of the run, with its annotations.")
+with f5:
     search = st.text_input("Search id / format / error", key="batch_search")
 s1, s2 = st.columns([3, 1])
 sortable = [c for c in view.columns if not c.startswith("_") and (show_ids or c not in ("source",))]
@@ -104,6 +151,9 @@ mask = view["status"].isin(keep)
 p_col = view[f"p_{sort_head}"]
 if threshold > 0:
     mask &= p_col.fillna(-1) >= threshold
+if has_truth and truth_filter != "all":
+    truth_col = view[f"{batch.TRUTH}{sort_head}"]
+    mask &= truth_col.isna() if truth_filter == "not annotated" else truth_col.fillna(truth_filter == "negative").eq(truth_filter == "positive")
 if search.strip():
     text = search.strip().lower()
     hay = (view["study_id"].astype(str) + " " + view["format"].astype(str) + " " + view["error"].astype(str))
@@ -113,7 +163,7 @@ if search.strip():
 shown = view[mask].sort_values(sort_by, ascending=not descending, na_position="last", kind="stable")
 
 columns = ["study_id", *([] if not show_ids else ["source"]), "status", *(["error"] if n_err else []), "format",
-           "n_slices", *(f"p_{h}" for h in HEADS)]
+           "n_slices", *(f"p_{h}" for h in HEADS), *((f"{batch.TRUTH}{h}" for h in HEADS) if has_truth else ())]
 extra = [c for c in ("missing_modalities", "dropped_experts", "shift_score") if c in shown.columns]
 # the experts' disagreement (diagnose) and the review flag (--review-threshold), where the run wrote them
 extra += [c for c in ("disagreement", "review") if c in shown.columns and shown[c].astype(str).str.strip().replace("nan", "").ne("").any()]
@@ -123,25 +173,45 @@ config["disagreement"] = st.column_config.NumberColumn(
     "Expert disagreement", format="%.2f",
     help="Standard deviation of the experts' study-level log-odds, mean over ACL / MTEAR / CART (empty with one expert).")
 config["review"] = st.column_config.TextColumn("Review", help="yes: disagreement above the run's --review-threshold.")
+for h in HEADS:
+    config[f"{batch.TRUTH}{h}"] = st.column_config.CheckboxColumn(
+        f"{head_title(h)} (truth)", help="From the annotations: ticked = the finding is annotated in this study; "
+                                         "empty = the annotations do not name the study.")
 st.dataframe(shown[columns + extra], hide_index=True, column_config=config, key="batch_table",
              height=min(420, 38 + 35 * max(1, len(shown))))
 st.caption(f"{len(shown)} of {len(table)} studies shown." + ("" if show_ids else " Source paths hidden and ids hashed "
                                                                                 "(switch identifiers on to see them)."))
+
+if has_truth:
+    st.markdown("#### Against the ground truth")
+    thresholds, reasons = batch.operating_points(folder)
+    scored = batch.scores_at_operating_points(table, thresholds, reasons)
+    st.dataframe(
+        pd.DataFrame([{
+            "Pathology": head_title(r["head"]),
+            "Threshold on p": "-" if r["threshold"] is None else f"{r['threshold']:.3f}",
+            "Studies (with the finding)": f"{r['n']} ({r['positives']})",
+            "Sensitivity [95% CI] (TP/P)": _proportion(r.get("sensitivity")),
+            "Specificity [95% CI] (TN/N)": _proportion(r.get("specificity")),
+            "Note": r.get("reason", ""),
+        } for r in scored]),
+        hide_index=True, key="batch_scores",
+    )
+    st.caption("At the model's operating point: per pathology, the threshold on its study probability chosen on the "
+               "model's own validation studies (Youden's J) and stored with the model - not tuned on this batch. "
+               "Over every successful study whose truth the annotations give (the filters above do not apply); "
+               "Wilson 95% intervals.")
 
 st.markdown("#### Open a study")
 ok_rows = shown[shown["status"] == "ok"]
 if ok_rows.empty:
     st.info("No successful study matches the filters.")
     st.stop()
-o1, o2 = st.columns([2, 3])
-with o1:
-    pick = st.selectbox("Study", ok_rows["study_id"].tolist(), key="batch_pick",
-                        format_func=lambda s: f"{s}  (p = {float(ok_rows.set_index('study_id').loc[s, f'p_{sort_head}']):.2f})")
-with o2:
-    input_dir = st.text_input("Input folder of this run (optional, inside the data root) to show the images",
-                              key="batch_input",
-                              help="The INPUT_DIR given to diagnose. Without it the study opens from its result file: "
-                                   "the evidence per expert and per slice, without images.")
+pick = st.selectbox("Study", ok_rows["study_id"].tolist(), key="batch_pick",
+                    format_func=lambda s: f"{s}  (p = {float(ok_rows.set_index('study_id').loc[s, f'p_{sort_head}']):.2f})")
+if not input_dir.strip():
+    st.caption("Without the input folder above, the study opens from its result file: the evidence per expert and per "
+               "slice, without images.")
 if st.button("Open in the study viewer", type="primary", key="batch_open"):
     row = table.loc[view.index[view["study_id"] == pick][0]]
     try:

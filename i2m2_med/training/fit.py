@@ -76,6 +76,7 @@ from i2m2_med.training.results import (
     predict_dataset,
     prediction_metrics,
     study_calibration_of,
+    study_operating_points,
 )
 from i2m2_med.training.resume import (
     SafetensorsCheckpointIO,
@@ -386,6 +387,7 @@ def train(
     study_map, calibration["study"] = study_calibration_of(predictions.get("val"), cfg.training.aggregation)
     if study_map is not None and cfg.training.calibration == "prior":
         model.set_study_calibration(study_map)
+    operating = study_operating_points(predictions.get("val"), cfg.training.aggregation, model.study_calibration_map())
     for split, pred in predictions.items():
         splits_out[split] = prediction_metrics(
             pred, split, cfg.training.aggregation, n_boot=n_boot, seed=seed, in_view=dm.cohort.in_view,
@@ -458,6 +460,7 @@ def train(
             for split, p in predictions.items()
         },
         "calibration": calibration,
+        "operating_points": operating,
         "shift": shift,
         "position_prior": None if position_prior is None else {
             "bins": int(position_prior.shape[0]),

@@ -245,6 +245,52 @@ def study_calibration_of(pred: Mapping[str, Any] | None, rule: str) -> tuple[np.
     return params, report
 
 
+OPERATING_RULE = "youden"
+"""How a head's study-level operating point is chosen on validation (:func:`study_operating_points`)."""
+
+
+def study_operating_points(pred: Mapping[str, Any] | None, rule: str, study_map: np.ndarray | None,
+                           choice: str = OPERATING_RULE) -> dict[str, Any]:
+    """Per head, the threshold on the study probability that ``diagnose`` reports (the combined
+    slice probabilities aggregated by the config's ``rule``, then the study-level map) at which a
+    study is called positive, chosen on the validation studies by ``choice``
+    (:func:`i2m2_med.metrics.thresholds.operating_point`), with the validation sensitivity and
+    specificity it gives (Wilson CIs). A head whose validation studies lack a class has no
+    threshold and says why. Ships in the checkpoint, so that a user's batch with ground truth can
+    be scored at the point the model was validated at, not at one tuned on that batch."""
+    from i2m2_med.errors import UndefinedMetricError
+    from i2m2_med.metrics.calibration import apply_study_map
+    from i2m2_med.metrics.thresholds import operating_point, sens_spec
+
+    out: dict[str, Any] = {"rule": choice, "level": "study", "score": "the calibrated study probability p_<head>",
+                           "fitted_on": "val", "per_head": {}}
+    if pred is None or len(pred["study_id"]) == 0:
+        out.update(fitted_on=None, per_head={h: {"threshold": None, "reason": "no validation split"} for h in HEADS})
+        return out
+    rule_name, k = aggregation_rule(rule)
+    y = np.asarray(pred["labels"], dtype=np.float64)
+    ok = np.isfinite(y).all(axis=1)
+    studies = study_level(np.asarray(pred["study_id"]).astype(str)[ok], np.clip(pred["p"]["combined"][ok], 0.0, 1.0),
+                          y[ok] > 0.5, rule=rule_name, k=k)
+    p = np.asarray(studies.p, dtype=np.float64)
+    if study_map is not None:
+        p = apply_study_map(p, study_map[:, 0], study_map[:, 1])
+    labels = np.asarray(studies.y, dtype=bool)
+    for h, head in enumerate(HEADS):
+        n_pos, n_neg = int(labels[:, h].sum()), int((~labels[:, h]).sum())
+        try:
+            threshold = operating_point(labels[:, h], p[:, h], choice)
+        except UndefinedMetricError:
+            missing = "positive" if n_pos == 0 else "negative"
+            out["per_head"][head] = {"threshold": None, "reason": f"no {missing} study in the validation split",
+                                     "n_pos": n_pos, "n_neg": n_neg}
+            continue
+        at = sens_spec(labels[:, h], p[:, h], threshold)
+        out["per_head"][head] = {"threshold": float(threshold), "val_sensitivity": at.sensitivity.value,
+                                 "val_specificity": at.specificity.value, "n_pos": n_pos, "n_neg": n_neg}
+    return out
+
+
 BASELINE = "position_baseline"
 """The name of the position-only baseline among a split's summaries."""
 
@@ -401,6 +447,8 @@ def _checkpoint_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """The compact part of the metrics that travels inside the checkpoint."""
     keep = {k: metrics[k] for k in ("variant", "seed", "aggregation", "label_noise_ceiling_mean", "test_mean_pathologies",
                                     "position_prior")}
+    if metrics.get("operating_points") is not None:
+        keep["operating_points"] = metrics["operating_points"]
     keep["training"] = {k: v for k, v in metrics["training"].items() if k != "stages"}
     keep["summary"] = {
         split: (metrics[split] or {}).get("summary") for split in ("val", "test")
