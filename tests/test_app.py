@@ -496,6 +496,45 @@ def test_upload_validation(tmp_path, private_tmp):
     assert list(private_tmp.iterdir()) == []  # nothing left behind by refused uploads
 
 
+def test_the_files_of_a_dicom_series_upload_together(env, tmp_path, private_tmp):
+    """A series folder's .dcm files selected together are one study, in the library and on the
+    page; what several files cannot be is one line, with nothing kept."""
+    from diagnose_inputs import write_dicom_study
+
+    write_dicom_study(tmp_path / "dcm", n_slices=3, phase=True, patient=0)
+    files = [(p.name, p.read_bytes()) for p in sorted((tmp_path / "dcm").rglob("*.dcm"))]
+    assert len(files) == 6  # 3 magnitude and 3 phase images
+    upload = sources.accept_uploads(files, 50 << 20)
+    assert len(upload.refs) == 1
+    study = sources.open_study(upload.refs[0])
+    assert study.format == "dicom" and study.n_slices == 3 and set(study.modalities) == {"magnitude", "phase"}
+    assert stat.S_IMODE((upload.folder / "series").stat().st_mode) == 0o700
+    upload.close()
+    assert not upload.folder.exists()
+
+    big = sum(len(d) for _, d in files)
+    for batch, fragment in [
+        ([*files, ("knee.h5", b"x")], "knee.h5 is not a .dcm file"),
+        ([*files[:2], ("blank.dcm", b"")], "blank.dcm is empty"),
+        (files, "together is over the"),
+        ([("a.dcm", b"not DICOM"), ("b.dcm", b"nor this")], "2 files (DICOM)"),
+    ]:
+        limit = big - 1 if fragment == "together is over the" else 50 << 20
+        with pytest.raises(sources.UploadRejected) as info:
+            sources.accept_uploads(batch, limit)
+        assert fragment in str(info.value) and "\n" not in str(info.value), str(info.value)
+    assert list(private_tmp.iterdir()) == []
+
+    at = start()
+    at.radio(key="source").set_value("Upload")
+    at.run()
+    at.file_uploader(key="upload_file").set_value([(n, d, "application/dicom") for n, d in files])
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.sidebar.error and len(at.metric) == 4
+    assert "6 files (DICOM) - dicom, 3 slices" in at.session_state["upload"].refs[0].label
+
+
 # ---- the batch page -------------------------------------------------------------------------------------
 
 

@@ -20,7 +20,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from i2m2_med.data.layout import ANNOTATIONS_CSV, CLINICAL_CSV
 from viewer.settings import private_dir
@@ -414,33 +414,87 @@ def accept_upload(name: str, data: bytes, max_bytes: int) -> Upload:
             target = series
         elif suffix == ".dcm":
             target = target.parent
-        try:
-            found = discover(target)
-        except I2M2Error as exc:
-            raise UploadRejected(f"{name}: {exc.reason}") from None
-        except Exception as exc:  # whatever a hostile file makes a reader raise: refused, never a traceback
-            raise UploadRejected(f"{name}: cannot be read ({type(exc).__name__})") from None
-        problems = [f"{Path(p).name}: {r}" for p, r in found.problems]
-        if not found.studies:
-            reason = found.problems[0][1] if found.problems else (
-                "no study found (expected a fastMRI .h5, a DICOM series or a NIfTI volume)")
-            raise UploadRejected(f"{name}: {reason}")
-        digest = hashlib.sha256(data).hexdigest()
-        refs = []
-        for i, study in enumerate(found.studies, start=1):
-            try:
-                study.read_slice(study.n_slices // 2)
-            except Exception as exc:  # a reader's error, or whatever a hostile file raises: refused
-                reason = exc.reason if isinstance(exc, I2M2Error) else f"cannot be read ({type(exc).__name__})"
-                raise UploadRejected(f"{name}: {reason}") from None
-            finally:
-                study.close()
-            label = f"{Path(name).name} - {study.format}, {study.n_slices} slices" + (f" (series {i})" if len(found.studies) > 1 else "")
-            refs.append(StudyRef("upload", str(target.resolve()), study.study_id, label, token=digest))
-        return Upload(name=Path(name).name, sha256=digest, folder=folder, refs=refs, problems=problems)
+        return _studies_of_upload(folder, target, name, hashlib.sha256(data).hexdigest())
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
+
+
+def accept_uploads(files: Sequence[tuple[str, bytes]], max_bytes: int) -> Upload:
+    """Several files at once: one is :func:`accept_upload`'s; more are the files of DICOM series
+    (``.dcm`` each: a series' slices, a folder's files selected together), stored together and
+    read as the series they form, within one upload limit for all of them. Refused with
+    :class:`UploadRejected` (one line): a file that is not ``.dcm``, an empty file, more than the
+    limit in total, or files that form no readable series. Nothing is kept on refusal."""
+    files = list(files)
+    if not files:
+        raise UploadRejected("no file was uploaded")
+    if len(files) == 1:
+        return accept_upload(files[0][0], files[0][1], max_bytes)
+    label = f"{len(files)} files"
+    if len(files) > MAX_ZIP_MEMBERS:  # the same bound as the members of a zipped series
+        raise UploadRejected(f"{label}: more than {MAX_ZIP_MEMBERS} files in one upload")
+    others = [n for n, _ in files if _suffix(n) != ".dcm"]
+    if others:
+        raise UploadRejected(f"{label}: {Path(others[0]).name} is not a .dcm file; several files are read as the slices of "
+                             "DICOM series (upload an .h5, a NIfTI or a .zip on its own)")
+    empty = [n for n, d in files if not d]
+    if empty:
+        raise UploadRejected(f"{label}: {Path(empty[0]).name} is empty")
+    total = sum(len(d) for _, d in files)
+    if total > max_bytes:
+        raise UploadRejected(f"{label}: {total / (1 << 20):.1f} MB together is over the {max_bytes // (1 << 20)} MB upload limit")
+    try:
+        folder = Path(tempfile.mkdtemp(prefix=f"{UPLOAD_PREFIX}{os.getpid()}-"))
+    except OSError as exc:
+        raise UploadRejected(f"{label}: the server cannot store uploads now ({exc.strerror or exc})") from None
+    os.chmod(folder, 0o700)
+    try:
+        series = folder / "series"
+        series.mkdir(mode=0o700)
+        digest = hashlib.sha256()
+        for i, (name, data) in enumerate(files):
+            target = series / f"{i:05d}_{_safe_name(name, '.dcm')}"  # numbered: two files may share a name
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            digest.update(hashlib.sha256(data).digest())
+        return _studies_of_upload(folder, series, f"{label} (DICOM)", digest.hexdigest())
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _studies_of_upload(folder: Path, target: Path, name: str, digest: str) -> Upload:
+    """The studies the readers find in ``target`` (an upload's stored file or series folder), each
+    read once in its middle slice; :class:`UploadRejected` naming ``name`` when there is none or
+    one does not read."""
+    from i2m2_med.errors import I2M2Error
+    from i2m2_med.io.discover import discover
+
+    try:
+        found = discover(target)
+    except I2M2Error as exc:
+        raise UploadRejected(f"{name}: {exc.reason}") from None
+    except Exception as exc:  # whatever a hostile file makes a reader raise: refused, never a traceback
+        raise UploadRejected(f"{name}: cannot be read ({type(exc).__name__})") from None
+    problems = [f"{Path(p).name}: {r}" for p, r in found.problems]
+    if not found.studies:
+        reason = found.problems[0][1] if found.problems else (
+            "no study found (expected a fastMRI .h5, a DICOM series or a NIfTI volume)")
+        raise UploadRejected(f"{name}: {reason}")
+    refs = []
+    for i, study in enumerate(found.studies, start=1):
+        try:
+            study.read_slice(study.n_slices // 2)
+        except Exception as exc:  # a reader's error, or whatever a hostile file raises: refused
+            reason = exc.reason if isinstance(exc, I2M2Error) else f"cannot be read ({type(exc).__name__})"
+            raise UploadRejected(f"{name}: {reason}") from None
+        finally:
+            study.close()
+        label = f"{Path(name).name} - {study.format}, {study.n_slices} slices" + (f" (series {i})" if len(found.studies) > 1 else "")
+        refs.append(StudyRef("upload", str(target.resolve()), study.study_id, label, token=digest))
+    return Upload(name=Path(name).name, sha256=digest, folder=folder, refs=refs, problems=problems)
 
 
 # ---- data roots ----------------------------------------------------------------------------------

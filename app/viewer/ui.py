@@ -187,29 +187,33 @@ def _pick_root(cfg: Settings) -> sources.StudyRef | None:
 
 def _pick_upload(cfg: Settings) -> sources.StudyRef | None:
     limit = cfg.max_upload_bytes // (1 << 20)
-    file = st.sidebar.file_uploader(
-        "Upload a study", type=["h5", "hdf5", "nii", "gz", "zip", "dcm"], key="upload_file",
-        help=f"A fastMRI .h5, a NIfTI volume (.nii / .nii.gz), one DICOM file (.dcm: a multi-frame series or a "
-             f"single image) or a .zip of one DICOM series; at most {limit} MB. "
-             "The file is kept in a private temporary folder while you view it and deleted afterwards.",
+    files = st.sidebar.file_uploader(
+        f"Upload a study (at most {limit} MB)", type=["h5", "hdf5", "nii", "gz", "zip", "dcm"], key="upload_file",
+        accept_multiple_files=True,
+        help=f"A fastMRI .h5, a NIfTI volume (.nii / .nii.gz), a .zip of one DICOM series, or DICOM files (.dcm): one "
+             f"(a multi-frame series or a single image) or the files of a series folder selected together; at most "
+             f"{limit} MB in all. The files are kept in a private temporary folder while you view them and deleted "
+             "afterwards.",
     )
-    if file is None:
+    if not files:
         _close_upload()
         st.session_state.pop("upload_error", None)
         st.session_state.pop("upload_file_id", None)
         return None
-    if st.session_state.get("upload_file_id") != file.file_id:
+    identity = tuple(f.file_id for f in files)
+    if st.session_state.get("upload_file_id") != identity:
         _close_upload()
-        st.session_state["upload_file_id"] = file.file_id
+        st.session_state["upload_file_id"] = identity
         st.session_state.pop("upload_error", None)
         try:
-            upload = sources.accept_upload(file.name, file.getvalue(), cfg.max_upload_bytes)
+            upload = sources.accept_uploads([(f.name, f.getvalue()) for f in files], cfg.max_upload_bytes)
         except sources.UploadRejected as exc:
             st.session_state["upload_error"] = str(exc)
         else:
             st.session_state["upload"] = upload
     if st.session_state.get("upload_error"):
-        st.sidebar.error(f"This file cannot be opened - {st.session_state['upload_error']}")
+        what = "This file cannot" if len(files) == 1 else "These files cannot"
+        st.sidebar.error(f"{what} be opened - {st.session_state['upload_error']}")
         return None
     upload = st.session_state.get("upload")
     if upload is None or upload.closed:
