@@ -47,6 +47,7 @@ SECTIONS: dict[str, str] = {
     "finetune": "benchmarks.bench_finetune",
     "learnability": "benchmarks.bench_learnability",
     "recipe": "benchmarks.bench_recipe",
+    "saliency": "benchmarks.bench_saliency",
 }
 
 REPO = Path(__file__).resolve().parents[1]

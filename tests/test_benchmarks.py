@@ -577,3 +577,22 @@ def test_recipe_section_quick(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert bench_recipe._chosen(fake) == result["recipe"]["chosen"]
     best = max(rows, key=lambda r: r["val_in_view"] if r["val_in_view"] is not None else -1)
     assert result["recipe"]["chosen"] == best["recipe"]
+
+
+def test_saliency_section_quick(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import i2m2_med
+    from benchmarks import bench_heldout, bench_saliency
+    from benchmarks.common import Context
+
+    if not i2m2_med.demo_model_path().is_file():
+        pytest.skip("the demo model is not bundled in this checkout")
+    monkeypatch.delenv(bench_heldout.HELDOUT_DIR_ENV, raising=False)
+    result = bench_saliency.run(Context(quick=True, repeats=1, workdir=tmp_path))
+    summary = result["saliency"]
+    assert set(summary) == {"magnitude", "phase", "joint"}
+    for expert, block in summary.items():
+        for method in bench_saliency.METHODS:
+            rate = block[method]["pointing"]
+            assert rate is None or 0.0 <= rate <= 1.0
+        assert block["chance"] is None or 0.0 < block["chance"] < 1.0
+    assert any(n.startswith("Target: gradcam points inside the box") for n in result["notes"])

@@ -13,14 +13,15 @@ from viewer import compute, figures, report, sources, ui
 from i2m2_med.data.layout import CLINICAL_CSV
 from i2m2_med.data.tabular import clinical_text
 from i2m2_med.errors import I2M2Error
-from i2m2_med.evidence import agreement_matrix, contributions, driving_expert
+from i2m2_med.evidence import SIGNED_METHODS, agreement_matrix, contributions, driving_expert
 from i2m2_med.heads import HEADS, expert_short_title, expert_title, head_title
 from i2m2_med.inference.loading import tabular_columns
 from i2m2_med.inference.shift import out_of_scope_reason
 
 IMAGE_EXPERTS = ("magnitude", "phase", "joint")
 WL_DEFAULTS = {"level": 50, "width": 100}
-SALIENCY_TITLES = {"gradcam": "GradCAM (where the evidence is)", "occlusion": "Occlusion (signed, nats)"}
+SALIENCY_TITLES = {"gradcam": "GradCAM (where the evidence is)", "occlusion": "Occlusion (signed, nats)",
+                   "integrated_gradients": "Integrated gradients (signed, nats)"}
 
 cfg = ui.settings()
 ui.show_settings_problems(cfg)
@@ -28,9 +29,12 @@ ref = ui.study_picker(cfg)
 
 st.sidebar.markdown("#### Display")
 method = st.sidebar.radio("Saliency method", list(SALIENCY_TITLES), format_func=SALIENCY_TITLES.get, key="saliency_method",
-                          help="GradCAM: MONAI's class activation map of the expert's log-odds (fast). Occlusion: "
-                               "how much the expert's log-odds drop when a patch is hidden (red supports the finding, "
-                               "blue speaks against it; slower).")
+                          help="GradCAM: MONAI's class activation map of the expert's log-odds (fast; only what "
+                               "raises them). Occlusion: how much the expert's log-odds drop when a patch is hidden. "
+                               "Integrated gradients: each pixel's share of the log-odds the image adds over a blurred "
+                               "copy of itself (the shares sum to it). Signed maps: red supports the finding, blue "
+                               "speaks against it. How often each points at an annotated finding is measured in "
+                               "BENCHMARKS.md (saliency section).")
 opacity = st.sidebar.slider("Saliency opacity", 0.0, 1.0, 0.6, 0.05, key="overlay_opacity")
 upright = st.sidebar.toggle("Superior at the top", value=True, key="upright",
                             help="Show coronal slices with the patient's head at the top. The model reads them in "
@@ -348,13 +352,18 @@ else:
             except (I2M2Error, sources.StudyUnavailable, RuntimeError, ValueError) as exc:
                 st.warning(f"{expert_title(expert)}: saliency unavailable ({ui.one_line(exc)})")
                 continue
-            rgb = figures.overlay_rgb(gray[base_name], smap, signed=(method == "occlusion"), opacity=opacity)
+            rgb = figures.overlay_rgb(gray[base_name], smap, signed=(method in SIGNED_METHODS), opacity=opacity)
             over = "phase" if base_name == "phase" else "magnitude"
             fig = figures.image_figure(_orient(rgb), _orient_boxes(boxes) if show_boxes else (),
                                        title=f"{expert_title(expert)} on {over}", edges=edges)
             st.plotly_chart(fig, key=f"sal_{expert}", config=figures.chart_config(f"sal_{expert}"))
             c_e = float(pred.terms[expert][pos, j, 1] - pred.terms[expert][pos, j, 0])
             st.caption(f"own p = {np.exp(pred.terms[expert][pos, j, 1]):.2f}, contribution {c_e:+.2f} nats")
+            if float(np.max(smap)) <= 0:  # nothing to show is an answer: say it
+                st.caption(f"Empty map: no part of this slice raises the {expert_title(expert).lower()}'s "
+                           f"{head_title(head)} log-odds by this method" + (
+                               " (GradCAM shows only what raises them; a signed method shows what lowers them)."
+                               if method == "gradcam" else "."))
 
 # ---- across slices -------------------------------------------------------------------------------------------
 

@@ -6,7 +6,8 @@
 * :mod:`.thresholds` -- operating points, sensitivity / specificity with Wilson intervals;
 * :mod:`.calibration` -- reliability, expected calibration error, the prior's refit;
 * :mod:`.aggregation` -- slice -> study rules (the only home of the rule names);
-* :mod:`.tables` -- the metric tables of a run (per head, per expert, in view, over seeds).
+* :mod:`.tables` -- the metric tables of a run (per head, per expert, in view, over seeds);
+* :mod:`.localisation` -- whether a saliency map points at the finding's box (pointing game).
 
 Conventions: ``y`` is a binary label vector ``(N,)``; ``s`` / ``p`` a finite score vector
 ``(N,)``; multi-head arrays are ``(N, H)`` in :data:`i2m2_med.heads.HEADS` order. A statistic the
