@@ -595,4 +595,4 @@ def test_saliency_section_quick(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
             rate = block[method]["pointing"]
             assert rate is None or 0.0 <= rate <= 1.0
         assert block["chance"] is None or 0.0 < block["chance"] < 1.0
-    assert any(n.startswith("Target: gradcam points inside the box") for n in result["notes"])
+    assert any(n.startswith("Target: integrated_gradients (the viewer's default) points inside the box") for n in result["notes"])

@@ -212,7 +212,8 @@ def report_html(report: Mapping[str, Any], images: Mapping[str, bytes | None] | 
         png = (images or {}).get(head)
         if png:
             parts.append(f"<div class='card'><b>Top slice {ev['top_slice']}: magnitude with the magnitude expert's "
-                         f"GradCAM</b><br><img alt='top slice' width='320' height='320' src='{data_uri(png)}'></div>")
+                         f"integrated gradients</b> (red raises the log-odds, blue lowers them)<br>"
+                         f"<img alt='top slice' width='320' height='320' src='{data_uri(png)}'></div>")
         own = ev["expert_p_top_slice"]
         cells = "".join(
             f"<tr><td><span style='color:{EXPERT_COLORS.get(t, '#495057')}'>&#9632;</span> {e(expert_title(t))}</td>"
