@@ -121,6 +121,24 @@ def _same_result(a, b, run_a: Path, run_b: Path) -> None:
     assert (run_b / "predictions.csv").read_bytes() == (run_a / "predictions.csv").read_bytes()
 
 
+def _preempted_run(cohort: Path, run: Path, monkeypatch: pytest.MonkeyPatch, stop: tuple[str, int] | None) -> None:
+    """Train into ``run`` and stop it with an error at the end of epoch ``stop`` = (objective,
+    epoch) -- before that epoch's resumable state is written -- or after the first epoch (None)."""
+    original = I2M2Module.on_train_epoch_end
+
+    def preempted(self) -> None:
+        original(self)
+        if stop is None or (self.objective, int(self.current_epoch)) == stop:
+            raise RuntimeError("preempted")
+
+    monkeypatch.setattr(I2M2Module, "on_train_epoch_end", preempted)
+    try:
+        with pytest.raises(RuntimeError, match="preempted"):
+            train(cohort, run, options=TrainerOptions(progress=False), **KW)
+    finally:
+        monkeypatch.setattr(I2M2Module, "on_train_epoch_end", original)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_cohort: Path, tmp_path_factory: pytest.TempPathFactory):
     with torch.inference_mode(False):
@@ -137,18 +155,8 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(
     run_a, result_a = uninterrupted
     assert not (run_a / "resume").exists()  # a finished run keeps no resumable state
     assert [s["epochs_run"] for s in result_a.metrics["training"]["stages"]] == [2, 3]  # stopped early
-    original = I2M2Module.on_train_epoch_end
-
-    def preempted(self) -> None:
-        original(self)
-        if (self.objective, int(self.current_epoch)) == stop:
-            raise RuntimeError("preempted")
-
     run = tmp_path / "run"
-    monkeypatch.setattr(I2M2Module, "on_train_epoch_end", preempted)
-    with pytest.raises(RuntimeError, match="preempted"):
-        train(tiny_cohort, run, options=TrainerOptions(progress=False), **KW)
-    monkeypatch.setattr(I2M2Module, "on_train_epoch_end", original)
+    _preempted_run(tiny_cohort, run, monkeypatch, stop)
     assert not (run / "metrics.json").exists()
     written = {p.name for p in (run / "resume").iterdir()}
     assert {"args.json", "config.yaml"} <= written
@@ -170,18 +178,8 @@ def test_a_fresh_run_in_the_same_folder_discards_the_old_state(
     tiny_cohort: Path, tmp_path: Path, uninterrupted, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run_a, result_a = uninterrupted
-    original = I2M2Module.on_train_epoch_end
-
-    def preempted(self) -> None:
-        original(self)
-        if self.objective == "product" and self.current_epoch == 1:
-            raise RuntimeError("preempted")
-
     run = tmp_path / "run"
-    monkeypatch.setattr(I2M2Module, "on_train_epoch_end", preempted)
-    with pytest.raises(RuntimeError):
-        train(tiny_cohort, run, options=TrainerOptions(progress=False), **KW)
-    monkeypatch.setattr(I2M2Module, "on_train_epoch_end", original)
+    _preempted_run(tiny_cohort, run, monkeypatch, ("product", 1))
     result = train(tiny_cohort, run, options=TrainerOptions(progress=False), **KW)  # no resume: from the start
     assert result.metrics["training"]["resumed_stages"] == []
     _same_result(result_a, result, run_a, run)
@@ -197,17 +195,8 @@ def test_resume_refuses_a_changed_cohort_a_finished_run_and_a_foreign_folder(
         resume_arguments(tmp_path)
     cohort = tmp_path / "cohort"
     shutil.copytree(tiny_cohort, cohort)
-    original = I2M2Module.on_train_epoch_end
-
-    def preempted(self) -> None:
-        original(self)
-        raise RuntimeError("preempted")
-
     run = tmp_path / "run"
-    monkeypatch.setattr(I2M2Module, "on_train_epoch_end", preempted)
-    with pytest.raises(RuntimeError):
-        train(cohort, run, options=TrainerOptions(progress=False), **KW)
-    monkeypatch.setattr(I2M2Module, "on_train_epoch_end", original)
+    _preempted_run(cohort, run, monkeypatch, None)
     knee = cohort / "annotations" / "knee.csv"
     lines = knee.read_text().splitlines()
     knee.write_text("\n".join(lines[:-1]) + "\n")  # one finding fewer: not the cohort the run began on

@@ -369,6 +369,17 @@ def remove_stale_uploads(base: str | os.PathLike | None = None) -> int:
     return removed
 
 
+def _private_upload_folder(name: str) -> Path:
+    """A new folder for one upload, readable by this user only (0700); UploadRejected naming
+    ``name`` when the server cannot make one."""
+    try:
+        folder = Path(tempfile.mkdtemp(prefix=f"{UPLOAD_PREFIX}{os.getpid()}-"))
+    except OSError as exc:
+        raise UploadRejected(f"{name}: the server cannot store uploads now ({exc.strerror or exc})") from None
+    os.chmod(folder, 0o700)
+    return folder
+
+
 def accept_upload(name: str, data: bytes, max_bytes: int) -> Upload:
     """Validate and store an upload in a private temporary folder; return the studies in it.
 
@@ -389,11 +400,7 @@ def accept_upload(name: str, data: bytes, max_bytes: int) -> Upload:
     if suffix is None:
         raise UploadRejected(f"{name}: not a supported file; upload a fastMRI .h5, a NIfTI (.nii / .nii.gz), a .dcm "
                              "or a .zip of a DICOM series")
-    try:
-        folder = Path(tempfile.mkdtemp(prefix=f"{UPLOAD_PREFIX}{os.getpid()}-"))
-    except OSError as exc:
-        raise UploadRejected(f"{name}: the server cannot store uploads now ({exc.strerror or exc})") from None
-    os.chmod(folder, 0o700)
+    folder = _private_upload_folder(name)
     try:
         if suffix == ".dcm":  # one DICOM file (a multi-frame series, or a single image): a series folder of it
             (folder / "series").mkdir(mode=0o700)
@@ -444,11 +451,7 @@ def accept_uploads(files: Sequence[tuple[str, bytes]], max_bytes: int) -> Upload
     total = sum(len(d) for _, d in files)
     if total > max_bytes:
         raise UploadRejected(f"{label}: {total / (1 << 20):.1f} MB together is over the {max_bytes // (1 << 20)} MB upload limit")
-    try:
-        folder = Path(tempfile.mkdtemp(prefix=f"{UPLOAD_PREFIX}{os.getpid()}-"))
-    except OSError as exc:
-        raise UploadRejected(f"{label}: the server cannot store uploads now ({exc.strerror or exc})") from None
-    os.chmod(folder, 0o700)
+    folder = _private_upload_folder(label)
     try:
         series = folder / "series"
         series.mkdir(mode=0o700)
