@@ -150,9 +150,16 @@ def test_moving_the_slider_does_not_rerun_the_model(env):
     at.run()
     at.radio(key="head").set_value("mtear")
     at.run()
-    at.slider(key="wl_mag_width").set_value(60)
+    at.number_input(key="wl_mag_width").set_value(60)  # typed, not dragged
     at.run()
     assert not at.exception
+    at.selectbox(key="wl_preset").set_value("Dark: menisci, ligaments, cortex")
+    at.run()
+    assert not at.exception
+    assert (at.number_input(key="wl_mag_level").value, at.number_input(key="wl_mag_width").value) == (30, 60)
+    at.button(key="wl_reset").click()
+    at.run()
+    assert (at.number_input(key="wl_mag_level").value, at.number_input(key="wl_mag_width").value) == (50, 100)
     final = dict(compute.COUNTS)
     assert final.get("forward", 0) == before.get("forward", 0)
     assert final.get("predict", 0) == before.get("predict", 0)

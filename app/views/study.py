@@ -20,6 +20,14 @@ from i2m2_med.inference.shift import out_of_scope_reason
 
 IMAGE_EXPERTS = ("magnitude", "phase", "joint")
 WL_DEFAULTS = {"level": 50, "width": 100}
+# magnitude presets, as (level %, window %) of the automatic window (0.5-99.5th percentiles)
+WL_PRESETS = {
+    "Automatic (0.5-99.5th percentile)": (50, 100),
+    "Bright: fluid, cartilage, effusion": (70, 60),
+    "Dark: menisci, ligaments, cortex": (30, 60),
+    "Narrow: subtle contrast": (50, 40),
+    "Wide: everything": (50, 160),
+}
 # the first is the default: integrated gradients point at the annotated finding most often of the three
 # (BENCHMARKS.md, saliency section); GradCAM's map at the last stage is too coarse for a small lesion
 SALIENCY_TITLES = {"integrated_gradients": "Integrated gradients (signed, nats)", "gradcam": "GradCAM (coarse)",
@@ -142,6 +150,12 @@ def _reset_window() -> None:
     for name in ("mag", "phase", "k"):
         st.session_state[f"wl_{name}_level"] = WL_DEFAULTS["level"]
         st.session_state[f"wl_{name}_width"] = WL_DEFAULTS["width"]
+    st.session_state["wl_preset"] = next(iter(WL_PRESETS))
+
+
+def _apply_preset() -> None:
+    level, width = WL_PRESETS[st.session_state["wl_preset"]]
+    st.session_state["wl_mag_level"], st.session_state["wl_mag_width"] = level, width
 
 
 st.markdown("### Images")
@@ -161,14 +175,17 @@ index = int(index) if int(index) in positions else int(pred.slices[top_pos])
 pos = positions[index]
 
 with st.expander("Window / level", expanded=False):
+    st.selectbox("Magnitude preset", list(WL_PRESETS), key="wl_preset", on_change=_apply_preset,
+                 help="Sets the magnitude level and window below; type other values to refine.")
     wl_cols = st.columns(3)
     for col, (name, title) in zip(wl_cols, (("mag", "Magnitude"), ("phase", "Phase"), ("k", "k-space"))):
         with col:
-            st.slider(f"{title} level (%)", 0, 100, WL_DEFAULTS["level"], key=f"wl_{name}_level")
-            st.slider(f"{title} window (%)", 5, 200, WL_DEFAULTS["width"], key=f"wl_{name}_width")
+            st.number_input(f"{title} level (%)", 0, 100, WL_DEFAULTS["level"], step=5, key=f"wl_{name}_level")
+            st.number_input(f"{title} window (%)", 5, 200, WL_DEFAULTS["width"], step=5, key=f"wl_{name}_width")
     st.button("Reset window / level", on_click=_reset_window, key="wl_reset")
-    st.caption("Percentages of each image's automatic window: magnitude spans its 0.5-99.5th percentiles, "
-               "k-space its 20-99.99th (noise floor to the centre), phase -pi..pi.")
+    st.caption("Percentages of each image's automatic window (level: where its centre sits, from the bottom of that "
+               "window; window: its width): magnitude spans its 0.5-99.5th percentiles, k-space its 20-99.99th "
+               "(noise floor to the centre), phase -pi..pi.")
 
 
 def _window(name: str, image: np.ndarray, fixed: tuple[float, float] | None = None,
