@@ -48,6 +48,7 @@ SECTIONS: dict[str, str] = {
     "learnability": "benchmarks.bench_learnability",
     "recipe": "benchmarks.bench_recipe",
     "saliency": "benchmarks.bench_saliency",
+    "app_speed": "benchmarks.bench_app_speed",
 }
 
 REPO = Path(__file__).resolve().parents[1]

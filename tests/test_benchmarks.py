@@ -596,3 +596,17 @@ def test_saliency_section_quick(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
             assert rate is None or 0.0 <= rate <= 1.0
         assert block["chance"] is None or 0.0 < block["chance"] < 1.0
     assert any(n.startswith("Target: integrated_gradients (the viewer's default) points inside the box") for n in result["notes"])
+
+
+@pytest.mark.slow
+def test_app_speed_section_times_slices_and_pathologies_in_a_browser(tmp_path: Path) -> None:
+    from benchmarks import bench_app_speed
+    from benchmarks.common import Context
+
+    if not bench_app_speed.CHROMIUM.is_file():
+        pytest.skip("Debian's chromium is not installed at /usr/bin/chromium")
+    result = bench_app_speed.run(Context(quick=True, repeats=1, workdir=tmp_path))
+    values = {f["key"]: f["values"] for f in result["figures"]}
+    assert len(values["slice_new_s"]) == 2 and len(values["slice_seen_s"]) == 2 and len(values["pathology_s"]) == 1
+    assert all(0.0 < v < 300.0 for vs in values.values() for v in vs)
+    assert {r["key"] for r in result["ratios"]} == {"slice_target", "pathology_target"}
