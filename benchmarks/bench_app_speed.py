@@ -15,27 +15,16 @@ Targets (issue text): a slice change answers in under 1 s and a pathology switch
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import Context
+from benchmarks.common import Context, app_server
 
 TITLE = "Viewer speed in a browser: slice change and pathology switch (demo study, bundled model)"
 CHROMIUM = Path("/usr/bin/chromium")
-REPO = Path(__file__).resolve().parents[1]
 TARGETS = {"slice_s": 1.0, "pathology_s": 2.0}
 HEAD_TITLES = ("Meniscus tear", "Cartilage defect", "Other abnormality", "ACL tear / sprain")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _settled(page: Any, text: str, timeout_s: float = 300.0) -> float:
@@ -63,61 +52,39 @@ def run(ctx: Context) -> dict[str, Any]:
         raise RuntimeError("not measured: playwright is not installed (the test extra)") from None
     n_slices = 2 if ctx.quick else 6
     n_heads = 1 if ctx.quick else 4
-    port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("I2M2_")}
     env.update({"I2M2_CACHE_DIR": str(ctx.workdir / "cache"), "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"})
-    log = open(ctx.workdir / "server.log", "wb")  # noqa: SIM115 -- closed below
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.headless", "true",
-                             "--server.port", str(port)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://localhost:{port}"
     slice_new: list[float] = []
     slice_seen: list[float] = []
     heads: list[float] = []
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("the app did not start") from None
-                time.sleep(0.5)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
-            page = browser.new_page(viewport={"width": 1440, "height": 1200})
-            page.goto(url)
-            page.wait_for_selector("text=Where the image experts look", timeout=420_000)
-            header = page.locator("h3", has_text="Where the image experts look").inner_text()
-            start = int(header.rsplit(" ", 1)[-1])
-            _settled(page, f"slice {start}")
-            time.sleep(2.0)
-            handle = page.locator('input[aria-label="Slice"]').first  # the slice slider's range input
-            for k in range(1, n_slices + 1):
-                handle.focus()
-                t0 = time.perf_counter()
-                page.keyboard.press("ArrowRight")
-                _settled(page, f"slice {start + k}")
-                slice_new.append(time.perf_counter() - t0)
-            for k in range(n_slices - 1, -1, -1):  # back over the same slices: their results are cached
-                handle.focus()
-                t0 = time.perf_counter()
-                page.keyboard.press("ArrowLeft")
-                _settled(page, f"slice {start + k}")
-                slice_seen.append(time.perf_counter() - t0)
-            for title in HEAD_TITLES[:n_heads]:
-                t0 = time.perf_counter()
-                page.locator('[data-testid="stRadio"] label', has_text=title).first.click()
-                _settled(page, f"Evidence - {title}")
-                heads.append(time.perf_counter() - t0)
-            browser.close()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    with app_server(env, ctx.workdir / "server.log") as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1440, "height": 1200})
+        page.goto(url)
+        page.wait_for_selector("text=Where the image experts look", timeout=420_000)
+        header = page.locator("h3", has_text="Where the image experts look").inner_text()
+        start = int(header.rsplit(" ", 1)[-1])
+        _settled(page, f"slice {start}")
+        time.sleep(2.0)
+        handle = page.locator('input[aria-label="Slice"]').first  # the slice slider's range input
+        for k in range(1, n_slices + 1):
+            handle.focus()
+            t0 = time.perf_counter()
+            page.keyboard.press("ArrowRight")
+            _settled(page, f"slice {start + k}")
+            slice_new.append(time.perf_counter() - t0)
+        for k in range(n_slices - 1, -1, -1):  # back over the same slices: their results are cached
+            handle.focus()
+            t0 = time.perf_counter()
+            page.keyboard.press("ArrowLeft")
+            _settled(page, f"slice {start + k}")
+            slice_seen.append(time.perf_counter() - t0)
+        for title in HEAD_TITLES[:n_heads]:
+            t0 = time.perf_counter()
+            page.locator('[data-testid="stRadio"] label', has_text=title).first.click()
+            _settled(page, f"Evidence - {title}")
+            heads.append(time.perf_counter() - t0)
+        browser.close()
 
     def median(v: list[float]) -> float:
         return sorted(v)[len(v) // 2]

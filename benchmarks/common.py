@@ -20,6 +20,7 @@ software versions, and writes BENCHMARKS.md and results.json.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import platform
@@ -28,7 +29,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 
 @dataclass
@@ -145,3 +146,44 @@ def software_versions(names: tuple[str, ...] = ("numpy", "scipy", "torch", "mona
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
     return out
+
+
+@contextlib.contextmanager
+def app_server(env: dict[str, str], log_path: Path, timeout_s: float = 180.0) -> Iterator[str]:
+    """``streamlit run app/main.py`` from the repository on a free local port with ``env``, its
+    output in ``log_path``; yields the URL once its health check answers, and stops it after
+    (RuntimeError, with the log's end, when it exits or does not answer in ``timeout_s``). The
+    viewer's browser test and the speed section share it."""
+    import socket
+    import subprocess
+    import urllib.request
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    repo = Path(__file__).resolve().parents[1]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.headless", "true",
+                                 "--server.port", str(port)], cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://localhost:{port}"
+        try:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"streamlit exited with {proc.returncode}: {Path(log_path).read_text()[-2000:]}")
+                try:
+                    with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("streamlit did not start in time")
+                time.sleep(0.5)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()

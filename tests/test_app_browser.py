@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import os
 import re
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
-from app_support import REPO, prepare
+from app_support import prepare
 
 pytestmark = pytest.mark.slow
 
@@ -30,51 +26,19 @@ START_TIMEOUT_S = 180
 PAGE_TIMEOUT_MS = 420_000
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    from benchmarks.common import app_server
+
     if not CHROMIUM.is_file():
         pytest.skip("Debian's chromium is not installed at /usr/bin/chromium (apt-get install -y chromium)")
     env_root = tmp_path_factory.mktemp("browser")
     app_env = prepare(env_root)
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("I2M2_")}
     env.update(app_env.environ())
     env["STREAMLIT_BROWSER_GATHER_USAGE_STATS"] = "false"
-    log = open(env_root / "server.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.headless", "true",
-         "--server.port", str(port)],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://localhost:{port}"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"streamlit exited with {proc.returncode}: {(env_root / 'server.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("streamlit did not start in time")
-            time.sleep(0.5)
+    with app_server(env, env_root / "server.log", START_TIMEOUT_S) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def wait_until_idle(page, timeout_s: float = 420.0) -> None:
