@@ -74,6 +74,7 @@ def run(ctx: Context) -> dict[str, Any]:
     model, meta = load_model(None)
     dataset = SliceDataset(cohort, "test", image_size=int(meta.config.image_size), tensor_cache=cache)
     boxes = read_fastmri_plus_boxes(Path(cohort.root) / "annotations" / "knee.csv")
+    size = int(meta.config.image_size)
     chosen = eligible_slices(dataset, boxes, QUICK_PER_HEAD if ctx.quick else PER_HEAD, ctx.seed)
     experts = [e for e in IMAGE_EXPERTS if e in model.expert_names]
     hits: dict[tuple[str, str], list[bool]] = {(m, e): [] for m in METHODS for e in experts}
@@ -91,7 +92,6 @@ def run(ctx: Context) -> dict[str, Any]:
             term = out.terms.get(expert)
             if term is None or float(term[0, h, 1] - term[0, h, 0]) <= 0:
                 continue  # the expert does not argue for the finding here
-            size = int(meta.config.image_size)
             chance[expert].append(chance_share((size, size), slice_boxes))
             for method in METHODS:
                 t0 = time.perf_counter()

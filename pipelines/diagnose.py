@@ -91,6 +91,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from i2m2_med.data.layout import CLINICAL_CSV, clinical_row
 from i2m2_med.errors import I2M2Error, UsageError
 from i2m2_med.heads import HEADS
+from i2m2_med.progress import Bar
 from i2m2_med.io.limits import clear_memory_budget, memory_budget_mb, set_memory_budget
 from i2m2_med.io.series import classify_series
 from i2m2_med.privacy import hash_id, merge_secrets, scrub, study_secrets
@@ -590,12 +591,6 @@ def _term_names(model: Any) -> list[str]:
     return sorted(names, key=lambda t: (TERM_ORDER.index(t) if t in TERM_ORDER else len(TERM_ORDER), t))
 
 
-def _progress(total: int, enabled: bool, desc: str = "diagnose", unit: str = "slices") -> Any:
-    from i2m2_med.progress import Bar
-
-    return Bar(total, unit, desc, enabled)
-
-
 def prepare(
     input_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -807,7 +802,7 @@ def run(
 def _run_pending(ctx: Context, items: list[Item], pending: list[Item], records: dict[str, dict[str, Any]], progress: bool,
                  on_study_done: Callable[[dict[str, Any]], None] | None) -> int:
     total = sum(it.study.n_slices for it in pending if it.study is not None)
-    bar = _progress(total, progress)
+    bar = Bar(total, "slices", "diagnose", progress)
     t0 = time.perf_counter()
     last_csv = 0.0
     done_slices = 0
@@ -909,7 +904,7 @@ def _diagnose_task(ctx: Context, items: list[Item], pending: list[int], share: _
             self.read_ahead = _read_ahead(ctx, mine)
             if self.global_rank == 0:
                 world = max(1, self.trainer.world_size)
-                self.bar = _progress(len(mine), progress, desc=f"diagnose (rank 0 of {world})", unit="studies")
+                self.bar = Bar(len(mine), "studies", f"diagnose (rank 0 of {world})", progress)
 
         def predict_step(self, batch: list[int], batch_idx: int) -> None:
             for position in batch:

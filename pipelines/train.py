@@ -111,6 +111,27 @@ def print_summary(metrics: Mapping[str, Any], out_dir: Path) -> None:
         console.print(f"MLflow:     run {tracked['run_id']} in experiment {tracked['experiment']!r}", soft_wrap=True)
 
 
+def _check_bundle(bundle: Path | None) -> None:
+    """A ``--bundle`` folder is checked before any training (one line when it cannot be written)."""
+    if bundle is not None:
+        from i2m2_med.inference.bundle import check_bundle_folder
+
+        check_bundle_folder(bundle)
+
+
+def _report(result: Any, out: Path, bundle: Path | None) -> int:
+    """Print the summary and write the ``--bundle`` folder; only rank 0 of a multi-process run
+    has a ``result`` (it alone evaluates)."""
+    if result is not None:
+        print_summary(result.metrics, out)
+        if bundle is not None:
+            from i2m2_med.inference.bundle import write_bundle
+
+            print(f"MONAI Bundle: {write_bundle(out, bundle)}")
+        sys.stdout.flush()
+    return 0
+
+
 def run(
     data: Path,
     out: Path,
@@ -139,10 +160,7 @@ def run(
     ``bundle``: a new folder for the trained model as a MONAI Bundle (checked before training)."""
     if not Path(data).is_dir():
         raise UsageError(data, "no such data folder")
-    if bundle is not None:
-        from i2m2_med.inference.bundle import check_bundle_folder
-
-        check_bundle_folder(bundle)
+    _check_bundle(bundle)
     # Lightning loads with this import (seconds): only once the data folder is known to exist
     from i2m2_med.training.fit import train
 
@@ -172,14 +190,7 @@ def run(
         num_workers=num_workers,
         n_boot=n_boot,
     )
-    if result is not None:  # only rank 0 of a multi-process run evaluates and prints
-        print_summary(result.metrics, Path(out))
-        if bundle is not None:
-            from i2m2_med.inference.bundle import write_bundle
-
-            print(f"MONAI Bundle: {write_bundle(out, bundle)}")
-        sys.stdout.flush()
-    return 0
+    return _report(result, Path(out), bundle)
 
 
 def resume_run(
@@ -197,10 +208,7 @@ def resume_run(
     from i2m2_med.training.resume import resume_arguments
 
     args = resume_arguments(run_dir)  # one line when there is nothing to resume, before Lightning loads
-    if bundle is not None:
-        from i2m2_med.inference.bundle import check_bundle_folder
-
-        check_bundle_folder(bundle)
+    _check_bundle(bundle)
     from i2m2_med.training.fit import train
 
     stored = args.pop("options")
@@ -213,11 +221,4 @@ def resume_run(
     if not Path(data_dir).is_dir():
         raise UsageError(data_dir, "the run's data folder is gone; resume needs the same cohort")
     result = train(data_dir, out, options=options, **args)
-    if result is not None:
-        print_summary(result.metrics, out)
-        if bundle is not None:
-            from i2m2_med.inference.bundle import write_bundle
-
-            print(f"MONAI Bundle: {write_bundle(out, bundle)}")
-        sys.stdout.flush()
-    return 0
+    return _report(result, out, bundle)

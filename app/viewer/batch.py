@@ -139,16 +139,18 @@ def operating_points(folder: Path) -> tuple[dict[str, float | None], dict[str, s
         body = json.loads(path.read_text(encoding="utf-8")) if path.is_file() and path.stat().st_size < (1 << 20) else None
     except (OSError, ValueError):
         body = None
-    per_head = ((body or {}).get("operating_points") or {}).get("per_head") if isinstance(body, dict) else None
+    per_head = (body.get("operating_points") or {}).get("per_head") if isinstance(body, dict) else None
+    per_head = per_head if isinstance(per_head, dict) else {}
     for h in HEADS:
-        entry = per_head.get(h) if isinstance(per_head, dict) else None
-        value = entry.get("threshold") if isinstance(entry, dict) else None
+        entry = per_head.get(h) if isinstance(per_head.get(h), dict) else {}
+        value = entry.get("threshold")
         if isinstance(value, (int, float)) and math.isfinite(float(value)):
             thresholds[h] = float(value)
+        elif entry.get("reason"):
+            reasons[h] = str(entry["reason"])
         else:
-            reasons[h] = (entry or {}).get("reason") if isinstance(entry, dict) and entry.get("reason") else (
-                "this run has no model.json (written by diagnose from version 0.1 on)" if body is None
-                else "no operating point stored for this head")
+            reasons[h] = ("this run has no model.json (written by an older diagnose)" if body is None
+                          else "no operating point stored for this head")
     return thresholds, reasons
 
 

@@ -51,8 +51,8 @@ from i2m2_med.heads import HEADS
 from i2m2_med.inference.shift import fit_shift
 from i2m2_med.metrics.aggregation import aggregation_rule
 from i2m2_med.metrics.calibration import calibration_errors, fit_prior_offset
-from i2m2_med.progress import bars_wanted
 from i2m2_med.models import I2M2Model, build_model, variant_experts
+from i2m2_med.progress import bars_wanted
 from i2m2_med.training.datamodule import I2M2DataModule
 from i2m2_med.training.module import I2M2Module
 from i2m2_med.training.options import (
@@ -83,7 +83,6 @@ from i2m2_med.training.resume import (
     check_resume_data,
     clear_resume_state,
     finish_resume_state,
-    read_resume_args,
     resume_dir,
     stage_path,
     write_resume_args,
@@ -319,8 +318,7 @@ def train(
         split_log.warning("split check: %s", problem)
     fingerprint = data_fingerprint(dm.cohort)
     if resume:
-        check_resume_data(out, fingerprint)
-        config_label = read_resume_args(out).get("config_label") or config_label
+        config_label = check_resume_data(out, fingerprint).get("config_label") or config_label
     else:
         clear_resume_state(out)
         write_resume_args(out, data_dir=data_dir, variant=variant, config=cfg, config_label=config_label, seed=seed,

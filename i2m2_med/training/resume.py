@@ -26,7 +26,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +38,8 @@ from lightning_fabric.plugins import CheckpointIO
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_save
 
-from i2m2_med.atomic import write_bytes
-from i2m2_med.errors import CheckpointError
+from i2m2_med.atomic import json_safe, write_bytes, write_json, write_text
+from i2m2_med.errors import CheckpointError, UsageError
 
 RESUME_DIR = "resume"
 ARGS_NAME = "args.json"
@@ -214,9 +216,6 @@ def write_resume_args(
 ) -> None:
     """Record what :func:`~.fit.train` was asked in ``RUN/resume/`` (the resolved config as YAML,
     the rest as JSON), before the first epoch."""
-    from dataclasses import asdict
-
-    from i2m2_med.atomic import json_safe, write_json, write_text
 
     def path_or_none(p: str | os.PathLike | None) -> str | None:
         return None if p is None else str(Path(p).resolve())
@@ -243,8 +242,6 @@ def write_resume_args(
 
 def read_resume_args(run_dir: str | os.PathLike) -> dict[str, Any]:
     """``RUN/resume/args.json``; UsageError (one line) when there is nothing to resume."""
-    from i2m2_med.errors import UsageError
-
     path = resume_dir(run_dir) / ARGS_NAME
     if (Path(run_dir) / "metrics.json").is_file() and not path.is_file():
         raise UsageError(run_dir, "this run is complete; there is nothing to resume")
@@ -289,14 +286,14 @@ def resume_arguments(run_dir: str | os.PathLike) -> dict[str, Any]:
     }
 
 
-def check_resume_data(run_dir: str | os.PathLike, fingerprint: str) -> None:
-    """UsageError unless the run's recorded data fingerprint is ``fingerprint`` (the cohort now)."""
-    from i2m2_med.errors import UsageError
-
+def check_resume_data(run_dir: str | os.PathLike, fingerprint: str) -> dict[str, Any]:
+    """The run's recorded arguments (:func:`read_resume_args`); UsageError unless its data
+    fingerprint is ``fingerprint`` (the cohort now)."""
     args = read_resume_args(run_dir)
     if args["data_fingerprint"] != fingerprint:
         raise UsageError(run_dir, "the cohort changed since this run started (data fingerprint "
                                   f"{args['data_fingerprint'][:12]}, now {fingerprint[:12]}); start a new run")
+    return args
 
 
 def clear_resume_state(run_dir: str | os.PathLike) -> None:
@@ -307,6 +304,4 @@ def clear_resume_state(run_dir: str | os.PathLike) -> None:
 
 def finish_resume_state(run_dir: str | os.PathLike) -> None:
     """The run is complete: remove ``RUN/resume/`` (it is only a means to finish)."""
-    import shutil
-
     shutil.rmtree(resume_dir(run_dir), ignore_errors=True)

@@ -19,9 +19,15 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from i2m2_med.atomic import write_text
 from i2m2_med.errors import UsageError
+from i2m2_med.training.resume import resume_dir
 
 RUN_ID_NAME = "mlflow_run_id"
+
+
+def _id_file(run_dir: Path) -> Path:
+    return resume_dir(run_dir) / RUN_ID_NAME
 
 
 def tracking_uri(uri: str) -> str:
@@ -47,42 +53,38 @@ def stage_logger(run_dir: Path, options: Any, stage: str, run_name: str) -> Any:
     _mlflow()
     from pytorch_lightning.loggers import MLFlowLogger
 
-    id_file = Path(run_dir) / "resume" / RUN_ID_NAME
+    id_file = _id_file(run_dir)
     run_id = id_file.read_text(encoding="utf-8").strip() if id_file.is_file() else None
     uri = tracking_uri(options.mlflow)
     try:
         logger = MLFlowLogger(experiment_name=options.mlflow_experiment, tracking_uri=uri, run_name=run_name,
                               run_id=run_id or None, prefix=stage)
         new_id = logger.run_id  # creates the experiment and the run now, not at the first metric
-    except UsageError:
-        raise
     except Exception as exc:  # noqa: BLE001 -- MLflow's errors are many; the user needs the one line
         raise UsageError("--mlflow", f"MLflow refused {uri}: {str(exc).splitlines()[0][:300]}") from None
     if new_id != run_id:
-        from i2m2_med.atomic import write_text
-
         write_text(id_file, new_id + "\n")
     return logger
 
 
 def tracked_run(run_dir: Path, options: Any) -> dict[str, str] | None:
     """``{"experiment", "run_id"}`` of the training's MLflow run, None when it is not tracked."""
-    id_file = Path(run_dir) / "resume" / RUN_ID_NAME
+    id_file = _id_file(run_dir)
     if not options.mlflow or not id_file.is_file():
         return None
     return {"experiment": options.mlflow_experiment, "run_id": id_file.read_text(encoding="utf-8").strip()}
 
 
 def log_result(run_dir: Path, options: Any, metrics: Mapping[str, Any]) -> str | None:
-    """After training: the run's parameters, test figures and ``metrics.json`` into its MLflow run.
-    Returns the MLflow run id (None when the run was not tracked)."""
-    id_file = Path(run_dir) / "resume" / RUN_ID_NAME
-    if not options.mlflow or not id_file.is_file():
-        return None
-    mlflow = _mlflow()
-    run_id = id_file.read_text(encoding="utf-8").strip()
-    client = mlflow.tracking.MlflowClient(tracking_uri(options.mlflow))
+    """After training: the run's parameters, test figures and ``metrics.json`` into its MLflow run
+    (``metrics["training"]["mlflow"]``, :func:`tracked_run`). Returns the MLflow run id (None when
+    the run was not tracked)."""
     training = metrics.get("training") or {}
+    tracked = training.get("mlflow")
+    if not options.mlflow or not tracked:
+        return None
+    run_id = str(tracked["run_id"])
+    client = _mlflow().tracking.MlflowClient(tracking_uri(options.mlflow))
     params = {
         "variant": metrics.get("variant"),
         "config": Path(str(metrics.get("config"))).name,
