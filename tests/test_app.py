@@ -747,3 +747,23 @@ def test_server_config_is_safe_by_default():
     assert config["browser"]["gatherUsageStats"] is False
     assert config["client"]["showErrorDetails"] in ("type", "none")
     assert config["server"]["showEmailPrompt"] is False  # no set-up step on a fresh install
+
+
+def test_report_curve_has_axes_and_the_top_slice():
+    """The exported report's per-slice curve names its axes: the slice numbers at both ends, the
+    probabilities 0, 0.5 and 1, and the top slice where the curve peaks."""
+    import re
+
+    import numpy as np
+    from app.viewer import report
+
+    slices = np.arange(3, 40)
+    p = np.clip(np.linspace(0.1, 0.9, len(slices)) ** 2, 0, 1)
+    svg = report._curve_svg(slices, p, top=len(p) - 1)
+    texts = re.findall(r">([^<>]+)</text>", svg)
+    assert {"0", "0.5", "1", "3", "39", "slice", "p", "top slice 39"} <= set(texts)
+    # the top slice's marker sits at the right end and at the height of its probability
+    cx, cy = (float(v) for v in re.search(r'<circle cx="([\d.]+)" cy="([\d.]+)"', svg).groups())
+    ys = {t: float(y) for y, t in re.findall(r'<text x="[\d.]+" y="([\d.]+)" text-anchor="end">([^<]+)</text>', svg)}
+    assert math.isclose(cy, ys["0"] - 3 + (ys["1"] - ys["0"]) * p[-1], abs_tol=0.2)
+    assert cx > float(re.search(r'<text x="([\d.]+)" y="[\d.]+" text-anchor="middle">3<', svg).group(1))

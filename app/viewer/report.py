@@ -129,27 +129,40 @@ def _bars_svg(values: Mapping[str, float], width: int = 420) -> str:
     return "".join(parts)
 
 
-def _curve_svg(slices: np.ndarray, p: np.ndarray, top: int, width: int = 420, height: int = 120) -> str:
-    """Inline SVG of the per-slice probability with the 0.5 line and the top slice."""
+def _curve_svg(slices: np.ndarray, p: np.ndarray, top: int, width: int = 420, height: int = 150) -> str:
+    """Inline SVG of the per-slice probability with its axes (slice number, probability 0 / 0.5 /
+    1), the 0.5 line and the top slice."""
     n = len(p)
-    pad = 8
+    left, right, top_pad, bottom = 34, 10, 8, 34
+    x0, x1 = left, width - right
+    y0, y1 = top_pad, height - bottom
 
     def xy(i: int, v: float) -> tuple[float, float]:
-        x = pad + (width - 2 * pad) * (i / max(n - 1, 1))
-        y = pad + (height - 2 * pad) * (1.0 - float(v))
-        return x, y
+        return x0 + (x1 - x0) * (i / max(n - 1, 1)), y0 + (y1 - y0) * (1.0 - float(v))
 
     points = " ".join(f"{x:.1f},{y:.1f}" for x, y in (xy(i, v) for i, v in enumerate(p)))
     tx, ty = xy(top, p[top])
+    parts = [f'<svg width="{width}" height="{height}" role="img" aria-label="probability per slice" font-size="10">',
+             f'<rect x="0" y="0" width="{width}" height="{height}" fill="#f8f9fa"/>',
+             f'<line x1="{x0}" y1="{y0}" x2="{x0}" y2="{y1}" stroke="#495057"/>',
+             f'<line x1="{x0}" y1="{y1}" x2="{x1}" y2="{y1}" stroke="#495057"/>']
+    for v in (0.0, 0.5, 1.0):
+        _, y = xy(0, v)
+        parts.append(f'<line x1="{x0 - 4}" y1="{y:.1f}" x2="{x0}" y2="{y:.1f}" stroke="#495057"/>')
+        parts.append(f'<text x="{x0 - 6}" y="{y + 3:.1f}" text-anchor="end">{v:g}</text>')
     _, half = xy(0, 0.5)
-    return (f'<svg width="{width}" height="{height}" role="img" '
-            f'aria-label="probability per slice">'
-            f'<rect x="0" y="0" width="{width}" height="{height}" fill="#f8f9fa"/>'
-            f'<line x1="{pad}" y1="{half:.1f}" x2="{width - pad}" y2="{half:.1f}" stroke="#adb5bd" stroke-dasharray="3,3"/>'
-            f'<polyline points="{points}" fill="none" stroke="#212529" stroke-width="1.6"/>'
-            f'<circle cx="{tx:.1f}" cy="{ty:.1f}" r="5" fill="#f59f00" stroke="#212529"/>'
-            f'<text x="{min(tx + 7, width - 60):.1f}" y="{max(ty - 6, 12):.1f}" font-size="11">top slice {int(slices[top])}</text>'
-            f"</svg>")
+    parts.append(f'<line x1="{x0}" y1="{half:.1f}" x2="{x1}" y2="{half:.1f}" stroke="#adb5bd" stroke-dasharray="3,3"/>')
+    for i in sorted({0, n - 1}):
+        x, _ = xy(i, 0.0)
+        parts.append(f'<line x1="{x:.1f}" y1="{y1}" x2="{x:.1f}" y2="{y1 + 4}" stroke="#495057"/>')
+        parts.append(f'<text x="{x:.1f}" y="{y1 + 14}" text-anchor="middle">{int(slices[i])}</text>')
+    parts += [f'<text x="{(x0 + x1) / 2:.1f}" y="{height - 4}" text-anchor="middle">slice</text>',
+              f'<text x="10" y="{(y0 + y1) / 2:.1f}" text-anchor="middle" transform="rotate(-90 10 {(y0 + y1) / 2:.1f})">p</text>',
+              f'<polyline points="{points}" fill="none" stroke="#212529" stroke-width="1.6"/>',
+              f'<circle cx="{tx:.1f}" cy="{ty:.1f}" r="5" fill="#f59f00" stroke="#212529"/>',
+              f'<text x="{min(tx + 7, width - 60):.1f}" y="{max(ty - 6, 12):.1f}" font-size="11">top slice {int(slices[top])}</text>',
+              "</svg>"]
+    return "".join(parts)
 
 
 _HTML_CSS = """
