@@ -2,6 +2,7 @@
 playwright with Debian's chromium (never a downloaded browser). Opens the page, picks a demo
 study, checks the research-use banner, the probabilities, the per-expert evidence chart and a
 saliency image, downloads a chart as SVG from its camera button, and saves a screenshot (a non-blank PNG) as a test artifact.
+Moves through the slices with the arrow keys and the mouse wheel without focusing the slider.
 
 The screenshot goes to ``$I2M2_TEST_ARTIFACTS`` when set, else to pytest's temporary folder; its
 path is printed."""
@@ -122,3 +123,79 @@ def test_browser_shows_banner_probabilities_evidence_and_saliency(server, tmp_pa
     assert pixels.std() > 10.0  # not blank
     colours = np.unique(pixels[::4, ::4].reshape(-1, 3), axis=0)
     assert len(colours) > 500  # images and charts, not a flat page
+
+
+def shown_slice(page) -> int:
+    """The slice the page shows: the saliency section's header ends with its number."""
+    return int(page.locator("h3", has_text="Where the image experts look").first.inner_text().rsplit(" ", 1)[-1])
+
+
+def settle_on_slice(page, n: int) -> None:
+    page.wait_for_function(
+        """n => [...document.querySelectorAll('h3')].some(
+               h => h.innerText.startsWith('Where the image experts look') && h.innerText.endsWith(' slice ' + n))""",
+        arg=n, timeout=PAGE_TIMEOUT_MS)
+    wait_until_idle(page)
+    assert shown_slice(page) == n
+
+
+def test_arrow_keys_and_wheel_over_the_images_change_the_slice(server):
+    from playwright.sync_api import sync_playwright
+
+    main_scroll = "() => document.querySelector('[data-testid=\"stMain\"]').scrollTop"  # the page's scroller
+    on_body = "() => document.activeElement === document.body"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1400})
+            page.goto(server)
+            page.get_by_text("Where the image experts look").first.wait_for(timeout=PAGE_TIMEOUT_MS)
+            wait_until_idle(page)
+            slider = page.locator('input[aria-label="Slice"]').first
+            slider.focus()
+            page.keyboard.press("Home")  # the slider's own key: the first slice, so that there is a next one
+            page.evaluate("() => document.activeElement.blur()")
+            wait_until_idle(page)
+            first = shown_slice(page)
+            assert page.evaluate(on_body)
+
+            # arrow keys with the focus on the page, not on the slider
+            page.keyboard.press("ArrowDown")
+            settle_on_slice(page, first + 1)
+            assert slider.input_value() == str(first + 1)  # the slider moved: it holds the slice
+            assert page.evaluate(on_body)  # and the focus stayed where it was
+            page.keyboard.press("ArrowUp")
+            settle_on_slice(page, first)
+
+            # the wheel over an image: one notch, one slice, and the page does not scroll
+            image = page.locator(".js-plotly-plot").filter(
+                has=page.locator(".gtitle", has_text=re.compile(r"^Magnitude - slice"))).first
+            image.scroll_into_view_if_needed()
+            box = image.bounding_box()
+            page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            scrolled = page.evaluate(main_scroll)
+            page.mouse.wheel(0, 100)
+            settle_on_slice(page, first + 1)
+            assert page.evaluate(main_scroll) == scrolled
+            page.mouse.wheel(0, -100)
+            settle_on_slice(page, first)
+            # elsewhere the wheel scrolls the page as usual
+            box = page.locator('[data-testid="stExpander"] summary', has_text="Window / level").first.bounding_box()
+            page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            page.mouse.wheel(0, 100)
+            page.wait_for_function(f"() => ({main_scroll})() > {scrolled}", timeout=10_000)
+            wait_until_idle(page)
+            assert shown_slice(page) == first
+
+            # arrow keys while typing a window / level value change the value, not the slice
+            page.get_by_text("Window / level").first.click()
+            level = page.get_by_label("Magnitude level (%)")
+            level.click()
+            for key in ("ArrowUp", "ArrowUp", "ArrowDown", "PageUp"):
+                page.keyboard.press(key)
+            assert level.input_value() == "55"  # 50 + 5 + 5 - 5: the field took the keys
+            page.keyboard.press("Enter")
+            wait_until_idle(page)
+            assert shown_slice(page) == first and slider.input_value() == str(first)
+        finally:
+            browser.close()

@@ -39,6 +39,7 @@ CSS = """
   .i2m2-small {font-size: 0.8rem; color: #495057;}
   h3, h4 {margin-top: 0.6rem;}
   section[data-testid="stSidebar"] .stRadio label {font-size: 0.92rem;}
+  div[data-testid="stElementContainer"]:has(.i2m2-slice-keys) {display: none;}
 </style>
 """
 
@@ -316,3 +317,60 @@ def _study_summary(key: str, _ref: sources.StudyRef) -> dict[str, Any]:
         "tags": {k: study.tags[k] for k in ("acquisition", "fat_sat", "field_strength_t", "vendor", "model", "n_coils")
                  if k in study.tags},
     }
+
+
+# ---- slices from the keyboard and the mouse wheel ------------------------------------------------------
+
+SLICE_KEYS_JS = """<div class="i2m2-slice-keys"><script>
+(() => {
+  const doc = window.parent.document;  // the app's page (st.html runs this in it, not in a frame)
+  if (doc.documentElement.dataset.i2m2SliceKeys) return;  // listeners once per page, not once per rerun
+  doc.documentElement.dataset.i2m2SliceKeys = "1";
+  const SLIDER = '[data-testid="stSlider"] input[type="range"][aria-label=__LABEL__]';
+  const IMAGES = __IMAGES__;
+  const STEPS = {ArrowDown: 1, PageDown: 1, ArrowUp: -1, PageUp: -1};
+  // where arrow keys already mean something: typing a number, choosing an option, another widget
+  const OWN_KEYS = "input, select, textarea, [contenteditable], [role=slider], [role=radio], [role=combobox], " +
+                   "[role=listbox], [role=option], [role=menu], [role=grid], [role=spinbutton], [role=tab]";
+  // One slice forward (+1) or back (-1): the key the slider handles itself, sent to its range input,
+  // so it moves by its step, clamps at its ends and commits its value as when the user presses it.
+  const step = (delta) => {
+    const input = doc.querySelector(SLIDER);
+    if (!input || input.disabled) return false;
+    const key = delta > 0 ? "ArrowRight" : "ArrowLeft";
+    input.dispatchEvent(new KeyboardEvent("keydown", {key: key, code: key, bubbles: true, cancelable: true}));
+    return true;
+  };
+  doc.addEventListener("keydown", (e) => {
+    const delta = STEPS[e.key];
+    if (!delta || e.defaultPrevented || e.altKey || e.ctrlKey || e.metaKey || e.shiftKey) return;
+    if (e.target && e.target.closest && e.target.closest(OWN_KEYS)) return;
+    if (step(delta)) e.preventDefault();  // no page scroll as well
+  });
+  // Over the images a wheel notch is one slice and the page does not scroll; elsewhere it scrolls.
+  // Small deltas (a touchpad) add up to a notch; a notch reported as 53, 100 or 120 px is one step.
+  let travel = 0;
+  doc.addEventListener("wheel", (e) => {
+    if (e.ctrlKey || !e.target || !e.target.closest || !e.target.closest(IMAGES) || !doc.querySelector(SLIDER)) return;
+    e.preventDefault();
+    const dy = e.deltaY * (e.deltaMode === 1 ? 40 : e.deltaMode === 2 ? 800 : 1);  // lines, pages to pixels
+    travel = Math.sign(dy) === Math.sign(travel) ? travel + dy : dy;
+    if (Math.abs(travel) >= 50) {
+      step(Math.sign(travel));
+      travel = 0;
+    }
+  }, {capture: true, passive: false});
+})();
+</script></div>"""
+
+
+def slice_keys(label: str, image_keys: tuple[str, ...]) -> None:
+    """ArrowDown / PageDown (next) and ArrowUp / PageUp (previous slice) anywhere on the page but in
+    a field or another widget, and the mouse wheel over the charts whose keys start with one of
+    ``image_keys``, move the slider labelled ``label`` one step. The slider stays the only state;
+    without JavaScript the page works as before."""
+    import json
+
+    images = ", ".join(f'[class*="st-key-{k}"]' for k in image_keys)
+    st.html(SLICE_KEYS_JS.replace("__LABEL__", json.dumps(label)).replace("__IMAGES__", json.dumps(images)),
+            unsafe_allow_javascript=True)

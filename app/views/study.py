@@ -164,13 +164,17 @@ with c_slider:
     first, last = int(pred.slices.min()), int(pred.slices.max())
     if last > first:
         index = st.slider("Slice", first, last, key=slice_key,
-                          help="Moving the slider reads this slice for display only; the model is not rerun.")
+                          help="Moving the slider reads this slice for display only; the model is not rerun. "
+                               "Arrow up / down (or page up / down) anywhere on the page but in a field, and the "
+                               "mouse wheel over the images, also move it one slice.")
     else:
         index = first
         st.markdown(f"Slice {first} (the study has one slice)")
 with c_button:
     st.button(f"Top slice ({int(pred.slices[top_pos])})", on_click=_go_top, key="go_top", width="stretch",
               help=f"Jump to the slice with the highest {head_title(head)} probability.")
+if last > first:
+    ui.slice_keys("Slice", ("img_", "sal_"))  # the wheel steps over the slice images and saliency maps
 index = int(index) if int(index) in positions else int(pred.slices[top_pos])
 pos = positions[index]
 
