@@ -46,6 +46,7 @@ SECTIONS: dict[str, str] = {
     "claim": "benchmarks.bench_claim",
     "finetune": "benchmarks.bench_finetune",
     "learnability": "benchmarks.bench_learnability",
+    "budget": "benchmarks.bench_budget",
     "recipe": "benchmarks.bench_recipe",
     "saliency": "benchmarks.bench_saliency",
     "app_speed": "benchmarks.bench_app_speed",

@@ -552,6 +552,30 @@ def test_learnability_section_quick(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 @pytest.mark.slow
+def test_budget_section_quick(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The budget section trains the joint model on nested training sets of the mixed pool for
+    more or fewer epochs and reports, per run, the held-out in-view AUROC, the co-location and cue
+    responses and the per-epoch curves."""
+    from benchmarks import bench_budget
+    from benchmarks.common import Context
+
+    monkeypatch.setenv("I2M2_CLAIM_DIR", str(tmp_path / "claim"))
+    monkeypatch.delenv("I2M2_HELDOUT_DIR", raising=False)
+    result = bench_budget.run(Context(quick=True, repeats=1, workdir=tmp_path))
+    rows = result["budget"]["rows"]
+    assert [(r["train_volumes"], r["epochs"]) for r in rows] == [tuple(r) for r in bench_budget.QUICK["runs"]]
+    for row in rows:
+        assert len(row["train_loss"]) == len(row["val_in_view"]) == row["epochs_run"] == row["epochs"]
+        assert set(row["heldout_in_view"]) == {"acl", "mtear", "cart", "abnormal"}
+        assert set(row["colocation"]["mtear"]) == {"auroc", "n_together", "n_apart"}
+        assert row["seconds"] > 0 and row["draws"] == row["epochs"] * bench_budget.QUICK["draws"]
+    assert rows[0]["train_subjects"] < rows[1]["train_subjects"]
+    assert {f["key"] for f in result["figures"]} >= {"in_view_8v_1e", "coloc_14v_2e", "train_min_14v_2e"}
+    assert result["notes"][0].startswith("8 volumes, 1 epochs (64 draws)") and "co-location response" in result["notes"][0]
+    assert [p.name for p in (tmp_path / "claim" / "pools").iterdir()] == ["mixed-v24-s71003"]
+
+
+@pytest.mark.slow
 def test_recipe_section_quick(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The recipe section trains the phase expert under every recipe and seed and i2m2 on a demo
     cohort under two, reports validation and held-out figures apart, and chooses on validation only."""

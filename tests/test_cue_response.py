@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from i2m2_med.heads import HEADS
-from i2m2_med.metrics.cues import cue_response
+from i2m2_med.metrics.cues import colocation_response, cue_response
 
 
 def _slices():
@@ -45,3 +45,18 @@ def test_heads_out_of_view_and_one_sided_groups_are_undefined() -> None:
     assert out["acl"]["magnitude"]["mimics"] == {"auroc": None, "n_cue": 0, "n_without": 0}
     states[:, HEADS.index("mtear")] = "mag"
     assert cue_response(p, states, labels)["mtear"]["magnitude"]["findings"]["auroc"] is None
+
+
+def test_colocation_response_compares_findings_together_with_mimics_apart() -> None:
+    states, labels = _slices()
+    h = HEADS.index("mtear")
+    # slice 4 is the one finding showing both cues together, slice 1 the one mimic showing them apart
+    p = np.full((8, 4), 0.5)
+    p[:, h] = [0.9, 0.1, 0.9, 0.9, 0.8, 0.0, 0.0, 0.0]  # every other slice is left out of the comparison
+    out = colocation_response(p, states, labels)
+    assert out["mtear"] == {"auroc": 1.0, "n_together": 1, "n_apart": 1}
+    p[1, h], p[4, h] = 0.8, 0.1  # the mimic now outranks the finding
+    assert colocation_response(p, states, labels)["mtear"]["auroc"] == 0.0
+    assert out["acl"] == {"auroc": None, "n_together": 0, "n_apart": 0}
+    p[1, h] = np.nan  # a slice without a score does not count
+    assert colocation_response(p, states, labels)["mtear"] == {"auroc": None, "n_together": 1, "n_apart": 0}

@@ -8,6 +8,12 @@ modality's cue" against "it does not", within one label. A model that detects th
 well above 0.5 in both; one that has learned only where findings lie, or which subject a slice
 comes from, stays near 0.5. It separates "the model cannot see the cue" from "the cue does not
 tell findings apart" (the in-view AUROC mixes the two).
+
+The co-location response (:func:`colocation_response`) asks the question only a model of both
+modalities can answer: the AUROC of the score between finding slices whose episode shows the
+magnitude and the phase cue on the same site and mimic slices whose episode shows them apart (the
+``inter`` rule). Each modality alone sees one cue of each kind in both, so a model scores above
+0.5 there only by reading where the two cues lie relative to each other.
 """
 
 from __future__ import annotations
@@ -54,4 +60,26 @@ def cue_response(p: Any, states: Any, labels: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
-__all__ = ["CUE_STATES", "cue_response"]
+def colocation_response(p: Any, states: Any, labels: Any) -> dict[str, dict[str, Any]]:
+    """``p`` (N, 4) scores, ``states`` (N, 4) evidence strings, ``labels`` (N, 4) -> per head
+    ``{"auroc", "n_together", "n_apart"}``: the AUROC of finding slices showing both cues together
+    against mimic slices showing them apart (``auroc`` None when either side is empty)."""
+    p = np.asarray(p, dtype=float)
+    st = np.asarray(states, dtype=object)
+    y = np.asarray(labels) > 0.5
+    out: dict[str, dict[str, Any]] = {}
+    for h, head in enumerate(HEADS):
+        ok = np.isfinite(p[:, h])
+        together = ok & y[:, h] & (st[:, h] == "together")
+        apart = ok & ~y[:, h] & (st[:, h] == "apart")
+        keep = together | apart
+        value = None
+        try:
+            value = float(auroc(together[keep], p[keep, h]))
+        except UndefinedMetricError:
+            pass
+        out[head] = {"auroc": value, "n_together": int(together.sum()), "n_apart": int(apart.sum())}
+    return out
+
+
+__all__ = ["CUE_STATES", "colocation_response", "cue_response"]
