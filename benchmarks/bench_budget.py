@@ -7,8 +7,9 @@ passes over them -- on the model that must read both modalities together: the ``
 (the joint model alone, the ``demo`` config's architecture, draws and loss, no warm start, no
 early stopping; the best epoch chosen on the validation in-view AUROC as in every run), trained
 on the mixed-regime pool (seed 71003) with 60 validation volumes and (a) 400 training volumes for
-12 epochs of 6,144 draws (the bundled model's data and epochs), (b) 900 volumes for 12 epochs
-(the same number of draws over more subjects), (c) 900 volumes for 30 epochs. Reported per run,
+12 epochs of 6,144 draws (the demo cohort's size and the product epochs of the demo recipe when
+this section was added), (b) 900 volumes for 12 epochs (the same number of draws over more
+subjects), (c) 900 volumes for 30 epochs. Reported per run,
 on the held-out mixed cohort (seed 90003, 160 volumes, never trained or tuned on): the in-view
 AUROC per head; the co-location response (:func:`i2m2_med.metrics.cues.colocation_response`:
 findings whose episode shows both cues on one site against mimics showing them apart, which
