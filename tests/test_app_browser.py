@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,21 @@ def server(tmp_path_factory):
         yield url
 
 
+@contextmanager
+def app_page(url: str, height: int):
+    """A chromium page (1440 px wide, ``height`` tall) opened on the app at ``url``."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": height})
+            page.goto(url)
+            yield page
+        finally:
+            browser.close()
+
+
 def wait_until_idle(page, timeout_s: float = 420.0) -> None:
     """Until the app's script run has finished: no element is marked stale (Streamlit marks the
     previous run's elements ``data-stale="true"`` until the new run replaces them) for 2 s."""
@@ -59,63 +75,56 @@ def wait_until_idle(page, timeout_s: float = 420.0) -> None:
 
 def test_browser_shows_banner_probabilities_evidence_and_saliency(server, tmp_path):
     from PIL import Image
-    from playwright.sync_api import sync_playwright
 
     artifacts = Path(os.environ.get("I2M2_TEST_ARTIFACTS") or tmp_path)
     artifacts.mkdir(parents=True, exist_ok=True)
     shot = artifacts / "app_study_page.png"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1440, "height": 3400})
-            page.goto(server)
-            page.get_by_text("RESEARCH USE ONLY").first.wait_for(timeout=PAGE_TIMEOUT_MS)
-            page.locator('[data-testid="stMetricValue"]').first.wait_for(timeout=PAGE_TIMEOUT_MS)
-            wait_until_idle(page)
-            first_title = page.locator("h2").filter(has_text="Study").first.inner_text()
+    with app_page(server, 3400) as page:
+        page.get_by_text("RESEARCH USE ONLY").first.wait_for(timeout=PAGE_TIMEOUT_MS)
+        page.locator('[data-testid="stMetricValue"]').first.wait_for(timeout=PAGE_TIMEOUT_MS)
+        wait_until_idle(page)
+        first_title = page.locator("h2").filter(has_text="Study").first.inner_text()
 
-            # pick another demo study in the sidebar
-            page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').first.click()
-            page.get_by_role("option", name=re.compile(r"Demo knee 2")).click()
-            page.wait_for_function(
-                "t => ![...document.querySelectorAll('h2')].some(h => h.innerText === t)", arg=first_title,
-                timeout=PAGE_TIMEOUT_MS)
-            page.get_by_text("Across slices").first.wait_for(timeout=PAGE_TIMEOUT_MS)
-            wait_until_idle(page)
+        # pick another demo study in the sidebar
+        page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').first.click()
+        page.get_by_role("option", name=re.compile(r"Demo knee 2")).click()
+        page.wait_for_function(
+            "t => ![...document.querySelectorAll('h2')].some(h => h.innerText === t)", arg=first_title,
+            timeout=PAGE_TIMEOUT_MS)
+        page.get_by_text("Across slices").first.wait_for(timeout=PAGE_TIMEOUT_MS)
+        wait_until_idle(page)
 
-            banner = page.locator(".i2m2-banner").inner_text()
-            assert "RESEARCH USE ONLY" in banner
-            values = [float(v) for v in page.locator('[data-testid="stMetricValue"]').all_inner_texts()]
-            assert len(values) == 4 and all(0.0 <= v <= 1.0 for v in values), values
+        banner = page.locator(".i2m2-banner").inner_text()
+        assert "RESEARCH USE ONLY" in banner
+        values = [float(v) for v in page.locator('[data-testid="stMetricValue"]').all_inner_texts()]
+        assert len(values) == 4 and all(0.0 <= v <= 1.0 for v in values), values
 
-            # the per-expert evidence chart (waterfall of log-odds) and a saliency image
-            page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 8", timeout=PAGE_TIMEOUT_MS)
-            plots = page.evaluate("""() => [...document.querySelectorAll('.js-plotly-plot')].map(p => ({
-                title: (p.querySelector('.gtitle') || {}).textContent || '',
-                bars: p.querySelectorAll('g.trace.bars g.point').length,
-                images: [...p.querySelectorAll('image')].map(i => i.getAttribute('href') || '')}))""")
-            waterfalls = [q for q in plots if q["title"].startswith("Log-odds contributions")]
-            assert len(waterfalls) == 1 and waterfalls[0]["bars"] >= 4, plots  # experts + the I2M2 total
-            maps = [q for q in plots if q["title"] == "Magnitude expert on magnitude"]
-            assert len(maps) == 1, [q["title"] for q in plots]
-            href = maps[0]["images"][0] if maps[0]["images"] else ""
-            assert href.startswith("data:image/png;base64,") and len(href) > 2000
-            # the chart's camera button downloads it as an SVG (a vector figure for a supplement)
-            waterfall = page.locator(".js-plotly-plot").filter(
-                has=page.locator(".gtitle", has_text="Log-odds contributions")).first
-            waterfall.hover()
-            button = waterfall.locator('.modebar-btn[data-title^="Download plot"]').first
-            with page.expect_download(timeout=60_000) as info:
-                button.click()
-            download = info.value
-            assert download.suggested_filename == "i2m2-waterfall.svg"
-            svg = Path(download.path()).read_text()
-            assert svg.lstrip().startswith("<svg") and "Log-odds contributions" in svg and "I2M2" in svg
-            page.mouse.move(1400, 5)  # no tooltip in the picture
-            time.sleep(1.0)
-            page.screenshot(path=str(shot), full_page=True)
-        finally:
-            browser.close()
+        # the per-expert evidence chart (waterfall of log-odds) and a saliency image
+        page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 8", timeout=PAGE_TIMEOUT_MS)
+        plots = page.evaluate("""() => [...document.querySelectorAll('.js-plotly-plot')].map(p => ({
+            title: (p.querySelector('.gtitle') || {}).textContent || '',
+            bars: p.querySelectorAll('g.trace.bars g.point').length,
+            images: [...p.querySelectorAll('image')].map(i => i.getAttribute('href') || '')}))""")
+        waterfalls = [q for q in plots if q["title"].startswith("Log-odds contributions")]
+        assert len(waterfalls) == 1 and waterfalls[0]["bars"] >= 4, plots  # experts + the I2M2 total
+        maps = [q for q in plots if q["title"] == "Magnitude expert on magnitude"]
+        assert len(maps) == 1, [q["title"] for q in plots]
+        href = maps[0]["images"][0] if maps[0]["images"] else ""
+        assert href.startswith("data:image/png;base64,") and len(href) > 2000
+        # the chart's camera button downloads it as an SVG (a vector figure for a supplement)
+        waterfall = page.locator(".js-plotly-plot").filter(
+            has=page.locator(".gtitle", has_text="Log-odds contributions")).first
+        waterfall.hover()
+        button = waterfall.locator('.modebar-btn[data-title^="Download plot"]').first
+        with page.expect_download(timeout=60_000) as info:
+            button.click()
+        download = info.value
+        assert download.suggested_filename == "i2m2-waterfall.svg"
+        svg = Path(download.path()).read_text()
+        assert svg.lstrip().startswith("<svg") and "Log-odds contributions" in svg and "I2M2" in svg
+        page.mouse.move(1400, 5)  # no tooltip in the picture
+        time.sleep(1.0)
+        page.screenshot(path=str(shot), full_page=True)
     print(f"screenshot: {shot}")
     image = Image.open(shot)
     assert image.format == "PNG" and image.size[0] >= 1000 and image.size[1] >= 1000
@@ -140,62 +149,54 @@ def settle_on_slice(page, n: int) -> None:
 
 
 def test_arrow_keys_and_wheel_over_the_images_change_the_slice(server):
-    from playwright.sync_api import sync_playwright
-
     main_scroll = "() => document.querySelector('[data-testid=\"stMain\"]').scrollTop"  # the page's scroller
     on_body = "() => document.activeElement === document.body"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1440, "height": 1400})
-            page.goto(server)
-            page.get_by_text("Where the image experts look").first.wait_for(timeout=PAGE_TIMEOUT_MS)
-            wait_until_idle(page)
-            slider = page.locator('input[aria-label="Slice"]').first
-            slider.focus()
-            page.keyboard.press("Home")  # the slider's own key: the first slice, so that there is a next one
-            page.evaluate("() => document.activeElement.blur()")
-            wait_until_idle(page)
-            first = shown_slice(page)
-            assert page.evaluate(on_body)
+    with app_page(server, 1400) as page:
+        page.get_by_text("Where the image experts look").first.wait_for(timeout=PAGE_TIMEOUT_MS)
+        wait_until_idle(page)
+        slider = page.locator('input[aria-label="Slice"]').first
+        slider.focus()
+        page.keyboard.press("Home")  # the slider's own key: the first slice, so that there is a next one
+        page.evaluate("() => document.activeElement.blur()")
+        wait_until_idle(page)
+        first = shown_slice(page)
+        assert page.evaluate(on_body)
 
-            # arrow keys with the focus on the page, not on the slider
-            page.keyboard.press("ArrowDown")
-            settle_on_slice(page, first + 1)
-            assert slider.input_value() == str(first + 1)  # the slider moved: it holds the slice
-            assert page.evaluate(on_body)  # and the focus stayed where it was
-            page.keyboard.press("ArrowUp")
-            settle_on_slice(page, first)
+        # arrow keys with the focus on the page, not on the slider
+        page.keyboard.press("ArrowDown")
+        settle_on_slice(page, first + 1)
+        assert slider.input_value() == str(first + 1)  # the slider moved: it holds the slice
+        assert page.evaluate(on_body)  # and the focus stayed where it was
+        page.keyboard.press("ArrowUp")
+        settle_on_slice(page, first)
 
-            # the wheel over an image: one notch, one slice, and the page does not scroll
-            image = page.locator(".js-plotly-plot").filter(
-                has=page.locator(".gtitle", has_text=re.compile(r"^Magnitude - slice"))).first
-            image.scroll_into_view_if_needed()
-            box = image.bounding_box()
-            page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-            scrolled = page.evaluate(main_scroll)
-            page.mouse.wheel(0, 100)
-            settle_on_slice(page, first + 1)
-            assert page.evaluate(main_scroll) == scrolled
-            page.mouse.wheel(0, -100)
-            settle_on_slice(page, first)
-            # elsewhere the wheel scrolls the page as usual
-            box = page.locator('[data-testid="stExpander"] summary', has_text="Window / level").first.bounding_box()
-            page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-            page.mouse.wheel(0, 100)
-            page.wait_for_function(f"() => ({main_scroll})() > {scrolled}", timeout=10_000)
-            wait_until_idle(page)
-            assert shown_slice(page) == first
+        # the wheel over an image: one notch, one slice, and the page does not scroll
+        image = page.locator(".js-plotly-plot").filter(
+            has=page.locator(".gtitle", has_text=re.compile(r"^Magnitude - slice"))).first
+        image.scroll_into_view_if_needed()
+        box = image.bounding_box()
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        scrolled = page.evaluate(main_scroll)
+        page.mouse.wheel(0, 100)
+        settle_on_slice(page, first + 1)
+        assert page.evaluate(main_scroll) == scrolled
+        page.mouse.wheel(0, -100)
+        settle_on_slice(page, first)
+        # elsewhere the wheel scrolls the page as usual
+        box = page.locator('[data-testid="stExpander"] summary', has_text="Window / level").first.bounding_box()
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.mouse.wheel(0, 100)
+        page.wait_for_function(f"() => ({main_scroll})() > {scrolled}", timeout=10_000)
+        wait_until_idle(page)
+        assert shown_slice(page) == first
 
-            # arrow keys while typing a window / level value change the value, not the slice
-            page.get_by_text("Window / level").first.click()
-            level = page.get_by_label("Magnitude level (%)")
-            level.click()
-            for key in ("ArrowUp", "ArrowUp", "ArrowDown", "PageUp"):
-                page.keyboard.press(key)
-            assert level.input_value() == "55"  # 50 + 5 + 5 - 5: the field took the keys
-            page.keyboard.press("Enter")
-            wait_until_idle(page)
-            assert shown_slice(page) == first and slider.input_value() == str(first)
-        finally:
-            browser.close()
+        # arrow keys while typing a window / level value change the value, not the slice
+        page.get_by_text("Window / level").first.click()
+        level = page.get_by_label("Magnitude level (%)")
+        level.click()
+        for key in ("ArrowUp", "ArrowUp", "ArrowDown", "PageUp"):
+            page.keyboard.press(key)
+        assert level.input_value() == "55"  # 50 + 5 + 5 - 5: the field took the keys
+        page.keyboard.press("Enter")
+        wait_until_idle(page)
+        assert shown_slice(page) == first and slider.input_value() == str(first)
