@@ -542,6 +542,49 @@ def test_the_files_of_a_dicom_series_upload_together(env, tmp_path, private_tmp)
     assert "6 files (DICOM) - dicom, 3 slices" in at.session_state["upload"].refs[0].label
 
 
+def test_a_folder_upload_reads_dicom_files_whatever_their_names(env, tmp_path, private_tmp):
+    """A folder chosen in the browser arrives as its files: DICOM files without an extension (as
+    scanners export them) form their series, hidden and system files and files that are no study are
+    skipped, an empty file is named; a folder with nothing readable is one line, with nothing kept."""
+    from diagnose_inputs import write_dicom_study
+
+    write_dicom_study(tmp_path / "exam", n_slices=3, phase=True, patient=0)
+    files = [(f"exam/SE{i // 3}/IM{i:04d}", p.read_bytes()) for i, p in enumerate(sorted((tmp_path / "exam").rglob("*.dcm")))]
+    assert len(files) == 6
+    extra = [("exam/.DS_Store", b"\0" * 64), ("exam/Thumbs.db", b"x"), ("exam/README.txt", b"exported by the scanner"),
+             ("exam/SE9/EMPTY", b"")]
+    upload = sources.accept_folder(files + extra, 50 << 20)
+    assert [r.label for r in upload.refs] == ["a folder of 8 files - dicom, 3 slices"]
+    study = sources.open_study(upload.refs[0])
+    assert study.n_slices == 3 and set(study.modalities) == {"magnitude", "phase"}
+    assert upload.problems == ["EMPTY: empty file"]  # a text file beside the series is no study and no problem
+    assert stat.S_IMODE((upload.folder / "folder").stat().st_mode) == 0o700
+    upload.close()
+    assert not upload.folder.exists()
+
+    big = sum(len(d) for _, d in files)
+    for batch, limit, fragment in [
+        ([("x/.hidden", b"1")], 50 << 20, "the folder holds no file"),
+        (files, big - 1, "together is over the"),
+        ([("x/notes.txt", b"text"), ("x/IM1", b"not DICOM")], 50 << 20, "a folder of 2 files"),
+    ]:
+        with pytest.raises(sources.UploadRejected) as info:
+            sources.accept_folder(batch, limit)
+        assert fragment in str(info.value) and "\n" not in str(info.value), str(info.value)
+    assert list(private_tmp.iterdir()) == []
+
+    at = start()
+    at.radio(key="source").set_value("Upload")
+    at.run()
+    at.radio(key="upload_kind").set_value("A folder")
+    at.run()
+    at.file_uploader(key="upload_folder").set_value([(n, d, "application/octet-stream") for n, d in files])
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.sidebar.error and len(at.metric) == 4
+    assert at.session_state["upload"].refs[0].label == "a folder of 6 files - dicom, 3 slices"
+
+
 # ---- the batch page -------------------------------------------------------------------------------------
 
 

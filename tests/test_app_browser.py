@@ -200,3 +200,32 @@ def test_arrow_keys_and_wheel_over_the_images_change_the_slice(server):
         page.keyboard.press("Enter")
         wait_until_idle(page)
         assert shown_slice(page) == first and slider.input_value() == str(first)
+
+
+def test_a_dicom_folder_uploads_from_the_browser(server, tmp_path):
+    """The upload's folder picker sends a whole exam folder: DICOM files without an extension, in
+    a series subfolder, beside a hidden file, open as one study."""
+    from diagnose_inputs import write_dicom_study
+
+    write_dicom_study(tmp_path / "written", n_slices=3, phase=True, patient=0)
+    exam = tmp_path / "exam"
+    (exam / "SE1").mkdir(parents=True)
+    for i, path in enumerate(sorted((tmp_path / "written").rglob("*.dcm"))):
+        (exam / "SE1" / f"IM{i:04d}").write_bytes(path.read_bytes())
+    (exam / ".DS_Store").write_bytes(b"\0" * 32)
+    with app_page(server, 1400) as page:
+        page.get_by_text("RESEARCH USE ONLY").first.wait_for(timeout=PAGE_TIMEOUT_MS)
+        wait_until_idle(page)
+        sidebar = page.locator('[data-testid="stSidebar"]')
+        sidebar.get_by_text("Upload", exact=True).first.click()
+        wait_until_idle(page)
+        sidebar.get_by_text("A folder", exact=True).first.click()  # not "Data folder"
+        wait_until_idle(page)
+        sidebar.locator('input[type="file"]').first.set_input_files(str(exam))
+        page.locator('[data-testid="stMetricValue"]').first.wait_for(timeout=PAGE_TIMEOUT_MS)
+        wait_until_idle(page)
+        main = page.locator('[data-testid="stMain"]')
+        assert main.get_by_text("dicom", exact=True).count() and main.get_by_text("3 slices", exact=True).count()
+        assert not sidebar.locator('[data-testid="stAlertContentError"]').count()
+        values = [float(v) for v in page.locator('[data-testid="stMetricValue"]').all_inner_texts()]
+        assert len(values) == 4 and all(0.0 <= v <= 1.0 for v in values), values

@@ -260,7 +260,7 @@ def _suffix(name: str) -> str | None:
 
 def _safe_name(name: str, suffix: str) -> str:
     base = Path(name.replace("\\", "/")).name
-    stem = base[: -len(suffix)] if base.lower().endswith(suffix) else base
+    stem = base[: -len(suffix)] if suffix and base.lower().endswith(suffix) else base
     keep = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem).strip("._") or "upload"
     return keep[:80] + suffix
 
@@ -463,6 +463,54 @@ def accept_uploads(files: Sequence[tuple[str, bytes]], max_bytes: int) -> Upload
                 fh.write(data)
             digest.update(hashlib.sha256(data).digest())
         return _studies_of_upload(folder, series, f"{label} (DICOM)", digest.hexdigest())
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+SYSTEM_FILES = frozenset({"thumbs.db", "desktop.ini", "icon\r"})
+"""Files an operating system leaves in a folder (with every name starting with a dot): not part of
+an uploaded folder's studies, skipped without a word."""
+
+
+def accept_folder(files: Sequence[tuple[str, bytes]], max_bytes: int) -> Upload:
+    """The files of an uploaded folder (as a browser sends a chosen directory: each file's name,
+    perhaps with its path inside the folder), stored together and read as the studies they form:
+    DICOM series whatever their files are called (scanner exports often have no extension), and
+    fastMRI .h5 or NIfTI files. Hidden and system files, and files that are no study, are skipped;
+    empty files are listed in ``problems``. Refused with :class:`UploadRejected` (one line): no
+    file, more than :data:`MAX_ZIP_MEMBERS` files, more than the limit in total, or no readable
+    study. Nothing is kept on refusal."""
+    named = [(str(n).replace("\\", "/"), d) for n, d in files]
+    kept = [(n, d) for n, d in named
+            if not Path(n).name.startswith(".") and Path(n).name.lower() not in SYSTEM_FILES and "__MACOSX/" not in n]
+    label = f"a folder of {len(kept)} files"
+    if not kept:
+        raise UploadRejected("the folder holds no file")
+    if len(kept) > MAX_ZIP_MEMBERS:
+        raise UploadRejected(f"{label}: more than {MAX_ZIP_MEMBERS} files in one upload")
+    total = sum(len(d) for _, d in kept)
+    if total > max_bytes:
+        raise UploadRejected(f"{label}: {total / (1 << 20):.1f} MB together is over the {max_bytes // (1 << 20)} MB upload limit")
+    folder = _private_upload_folder(label)
+    try:
+        target = folder / "folder"
+        target.mkdir(mode=0o700)
+        digest = hashlib.sha256()
+        empty = []
+        for i, (name, data) in enumerate(kept):
+            if not data:
+                empty.append(f"{Path(name).name}: empty file")
+                continue
+            base = Path(name).name
+            path = target / f"{i:05d}_{_safe_name(base, _suffix(base) or '')}"  # numbered: files of different subfolders may share a name
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            digest.update(name.encode("utf-8", "replace") + b"\0" + hashlib.sha256(data).digest())
+        upload = _studies_of_upload(folder, target, label, digest.hexdigest())
+        upload.problems[:0] = empty
+        return upload
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise

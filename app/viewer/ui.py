@@ -188,32 +188,42 @@ def _pick_root(cfg: Settings) -> sources.StudyRef | None:
 
 def _pick_upload(cfg: Settings) -> sources.StudyRef | None:
     limit = cfg.max_upload_bytes // (1 << 20)
-    files = st.sidebar.file_uploader(
-        f"Upload a study (at most {limit} MB)", type=["h5", "hdf5", "nii", "gz", "zip", "dcm"], key="upload_file",
-        accept_multiple_files=True,
-        help=f"A fastMRI .h5, a NIfTI volume (.nii / .nii.gz), a .zip of one DICOM series, or DICOM files (.dcm): one "
-             f"(a multi-frame series or a single image) or the files of a series folder selected together; at most "
-             f"{limit} MB in all. The files are kept in a private temporary folder while you view them and deleted "
-             "afterwards.",
-    )
+    kept = (f"at most {limit} MB in all. The files are kept in a private temporary folder while you view them and "
+            "deleted afterwards.")
+    folder = st.sidebar.radio("Upload", ("Files", "A folder"), horizontal=True, key="upload_kind",
+                              help="A folder: every file in it is read, DICOM files whatever their names (a scanner's "
+                                   "export often has no extensions).") == "A folder"
+    if folder:
+        files = st.sidebar.file_uploader(
+            f"Upload a folder (at most {limit} MB)", key="upload_folder", accept_multiple_files="directory",
+            help=f"A folder of DICOM series, fastMRI .h5 or NIfTI files; hidden and system files are skipped; {kept}",
+        )
+    else:
+        files = st.sidebar.file_uploader(
+            f"Upload a study (at most {limit} MB)", type=["h5", "hdf5", "nii", "gz", "zip", "dcm"], key="upload_file",
+            accept_multiple_files=True,
+            help=f"A fastMRI .h5, a NIfTI volume (.nii / .nii.gz), a .zip of one DICOM series, or DICOM files (.dcm): one "
+                 f"(a multi-frame series or a single image) or the files of a series folder selected together; {kept}",
+        )
     if not files:
         _close_upload()
         st.session_state.pop("upload_error", None)
         st.session_state.pop("upload_file_id", None)
         return None
-    identity = tuple(f.file_id for f in files)
+    identity = (folder, *(f.file_id for f in files))
     if st.session_state.get("upload_file_id") != identity:
         _close_upload()
         st.session_state["upload_file_id"] = identity
         st.session_state.pop("upload_error", None)
+        accept = sources.accept_folder if folder else sources.accept_uploads
         try:
-            upload = sources.accept_uploads([(f.name, f.getvalue()) for f in files], cfg.max_upload_bytes)
+            upload = accept([(f.name, f.getvalue()) for f in files], cfg.max_upload_bytes)
         except sources.UploadRejected as exc:
             st.session_state["upload_error"] = str(exc)
         else:
             st.session_state["upload"] = upload
     if st.session_state.get("upload_error"):
-        what = "This file cannot" if len(files) == 1 else "These files cannot"
+        what = "This folder cannot" if folder else "This file cannot" if len(files) == 1 else "These files cannot"
         st.sidebar.error(f"{what} be opened - {st.session_state['upload_error']}")
         return None
     upload = st.session_state.get("upload")
