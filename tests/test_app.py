@@ -503,6 +503,14 @@ def test_upload_validation(tmp_path, private_tmp):
     assert list(private_tmp.iterdir()) == []  # nothing left behind by refused uploads
 
 
+def _assert_refused(accept, cases) -> None:
+    """Each (files, limit, fragment) is refused by ``accept`` with one line holding ``fragment``."""
+    for batch, limit, fragment in cases:
+        with pytest.raises(sources.UploadRejected) as info:
+            accept(batch, limit)
+        assert fragment in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
 def test_the_files_of_a_dicom_series_upload_together(env, tmp_path, private_tmp):
     """A series folder's .dcm files selected together are one study, in the library and on the
     page; what several files cannot be is one line, with nothing kept."""
@@ -520,16 +528,12 @@ def test_the_files_of_a_dicom_series_upload_together(env, tmp_path, private_tmp)
     assert not upload.folder.exists()
 
     big = sum(len(d) for _, d in files)
-    for batch, fragment in [
-        ([*files, ("knee.h5", b"x")], "knee.h5 is not a .dcm file"),
-        ([*files[:2], ("blank.dcm", b"")], "blank.dcm is empty"),
-        (files, "together is over the"),
-        ([("a.dcm", b"not DICOM"), ("b.dcm", b"nor this")], "2 files (DICOM)"),
-    ]:
-        limit = big - 1 if fragment == "together is over the" else 50 << 20
-        with pytest.raises(sources.UploadRejected) as info:
-            sources.accept_uploads(batch, limit)
-        assert fragment in str(info.value) and "\n" not in str(info.value), str(info.value)
+    _assert_refused(sources.accept_uploads, [
+        ([*files, ("knee.h5", b"x")], 50 << 20, "knee.h5 is not a .dcm file"),
+        ([*files[:2], ("blank.dcm", b"")], 50 << 20, "blank.dcm is empty"),
+        (files, big - 1, "together is over the"),
+        ([("a.dcm", b"not DICOM"), ("b.dcm", b"nor this")], 50 << 20, "2 files (DICOM)"),
+    ])
     assert list(private_tmp.iterdir()) == []
 
     at = start()
@@ -563,14 +567,11 @@ def test_a_folder_upload_reads_dicom_files_whatever_their_names(env, tmp_path, p
     assert not upload.folder.exists()
 
     big = sum(len(d) for _, d in files)
-    for batch, limit, fragment in [
+    _assert_refused(sources.accept_folder, [
         ([("x/.hidden", b"1")], 50 << 20, "the folder holds no file"),
         (files, big - 1, "together is over the"),
         ([("x/notes.txt", b"text"), ("x/IM1", b"not DICOM")], 50 << 20, "a folder of 2 files"),
-    ]:
-        with pytest.raises(sources.UploadRejected) as info:
-            sources.accept_folder(batch, limit)
-        assert fragment in str(info.value) and "\n" not in str(info.value), str(info.value)
+    ])
     assert list(private_tmp.iterdir()) == []
 
     at = start()

@@ -427,6 +427,16 @@ def accept_upload(name: str, data: bytes, max_bytes: int) -> Upload:
         raise
 
 
+def _check_batch(label: str, files: Sequence[tuple[str, bytes]], max_bytes: int) -> None:
+    """Several files uploaded at once: at most :data:`MAX_ZIP_MEMBERS` (the bound on a zipped
+    series' members) and at most ``max_bytes`` together, else :class:`UploadRejected` naming ``label``."""
+    if len(files) > MAX_ZIP_MEMBERS:
+        raise UploadRejected(f"{label}: more than {MAX_ZIP_MEMBERS} files in one upload")
+    total = sum(len(d) for _, d in files)
+    if total > max_bytes:
+        raise UploadRejected(f"{label}: {total / (1 << 20):.1f} MB together is over the {max_bytes // (1 << 20)} MB upload limit")
+
+
 def accept_uploads(files: Sequence[tuple[str, bytes]], max_bytes: int) -> Upload:
     """Several files at once: one is :func:`accept_upload`'s; more are the files of DICOM series
     (``.dcm`` each: a series' slices, a folder's files selected together), stored together and
@@ -439,8 +449,6 @@ def accept_uploads(files: Sequence[tuple[str, bytes]], max_bytes: int) -> Upload
     if len(files) == 1:
         return accept_upload(files[0][0], files[0][1], max_bytes)
     label = f"{len(files)} files"
-    if len(files) > MAX_ZIP_MEMBERS:  # the same bound as the members of a zipped series
-        raise UploadRejected(f"{label}: more than {MAX_ZIP_MEMBERS} files in one upload")
     others = [n for n, _ in files if _suffix(n) != ".dcm"]
     if others:
         raise UploadRejected(f"{label}: {Path(others[0]).name} is not a .dcm file; several files are read as the slices of "
@@ -448,21 +456,29 @@ def accept_uploads(files: Sequence[tuple[str, bytes]], max_bytes: int) -> Upload
     empty = [n for n, d in files if not d]
     if empty:
         raise UploadRejected(f"{label}: {Path(empty[0]).name} is empty")
-    total = sum(len(d) for _, d in files)
-    if total > max_bytes:
-        raise UploadRejected(f"{label}: {total / (1 << 20):.1f} MB together is over the {max_bytes // (1 << 20)} MB upload limit")
+    _check_batch(label, files, max_bytes)
+    return _stored_batch(label, "series", [(name, data, _safe_name(name, ".dcm")) for name, data in files], f"{label} (DICOM)")
+
+
+def _stored_batch(label: str, subdir: str, files: Sequence[tuple[str, bytes, str]], name: str,
+                  problems: Sequence[str] = ()) -> Upload:
+    """Several uploaded files (name, bytes, stored name) written, numbered (two files may share a
+    name), into ``subdir`` of a new private upload folder and read as the studies they form
+    (:func:`_studies_of_upload`, refusals naming ``name``); ``problems`` lead the upload's own.
+    Nothing is kept on refusal."""
     folder = _private_upload_folder(label)
     try:
-        series = folder / "series"
-        series.mkdir(mode=0o700)
+        target = folder / subdir
+        target.mkdir(mode=0o700)
         digest = hashlib.sha256()
-        for i, (name, data) in enumerate(files):
-            target = series / f"{i:05d}_{_safe_name(name, '.dcm')}"  # numbered: two files may share a name
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        for i, (original, data, stored) in enumerate(files):
+            fd = os.open(target / f"{i:05d}_{stored}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
-            digest.update(hashlib.sha256(data).digest())
-        return _studies_of_upload(folder, series, f"{label} (DICOM)", digest.hexdigest())
+            digest.update(original.encode("utf-8", "replace") + b"\0" + hashlib.sha256(data).digest())
+        upload = _studies_of_upload(folder, target, name, digest.hexdigest())
+        upload.problems[:0] = list(problems)
+        return upload
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
@@ -487,33 +503,10 @@ def accept_folder(files: Sequence[tuple[str, bytes]], max_bytes: int) -> Upload:
     label = f"a folder of {len(kept)} files"
     if not kept:
         raise UploadRejected("the folder holds no file")
-    if len(kept) > MAX_ZIP_MEMBERS:
-        raise UploadRejected(f"{label}: more than {MAX_ZIP_MEMBERS} files in one upload")
-    total = sum(len(d) for _, d in kept)
-    if total > max_bytes:
-        raise UploadRejected(f"{label}: {total / (1 << 20):.1f} MB together is over the {max_bytes // (1 << 20)} MB upload limit")
-    folder = _private_upload_folder(label)
-    try:
-        target = folder / "folder"
-        target.mkdir(mode=0o700)
-        digest = hashlib.sha256()
-        empty = []
-        for i, (name, data) in enumerate(kept):
-            if not data:
-                empty.append(f"{Path(name).name}: empty file")
-                continue
-            base = Path(name).name
-            path = target / f"{i:05d}_{_safe_name(base, _suffix(base) or '')}"  # numbered: files of different subfolders may share a name
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            digest.update(name.encode("utf-8", "replace") + b"\0" + hashlib.sha256(data).digest())
-        upload = _studies_of_upload(folder, target, label, digest.hexdigest())
-        upload.problems[:0] = empty
-        return upload
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
+    _check_batch(label, kept, max_bytes)
+    empty = [f"{Path(n).name}: empty file" for n, d in kept if not d]
+    stored = [(n, d, _safe_name(Path(n).name, _suffix(Path(n).name) or "")) for n, d in kept if d]
+    return _stored_batch(label, "folder", stored, label, empty)
 
 
 def _studies_of_upload(folder: Path, target: Path, name: str, digest: str) -> Upload:
