@@ -270,6 +270,8 @@ SIGNED_METHODS: tuple[str, ...] = ("occlusion", "integrated_gradients")
 """Methods whose map is signed, in nats: positive where the image raises the head's log-odds."""
 IG_STEPS = 64
 """Integration steps of :func:`saliency`'s integrated gradients (midpoint rule)."""
+IG_CHUNK_VALUES = 1 << 19
+"""Input values per forward/backward pass of integrated gradients (the path points are batched)."""
 
 
 def _head_index(head: int | str) -> int:
@@ -392,8 +394,10 @@ def saliency(
             from a blurred copy of the image (Gaussian, sigma ``H / 16`` pixels: the anatomy's
             layout without its fine detail, where small lesions and their cues live) to the image
             (``steps`` midpoints), summed over the input channels: per pixel, in nats, signed;
-            the map sums to the log-odds of the image minus that of its blurred copy
-            (completeness). Not from an all-zero input: the experts normalise their first
+            for the magnitude expert the map sums to the log-odds of the image minus that of its
+            blurred copy (completeness); for an expert that reads the high-pass phase the sum can
+            miss that difference, since the filter's angle wraps at +-pi, a jump along the path that
+            gradients do not see. Not from an all-zero input: the experts normalise their first
             features, so a scaled image scores like the image and the zero path says nothing.
         mask_size: occlusion patch side in pixels (default ``H // 8``, at least 3).
         overlap: overlap of neighbouring occlusion patches in [0, 1).
@@ -426,7 +430,9 @@ def saliency(
             base = _blurred(x, max(1.0, min(height, width) / 16.0))
             alphas = (torch.arange(int(steps), dtype=x.dtype, device=x.device) + 0.5) / int(steps)
             grads = torch.zeros_like(x)
-            for chunk in torch.split(alphas, 16):  # bounded memory: 16 path points at a time
+            # bounded memory: about IG_CHUNK_VALUES input values per pass (all 64 points of a 64 px slice)
+            per_pass = max(1, IG_CHUNK_VALUES // int(x[0].numel()))
+            for chunk in torch.split(alphas, per_pass):
                 path = (base + chunk[:, None, None, None] * (x - base)).detach().requires_grad_(True)
                 (grad,) = torch.autograd.grad(net(path)[:, h].sum(), path)
                 grads += grad.sum(dim=0, keepdim=True)

@@ -145,6 +145,7 @@ def test_moving_the_slider_does_not_rerun_the_model(env):
     assert after.get("predict", 0) == before.get("predict", 0)
     assert after.get("planes", 0) == before.get("planes", 0) + 1  # only the new slice was read for display
     assert after.get("saliency", 0) - before.get("saliency", 0) <= 3  # one map per image expert, once
+    assert after.get("samples", 0) == before.get("samples", 0) + 1  # the model's input read once for all maps
     # back to the first slice, another pathology and a window change: everything from the caches
     slice_slider(at).set_value(first)
     at.run()
@@ -164,6 +165,7 @@ def test_moving_the_slider_does_not_rerun_the_model(env):
     assert final.get("forward", 0) == before.get("forward", 0)
     assert final.get("predict", 0) == before.get("predict", 0)
     assert final.get("planes", 0) == after.get("planes", 0)
+    assert final.get("samples", 0) == after.get("samples", 0)
 
 
 def test_phase_is_shown_as_the_model_sees_it_or_raw(env):

@@ -193,6 +193,7 @@ def model_sample(lm: LoadedModel, ref: StudyRef, index: int) -> dict[str, Any]:
     from i2m2_med.inference.predict import study_tabular
     from i2m2_med.inference.streaming import modality_pipeline
 
+    _count("samples")
     study = open_study(ref)
     try:
         sample = image_sample(study, int(index), modality_pipeline(int(lm.meta.config.image_size)))
@@ -204,10 +205,18 @@ def model_sample(lm: LoadedModel, ref: StudyRef, index: int) -> dict[str, Any]:
     return sample
 
 
-def compute_saliency(lm: LoadedModel, ref: StudyRef, index: int, expert: str, head: str, method: str) -> np.ndarray:
+@st.cache_data(show_spinner=False, max_entries=32)
+def slice_sample(ref_key: str, model_key: str, index: int, _ref: StudyRef, _lm: LoadedModel) -> dict[str, Any]:
+    """:func:`model_sample`, read and transformed once per slice for all the experts' maps."""
+    return model_sample(_lm, _ref, index)
+
+
+def compute_saliency(lm: LoadedModel, ref: StudyRef, index: int, expert: str, head: str, method: str,
+                     sample: dict[str, Any] | None = None) -> np.ndarray:
     from i2m2_med.evidence import saliency
 
-    sample = model_sample(lm, ref, index)
+    if sample is None:
+        sample = model_sample(lm, ref, index)
     _count("saliency")
     return saliency(lm.model, sample, expert, head, method=method)
 
@@ -216,7 +225,8 @@ def compute_saliency(lm: LoadedModel, ref: StudyRef, index: int, expert: str, he
 def saliency_map(ref_key: str, model_key: str, index: int, expert: str, head: str, method: str,
                  _ref: StudyRef, _lm: LoadedModel) -> np.ndarray:
     """(h, w) saliency at the model's image size (see :func:`i2m2_med.evidence.saliency`)."""
-    return compute_saliency(_lm, _ref, index, expert, head, method)
+    sample = slice_sample(ref_key, model_key, index, _ref, _lm)
+    return compute_saliency(_lm, _ref, index, expert, head, method, sample)
 
 
 def compute_tabular(lm: LoadedModel, ref: StudyRef) -> Any:
