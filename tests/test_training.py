@@ -192,6 +192,55 @@ def test_warm_start_trains_the_experts_then_the_product(tiny_cohort: Path, tmp_p
     assert result.metrics["training"]["warm_start"] is True and result.epochs_run == 2 == sum(s.epochs_run for s in stages)
     meta = read_checkpoint_meta(tmp_path / "run" / "model.safetensors")
     assert meta.config.training.warm_start is True and meta.extra["warm_start"] is True
+    # the joint model warm-started for longer: the stage runs its epochs
+    cfg = cfg.with_updates(**{"training.warm_start_joint_epochs": 2})
+    longer = train(tiny_cohort, tmp_path / "run2", variant="i2m2", config=cfg, warm_start=True, **QUICK)
+    assert [s.epochs_run for s in longer.stages] == [2, 1]
+
+
+def test_the_joint_model_can_warm_start_longer_than_the_other_experts() -> None:
+    """warm_start_joint_epochs: the stage lasts as long as the joint model's epochs; after their
+    own epochs the other experts are neither run nor updated, and each expert's learning rate
+    follows a cosine over its own epochs."""
+    from i2m2_med.models import build_model
+    from i2m2_med.training.fit import warm_start_plan
+    from i2m2_med.training.module import I2M2Module
+
+    cfg = SMALL.with_updates(**{"training.warm_start_epochs": 2, "training.warm_start_joint_epochs": 4})
+    model = build_model("i2m2", cfg, 14)
+    stage, per = warm_start_plan(cfg, model.expert_names)
+    assert stage == 4 and per == {"magnitude": 2, "phase": 2, "tabular": 2, "joint": 4}
+    assert warm_start_plan(SMALL.with_updates(**{"training.warm_start_epochs": 2}), model.expert_names) == (2, None)
+    assert warm_start_plan(cfg, ("magnitude", "phase"))[1] is None  # intra has no joint model
+    module = I2M2Module(model, cfg, objective="experts", max_epochs=stage, expert_epochs=per)
+    assert module.active_experts(1) == ("magnitude", "phase", "tabular", "joint")
+    assert module.active_experts(2) == ("joint",)
+    conf = module.configure_optimizers()
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    base = {g["name"]: g["lr"] for g in opt.param_groups}
+    opt.step()  # no gradients yet: nothing moves
+    sched.step()  # epoch 1
+    lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert lrs["magnitude"] == pytest.approx(base["magnitude"] * 0.5)  # half-way through 2 epochs
+    assert lrs["joint"] == pytest.approx(base["joint"] * 0.5 * (1 + np.cos(np.pi / 4)))
+    sched.step()  # epoch 2: the others are done
+    assert {g["name"]: g["lr"] for g in opt.param_groups}["magnitude"] == pytest.approx(0.0, abs=1e-12)
+
+    g = torch.Generator().manual_seed(0)
+    batch = {"magnitude": torch.rand(4, 1, 32, 32, generator=g), "phase": torch.rand(4, 1, 32, 32, generator=g) * 6 - 3,
+             "tabular": torch.rand(4, 14, generator=g)}
+    labels = (torch.rand(4, 4, generator=g) > 0.5).float()
+    out = model(batch, only=module.active_experts(2))
+    assert set(out.terms) == {"joint"}
+    before = {name: [p.detach().clone() for p in model.experts[name].parameters()] for name in model.expert_names}
+    opt.zero_grad(set_to_none=True)
+    experts_loss(out, labels, None).backward()
+    for group in opt.param_groups:
+        group["lr"] = 1e-2
+    opt.step()
+    for name in model.expert_names:
+        moved = any(not torch.equal(a, b) for a, b in zip(before[name], model.experts[name].parameters()))
+        assert moved == (name == "joint"), name
 
 
 def test_finetune_learning_rate_scale_reaches_the_optimiser() -> None:

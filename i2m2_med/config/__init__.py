@@ -201,6 +201,11 @@ class TrainingConfig(_Strict):
     fine-tune it end to end (the paper's AV-MNIST recipe); otherwise train the product end to end
     from scratch (the knee reference)."""
     warm_start_epochs: int = Field(5, ge=1)
+    warm_start_joint_epochs: int | None = Field(None, ge=1)
+    """The joint model's warm-start epochs, when they differ from ``warm_start_epochs``: the
+    other experts stop (are neither run nor updated) after their own epochs while the joint
+    model trains on, each expert on a cosine schedule over its own epochs. Unset: every expert
+    trains ``warm_start_epochs``."""
     finetune_lr_scale: float = Field(1.0, gt=0.0, le=1.0)
     """After a warm start, the product is fine-tuned at every expert's learning rate times this
     factor (1: the same rates as the experts' own training)."""

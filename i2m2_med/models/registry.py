@@ -35,7 +35,7 @@ in every variant.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 import numpy as np
 import torch
@@ -340,7 +340,9 @@ class I2M2Model(nn.Module):
         tab = batch["tabular"].float() if with_tab else None
         return expert(batch["magnitude"].float(), batch["phase"].float(), tab, present["tabular"] if with_tab else None)
 
-    def forward(self, batch: Mapping[str, Any]) -> I2M2Output:
+    def forward(self, batch: Mapping[str, Any], only: Collection[str] | None = None) -> I2M2Output:
+        """The product of the experts on ``batch``; ``only``: run just these experts (the others
+        are neither computed nor in the output: a warm start whose other experts have finished)."""
         batch_size = self._check_inputs(batch)
         device = next(self.parameters()).device
         present = self._presence(batch, batch_size, device)
@@ -349,6 +351,8 @@ class I2M2Model(nn.Module):
         mask: dict[str, Tensor] = {}
         dropped: list[str] = []
         for name in self.experts:
+            if only is not None and name not in only:
+                continue
             needs = self.required_modalities(name)
             if any(m not in present for m in needs):
                 dropped.append(name)

@@ -2,9 +2,10 @@
 
 Warm start (``warm_start=True``, the paper's AV-MNIST recipe): first every expert of the variant
 is trained alone (the ``experts`` objective of :mod:`.module`) for
-``training.warm_start_epochs`` epochs; then the product is fine-tuned end to end from those
-weights with a fresh optimiser (learning rates times ``training.finetune_lr_scale``) and early
-stopping.
+``training.warm_start_epochs`` epochs, the joint model for ``training.warm_start_joint_epochs``
+when that is set (:func:`warm_start_plan`: the other experts then stop while it trains on); then
+the product is fine-tuned end to end from those weights with a fresh optimiser (learning rates
+times ``training.finetune_lr_scale``) and early stopping.
 
 After fitting, rank 0 refits the product's prior on the validation slices
 (``training.calibration: prior``, :mod:`i2m2_med.metrics.calibration`: class-weighted training
@@ -230,6 +231,19 @@ def _trainer(
     )
 
 
+def warm_start_plan(cfg: Config, experts: tuple[str, ...] | list[str]) -> tuple[int, dict[str, int] | None]:
+    """``(epochs of the warm-start stage, per-expert epochs or None when all train them all)``:
+    ``training.warm_start_epochs`` for every expert, ``training.warm_start_joint_epochs`` (when
+    set) for the joint model; the stage lasts as long as its longest expert."""
+    base = int(cfg.training.warm_start_epochs)
+    joint = cfg.training.warm_start_joint_epochs
+    if joint is None or "joint" not in experts or int(joint) == base:
+        return base, None
+    per = {name: base for name in experts}
+    per["joint"] = int(joint)
+    return max(per.values()), per
+
+
 def train(
     data_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -341,8 +355,9 @@ def train(
     resumed_stages: list[str] = []
     with _quiet_lightning(options.progress):
         if cfg.training.warm_start:
-            ws_epochs = cfg.training.warm_start_epochs
-            module = I2M2Module(model, cfg, dm.class_weights, objective="experts", max_epochs=ws_epochs)
+            ws_epochs, expert_epochs = warm_start_plan(cfg, model.expert_names)
+            module = I2M2Module(model, cfg, dm.class_weights, objective="experts", max_epochs=ws_epochs,
+                                expert_epochs=expert_epochs)
             trainer = _trainer(out, cfg, options, stage="warm_start", max_epochs=ws_epochs, early_stopping=False,
                                n_train_batches=n_train_batches)
             dm.new_stage()

@@ -112,6 +112,7 @@ class I2M2Module(pl.LightningModule):
         max_epochs: int | None = None,
         lr_scale: float = 1.0,
         val_in_view: np.ndarray | None = None,
+        expert_epochs: Mapping[str, int] | None = None,
     ):
         super().__init__()
         if objective not in OBJECTIVES:
@@ -121,6 +122,8 @@ class I2M2Module(pl.LightningModule):
         self.objective = objective
         self.max_epochs = int(max_epochs or config.training.max_epochs)
         self.lr_scale = float(lr_scale)
+        # per expert, the epochs it trains in this stage (the others: all of max_epochs)
+        self.expert_epochs = {str(k): int(v) for k, v in (expert_epochs or {}).items()}
         self.val_in_view = None if val_in_view is None else np.asarray(val_in_view, dtype=bool)
         self.register_buffer("class_weights", class_weights.float() if class_weights is not None else None, persistent=False)
         self.term_names: list[str] = list(model.expert_names)
@@ -209,7 +212,7 @@ class I2M2Module(pl.LightningModule):
         labels = batch["labels"]
         if self.augment.active:
             batch = self.augment(batch)
-        out = self.model(batch)
+        out = self.model(batch, only=self.active_experts(int(self.current_epoch)))
         loss = self._loss(out, labels)
         n = int(labels.shape[0])
         self._loss_sum += float(loss.detach()) * n
@@ -217,6 +220,16 @@ class I2M2Module(pl.LightningModule):
         self.train_samples += n
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
         return loss
+
+    def epochs_of(self, name: str) -> int:
+        """Epochs that expert ``name`` (or the prior) trains in this stage."""
+        return min(self.expert_epochs.get(name, self.max_epochs), self.max_epochs)
+
+    def active_experts(self, epoch: int) -> tuple[str, ...] | None:
+        """The experts trained in ``epoch`` (None: all of them)."""
+        if not self.expert_epochs:
+            return None
+        return tuple(n for n in self.model.expert_names if epoch < self.epochs_of(n))
 
     def on_train_epoch_end(self) -> None:
         self.train_seconds += time.perf_counter() - self._t_epoch - self._val_in_epoch
@@ -323,6 +336,12 @@ class I2M2Module(pl.LightningModule):
         for group in groups:
             group["lr"] *= self.lr_scale
         opt = torch.optim.AdamW(groups, betas=tuple(optim.betas))
+        if optim.scheduler == "cosine" and self.expert_epochs:
+            # each expert's own cosine over its own epochs (CosineAnnealingLR's closed form)
+            spans = [max(self.epochs_of(g["name"]), 1) for g in groups]
+            lambdas = [lambda e, t=t: 0.5 * (1.0 + math.cos(math.pi * min(e, t) / t)) for t in spans]
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambdas)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
         if optim.scheduler == "cosine":
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(self.max_epochs, 1))
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
