@@ -51,7 +51,8 @@ def test_demo_config_is_the_cpu_architecture_trained_at_scale():
     cpu, demo = load_config("cpu"), load_config("demo")
     assert (cpu.training.warm_start, demo.training.warm_start) == (False, True)
     scale = {
-        "training.warm_start": True, "training.warm_start_epochs": 8, "training.max_epochs": 24,
+        "training.warm_start": True, "training.warm_start_epochs": 8, "training.warm_start_joint_epochs": 32,
+        "training.max_epochs": 12,
         "training.early_stopping.patience": 6, "training.sampling": "hard_cases", "training.epoch_slices": 6144,
         "training.tensor_cache": True, "training.cache_size": 0, "model.joint.tabular_dropout": 0.2,
     }
