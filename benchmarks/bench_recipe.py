@@ -144,7 +144,8 @@ def _demo_recipes(ctx: Context, plan: dict[str, Any], heldout_base: Path, size: 
     for name in I2M2_RECIPES:
         cfg = load_config("demo").with_updates(**RECIPES[name])
         if ctx.quick:
-            cfg = cfg.with_updates(**{"training.warm_start_epochs": 1, "training.max_epochs": 1, "training.epoch_slices": 64})
+            cfg = cfg.with_updates(**{"training.warm_start_epochs": 1, "training.warm_start_joint_epochs": None,
+                                      "training.max_epochs": 1, "training.epoch_slices": 64})
         run_dir = ctx.workdir / "recipe-i2m2" / name.split(" (")[0].replace(" ", "-")
         ctx.log(f"i2m2 on the demo cohort, {name}")
         train(demo_dir, run_dir, variant="i2m2", config=cfg, seed=DEMO_SEED, n_boot=20,

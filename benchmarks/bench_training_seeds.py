@@ -49,7 +49,7 @@ def train_one(cohort: str, out: str, changes: dict, seed: int, quick: bool) -> d
     torch.set_num_threads(1)
     started = time.perf_counter()
     if quick:
-        changes = {**changes, "training.warm_start_epochs": 1}
+        changes = {**changes, "training.warm_start_epochs": 1, "training.warm_start_joint_epochs": None}
     metrics = train(
         Path(cohort), Path(out), variant="i2m2", config=_config("demo", changes), seed=seed,
         options=TrainerOptions(progress=False), epochs=1 if quick else None, n_boot=200 if quick else 1000,

@@ -91,8 +91,8 @@ class ClaimSettings:
     curve_seeds: int = 1
     config: str = "demo"
     overrides: dict[str, Any] = field(default_factory=lambda: {
-        "training.warm_start_epochs": 2, "training.max_epochs": 4, "training.epoch_slices": 4096,
-        "training.early_stopping.patience": 2,
+        "training.warm_start_epochs": 2, "training.warm_start_joint_epochs": None, "training.max_epochs": 4,
+        "training.epoch_slices": 4096, "training.early_stopping.patience": 2,
     })
     heldout_volumes: int = HELDOUT_VOLUMES
     n_boot: int = 1000
@@ -121,11 +121,12 @@ class ClaimSettings:
 QUICK_CLAIM = {
     "regimes": ("inter",), "seeds": 2, "train_volumes": 8, "val_volumes": 6, "curve_regime": "inter", "curve_volumes": (4, 8),
     "heldout_volumes": 8, "n_boot": 50,
-    "overrides": {"training.warm_start_epochs": 1, "training.max_epochs": 1, "training.epoch_slices": 128},
+    "overrides": {"training.warm_start_epochs": 1, "training.warm_start_joint_epochs": None, "training.max_epochs": 1,
+                  "training.epoch_slices": 128},
 }
 """A claim study of seconds (one regime, tiny pools and held-out cohort): for tests; it claims nothing."""
-FULL_OVERRIDES = {"training.warm_start_epochs": 2, "training.max_epochs": 5, "training.epoch_slices": 4096,
-                  "training.early_stopping.patience": 2}
+FULL_OVERRIDES = {"training.warm_start_epochs": 2, "training.warm_start_joint_epochs": None, "training.max_epochs": 5,
+                  "training.epoch_slices": 4096, "training.early_stopping.patience": 2}
 """The benchmark's shortening of the bundled recipe: 2 warm-start and at most 5 product epochs of
 4,096 draws, so three regimes x three variants x three seeds plus the learning curve fit a
 benchmark run on two cores."""
