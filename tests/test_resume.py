@@ -174,6 +174,43 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(
     assert not (run / "resume").exists()
 
 
+def test_a_grid_run_that_was_interrupted_continues_where_it_stopped(
+    tiny_cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ablation's train_or_reuse resumes a run of its key from the last finished epoch, to
+    the weights of a run that was never interrupted."""
+    from i2m2_med.ablation.runs import train_or_reuse
+    from i2m2_med.data.cohort import data_fingerprint, load_cohort
+
+    cfg = CFG.with_updates(**{"training.max_epochs": 5, "training.batch_size": 8, "training.seed": 3})
+    fp = data_fingerprint(load_cohort(tiny_cohort))
+    whole = train_or_reuse(tiny_cohort, tmp_path / "a", "i2m2", 3, cfg, fp, train_n_boot=20)
+    assert whole.status == "trained"
+
+    original = I2M2Module.on_train_epoch_end
+
+    def preempted(self) -> None:
+        original(self)
+        if (self.objective, int(self.current_epoch)) == ("product", 2):
+            raise RuntimeError("preempted")
+
+    monkeypatch.setattr(I2M2Module, "on_train_epoch_end", preempted)
+    failed = train_or_reuse(tiny_cohort, tmp_path / "b", "i2m2", 3, cfg, fp, train_n_boot=20)
+    monkeypatch.setattr(I2M2Module, "on_train_epoch_end", original)
+    assert failed.status == "failed" and "preempted" in failed.reason
+    said: list[str] = []
+    resumed = train_or_reuse(tiny_cohort, tmp_path / "b", "i2m2", 3, cfg, fp, train_n_boot=20, progress=said.append)
+    assert resumed.status == "trained" and said[0] == "resuming i2m2 (seed 3)"
+    run_a, run_b = Path(whole.run_dir), Path(resumed.run_dir)
+    metrics = json.loads((run_b / "metrics.json").read_text())
+    assert metrics["training"]["resumed_stages"] == ["warm_start", "product"]
+    assert read_checkpoint_meta(run_b / "model.safetensors").weights_sha256 == \
+        read_checkpoint_meta(run_a / "model.safetensors").weights_sha256
+    assert not (run_b / "error.txt").exists() and not (run_b / "resume").exists()
+    again = train_or_reuse(tiny_cohort, tmp_path / "b", "i2m2", 3, cfg, fp, train_n_boot=20)
+    assert again.status == "cached"
+
+
 def test_a_fresh_run_in_the_same_folder_discards_the_old_state(
     tiny_cohort: Path, tmp_path: Path, uninterrupted, monkeypatch: pytest.MonkeyPatch
 ) -> None:

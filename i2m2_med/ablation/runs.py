@@ -185,6 +185,17 @@ def cached_run(run_dir: Path, key: str) -> dict[str, Any] | None:
     return data if data.get("key") == key else None
 
 
+def resumable(run_dir: Path, data_fingerprint: str) -> bool:
+    """Whether ``run_dir`` holds the resumable state of an interrupted run on this data (the
+    folder is keyed by data, variant, seed and config, so that run had the same arguments)."""
+    from i2m2_med.training.resume import read_resume_args
+
+    try:
+        return read_resume_args(run_dir).get("data_fingerprint") == data_fingerprint
+    except (OSError, ValueError, I2M2Error):
+        return False
+
+
 def train_or_reuse(
     data_dir: str | os.PathLike,
     cache_dir: str | os.PathLike,
@@ -201,7 +212,8 @@ def train_or_reuse(
     shard: Shard | None = None,
 ) -> RunRecord:
     """Train one (variant, seed) with ``config`` (epochs already resolved), or reuse the cached
-    run with the same key. ``cohort`` and ``datasets`` (split -> SliceDataset of that cohort)
+    run with the same key; a run of that key that was interrupted (killed, or a failure in an
+    epoch) continues from its last finished epoch (:func:`resumable`). ``cohort`` and ``datasets`` (split -> SliceDataset of that cohort)
     are passed to :func:`i2m2_med.training.fit.train`, so the runs of a grid share one transform
     cache. Never raises for a training failure (KeyboardInterrupt aside): the record says
     ``failed`` and why. ``report_split``: as for :func:`~i2m2_med.training.fit.train`.
@@ -218,8 +230,9 @@ def train_or_reuse(
         return RunRecord(variant, int(seed), key, str(run_dir), "cached", None, 0.0, marker.get("training", {}))
     if not mine:
         return RunRecord(variant, int(seed), key, str(run_dir), "pending", f"shard {owner}/{shard.count} trains it")
+    resume = resumable(run_dir, data_fingerprint)
     if progress:
-        progress(f"training {variant} (seed {seed})")
+        progress(f"{'resuming' if resume else 'training'} {variant} (seed {seed})")
     t0 = time.perf_counter()
     try:
         result = train(
@@ -235,6 +248,7 @@ def train_or_reuse(
             cohort=cohort,
             datasets=datasets,
             report_split=report_split,
+            resume=resume,
         )
     except (KeyboardInterrupt, SystemExit):
         raise
@@ -249,6 +263,7 @@ def train_or_reuse(
         return RunRecord(variant, int(seed), key, str(run_dir), "failed", reason, seconds)
     seconds = time.perf_counter() - t0
     assert result is not None, "a single-process run always evaluates (rank 0)"
+    (run_dir / "error.txt").unlink(missing_ok=True)  # an earlier attempt's failure, now finished
     summary = _training_summary(result)
     write_json(
         run_dir / RUN_MARKER,
