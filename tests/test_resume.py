@@ -161,14 +161,18 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(
     written = {p.name for p in (run / "resume").iterdir()}
     assert {"args.json", "config.yaml"} <= written
     assert ("warm_start.safetensors" in written) == (stop != ("experts", 0))
+    cpu_before = 0.0
     if stop == ("product", 2):
         state = load_state(stage_path(run, "product"))
         assert state["epoch"] == 1 and len(state["i2m2"]["history"]) == 2  # the last finished epoch
+        cpu_before = state["i2m2"]["fit_cpu_seconds"] + load_state(stage_path(run, "warm_start"))["i2m2"]["fit_cpu_seconds"]
+        assert cpu_before > 0
 
     args = resume_arguments(run)
     options = TrainerOptions(**args.pop("options"))
     result_b = train(args.pop("data_dir"), args.pop("out_dir"), options=options, **args)
     _same_result(result_a, result_b, run_a, run)
+    assert result_b.metrics["training"]["cpu_time_s"] >= cpu_before  # the time before the resume counts
     resumed = result_b.metrics["training"]["resumed_stages"]
     assert resumed == {("experts", 0): [], ("product", 0): ["warm_start"], ("product", 2): ["warm_start", "product"]}[stop]
     assert not (run / "resume").exists()

@@ -350,7 +350,6 @@ def train(
         path = stage_path(out, stage)
         return str(path) if resume and path.is_file() else None
 
-    cpu_start = time.process_time()
     stages: list[dict[str, Any]] = []
     resumed_stages: list[str] = []
     with _quiet_lightning(options.progress):
@@ -377,7 +376,7 @@ def train(
         resumed_stages += ["product"] if ckpt else []
         stages.append(_stage_record("product", module, trainer))
     fit_seconds = sum(s["seconds"] for s in stages)  # a resumed stage counts its time before the resume
-    fit_cpu_seconds = time.process_time() - cpu_start
+    fit_cpu_seconds = sum(s["cpu_seconds"] for s in stages)  # likewise
     model = module.model
 
     if trainer.global_rank != 0:
@@ -451,7 +450,7 @@ def train(
             "resumed_stages": resumed_stages,
             "mlflow": tracked_run(out, options),
             "cpu_time_s": fit_cpu_seconds,
-            "cpu_time_note": "CPU seconds of this process (all its threads) during fitting: on a busy "
+            "cpu_time_note": "CPU seconds (all threads) of fitting, a resumed stage's before its resume included: on a busy "
             "machine, cpu_time_s / cores estimates the wall time an idle machine would take",
             "train_time_s": train_seconds,
             "train_slices": train_slices,
@@ -548,6 +547,7 @@ def _stage_record(objective: str, module: I2M2Module, trainer: pl.Trainer) -> di
         "best_val_auroc_mean": best,
         "stopped_early": bool(trainer.should_stop) and int(trainer.current_epoch) < int(trainer.max_epochs or 0),
         "seconds": module.fit_seconds,
+        "cpu_seconds": module.fit_cpu_seconds,
         "train_seconds": module.train_seconds,
         "val_seconds": module.val_seconds,
         "train_samples": int(module.train_samples) * int(trainer.world_size),

@@ -143,7 +143,9 @@ class I2M2Module(pl.LightningModule):
         aug = config.training.augment
         self.augment = BatchAugment(aug.flip_p, aug.max_shift, seed=config.training.seed)
         self.resumed_seconds = 0.0  # wall time of this stage before the process that resumed it
+        self.resumed_cpu_seconds = 0.0  # and its CPU time there
         self._t_fit = time.perf_counter()
+        self._cpu_fit = time.process_time()
         self._restored: dict[str, Any] | None = None
 
     def forward(self, batch: Mapping[str, Any]) -> I2M2Output:
@@ -157,6 +159,7 @@ class I2M2Module(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         self._t_fit = time.perf_counter()
+        self._cpu_fit = time.process_time()
 
     def on_train_start(self) -> None:
         # each DDP process draws its own augmentations (reproducibly)
@@ -165,6 +168,11 @@ class I2M2Module(pl.LightningModule):
             self.augment.generator.set_state(self._restored["augment_rng"])
             set_random_states(self._restored["rng"])
             self._restored = None
+
+    @property
+    def fit_cpu_seconds(self) -> float:
+        """CPU time of this process during this stage so far, including that before a resume."""
+        return self.resumed_cpu_seconds + time.process_time() - self._cpu_fit
 
     @property
     def fit_seconds(self) -> float:
@@ -183,6 +191,7 @@ class I2M2Module(pl.LightningModule):
             "train_seconds": self.train_seconds,
             "val_seconds": self.val_seconds,
             "fit_seconds": self.fit_seconds,
+            "fit_cpu_seconds": self.fit_cpu_seconds,
             "augment_rng": self.augment.generator.get_state(),
             "rng": random_states(),
         }
@@ -199,6 +208,7 @@ class I2M2Module(pl.LightningModule):
         self.train_seconds = float(state["train_seconds"])
         self.val_seconds = float(state["val_seconds"])
         self.resumed_seconds = float(state["fit_seconds"])
+        self.resumed_cpu_seconds = float(state.get("fit_cpu_seconds", 0.0))  # states written before it was kept: 0
         self._restored = {"augment_rng": state["augment_rng"], "rng": state["rng"]}
         # now, for a finished stage (its fit starts no epoch), and again at on_train_start otherwise
         set_random_states(state["rng"])
