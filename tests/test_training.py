@@ -203,7 +203,7 @@ def test_the_joint_model_can_warm_start_longer_than_the_other_experts() -> None:
     own epochs the other experts are neither run nor updated, and each expert's learning rate
     follows a cosine over its own epochs."""
     from i2m2_med.models import build_model
-    from i2m2_med.training.fit import warm_start_plan
+    from i2m2_med.training.fit import _strategy, warm_start_plan
     from i2m2_med.training.module import I2M2Module
 
     cfg = SMALL.with_updates(**{"training.warm_start_epochs": 2, "training.warm_start_joint_epochs": 4})
@@ -212,6 +212,8 @@ def test_the_joint_model_can_warm_start_longer_than_the_other_experts() -> None:
     assert stage == 4 and per == {"magnitude": 2, "phase": 2, "tabular": 2, "joint": 4}
     assert warm_start_plan(SMALL.with_updates(**{"training.warm_start_epochs": 2}), model.expert_names) == (2, None)
     assert warm_start_plan(cfg, ("magnitude", "phase"))[1] is None  # intra has no joint model
+    assert _strategy("ddp", True) == "ddp_find_unused_parameters_true"  # idle experts have no gradients
+    assert (_strategy("ddp", False), _strategy("auto", True)) == ("ddp", "auto")
     module = I2M2Module(model, cfg, objective="experts", max_epochs=stage, expert_epochs=per)
     assert module.active_experts(1) == ("magnitude", "phase", "tabular", "joint")
     assert module.active_experts(2) == ("joint",)

@@ -115,6 +115,14 @@ def _check_args(epochs: int | None, seed: int, options: TrainerOptions) -> None:
         raise UsageError("--strategy", f"unknown strategy {strategy!r}; e.g. {known}")
 
 
+def _strategy(name: str, idle_experts: bool) -> str:
+    """The Lightning strategy of a stage: a ``ddp`` family strategy finds unused parameters when
+    some experts sit out epochs (they have no gradients then); any other name as given."""
+    if idle_experts and name in ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook"):
+        return f"{name}_find_unused_parameters_true"
+    return name
+
+
 def _precision(config: Config) -> str:
     """The config's precision on a GPU; full precision on a CPU (mixed precision is a GPU feature here)."""
     return config.training.precision if torch.cuda.is_available() else "32-true"
@@ -180,8 +188,11 @@ def _trainer(
     max_epochs: int,
     early_stopping: bool,
     n_train_batches: int,
+    idle_experts: bool = False,
 ) -> pl.Trainer:
-    """The Lightning Trainer of one fitting stage (``stage`` names its log folders)."""
+    """The Lightning Trainer of one fitting stage (``stage`` names its log folders).
+    ``idle_experts``: some experts sit out some epochs, so a ``ddp`` strategy must look for
+    parameters without gradients (:func:`warm_start_plan`)."""
     loggers: list[Any] = [
         CSVLogger(str(out_dir), name="logs", version=stage, flush_logs_every_n_steps=max(1, n_train_batches))
     ]
@@ -213,7 +224,7 @@ def _trainer(
         accelerator=options.accelerator,
         devices=options.devices,
         num_nodes=options.num_nodes,
-        strategy=options.strategy,
+        strategy=_strategy(options.strategy, idle_experts),
         max_epochs=max_epochs,
         precision=_precision(config),
         logger=loggers,
@@ -358,7 +369,7 @@ def train(
             module = I2M2Module(model, cfg, dm.class_weights, objective="experts", max_epochs=ws_epochs,
                                 expert_epochs=expert_epochs)
             trainer = _trainer(out, cfg, options, stage="warm_start", max_epochs=ws_epochs, early_stopping=False,
-                               n_train_batches=n_train_batches)
+                               n_train_batches=n_train_batches, idle_experts=expert_epochs is not None)
             dm.new_stage()
             ckpt = resume_from("warm_start")
             trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
