@@ -9,7 +9,8 @@ early stopping; the best epoch chosen on the validation in-view AUROC as in ever
 on the mixed-regime pool (seed 71003) with 60 validation volumes and (a) 400 training volumes for
 12 epochs of 6,144 draws (the demo cohort's size and the product epochs of the demo recipe when
 this section was added), (b) 900 volumes for 12 epochs (the same number of draws over more
-subjects), (c) 900 volumes for 30 epochs. Reported per run,
+subjects), (c) 900 volumes for 30 epochs, (d) 400 volumes for 48 epochs and (e) 900 volumes for
+60 epochs (how far more passes go). Reported per run,
 on the held-out mixed cohort (seed 90003, 160 volumes, never trained or tuned on): the in-view
 AUROC per head; the co-location response (:func:`i2m2_med.metrics.cues.colocation_response`:
 findings whose episode shows both cues on one site against mimics showing them apart, which
@@ -33,7 +34,7 @@ from benchmarks.common import Context
 TITLE = "Training budget: the joint model with more volumes and more epochs (mixed regime)"
 CLAIM_DIR_ENV = "I2M2_CLAIM_DIR"
 HELDOUT_DIR_ENV = "I2M2_HELDOUT_DIR"
-FULL = {"pool": 1000, "val": 60, "heldout": 160, "draws": 6144, "runs": ((400, 12), (900, 12), (900, 30))}
+FULL = {"pool": 1000, "val": 60, "heldout": 160, "draws": 6144, "runs": ((400, 12), (900, 12), (900, 30), (400, 48), (900, 60))}
 QUICK = {"pool": 24, "val": 6, "heldout": 8, "draws": 64, "runs": ((8, 1), (14, 2))}
 PATHOLOGY = ("acl", "mtear", "cart")
 VARIANT = "inter"
