@@ -513,6 +513,22 @@ def _assert_refused(accept, cases) -> None:
         assert fragment in str(info.value) and "\n" not in str(info.value), str(info.value)
 
 
+def _uploaded_on_the_page(files, kind: str, key: str, mime: str) -> AppTest:
+    """The app with ``files`` given to the upload widget ``key`` (after choosing ``kind``, "Files"
+    or "A folder"), checked to have opened a study: no exception, no sidebar error, four metrics."""
+    at = start()
+    at.radio(key="source").set_value("Upload")
+    at.run()
+    if kind != "Files":
+        at.radio(key="upload_kind").set_value(kind)
+        at.run()
+    at.file_uploader(key=key).set_value([(n, d, mime) for n, d in files])
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.sidebar.error and len(at.metric) == 4
+    return at
+
+
 def test_the_files_of_a_dicom_series_upload_together(env, tmp_path, private_tmp):
     """A series folder's .dcm files selected together are one study, in the library and on the
     page; what several files cannot be is one line, with nothing kept."""
@@ -538,13 +554,7 @@ def test_the_files_of_a_dicom_series_upload_together(env, tmp_path, private_tmp)
     ])
     assert list(private_tmp.iterdir()) == []
 
-    at = start()
-    at.radio(key="source").set_value("Upload")
-    at.run()
-    at.file_uploader(key="upload_file").set_value([(n, d, "application/dicom") for n, d in files])
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.sidebar.error and len(at.metric) == 4
+    at = _uploaded_on_the_page(files, "Files", "upload_file", "application/dicom")
     assert "6 files (DICOM) - dicom, 3 slices" in at.session_state["upload"].refs[0].label
 
 
@@ -576,15 +586,7 @@ def test_a_folder_upload_reads_dicom_files_whatever_their_names(env, tmp_path, p
     ])
     assert list(private_tmp.iterdir()) == []
 
-    at = start()
-    at.radio(key="source").set_value("Upload")
-    at.run()
-    at.radio(key="upload_kind").set_value("A folder")
-    at.run()
-    at.file_uploader(key="upload_folder").set_value([(n, d, "application/octet-stream") for n, d in files])
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.sidebar.error and len(at.metric) == 4
+    at = _uploaded_on_the_page(files, "A folder", "upload_folder", "application/octet-stream")
     assert at.session_state["upload"].refs[0].label == "a folder of 6 files - dicom, 3 slices"
 
 
