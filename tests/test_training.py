@@ -245,6 +245,40 @@ def test_the_joint_model_can_warm_start_longer_than_the_other_experts() -> None:
         assert moved == (name == "joint"), name
 
 
+def test_a_finished_expert_is_validated_from_its_last_logits(tiny_cohort: Path, tmp_path: Path, monkeypatch) -> None:
+    """Once the other experts have finished their warm-start epochs, validation reuses their
+    logits of their last epoch instead of running them again: the same validation figures, with
+    fewer runs of exactly those experts."""
+    from collections import Counter
+
+    from i2m2_med.models import I2M2Model
+
+    cfg = SMALL.with_updates(**{"training.warm_start_epochs": 1, "training.warm_start_joint_epochs": 3})
+    original = I2M2Model.expert_logits
+
+    def run(name: str, reuse: bool) -> tuple[Counter, list]:
+        calls: Counter = Counter()
+
+        def counting(self, expert, batch, present):
+            if not self.training:
+                calls[expert] += 1
+            return original(self, expert, batch, present)
+
+        monkeypatch.setattr(I2M2Model, "expert_logits", counting)
+        if not reuse:
+            monkeypatch.setattr("i2m2_med.training.module.I2M2Module._finished_experts", lambda self, epoch: ())
+        result = train(tiny_cohort, tmp_path / name, variant="i2m2", config=cfg, warm_start=True, **QUICK)
+        monkeypatch.undo()
+        return calls, [(s.objective, s.history) for s in result.stages]
+
+    with_reuse, history = run("reuse", True)
+    without, history_without = run("plain", False)
+    assert history == history_without
+    saved = {name: without[name] - with_reuse[name] for name in ("magnitude", "phase", "tabular", "joint")}
+    assert saved["joint"] == 0 and saved["magnitude"] > 0
+    assert saved["magnitude"] == saved["phase"] == saved["tabular"]
+
+
 def test_finetune_learning_rate_scale_reaches_the_optimiser() -> None:
     from i2m2_med.models import build_model
     from i2m2_med.training.module import I2M2Module

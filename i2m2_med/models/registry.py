@@ -340,9 +340,14 @@ class I2M2Model(nn.Module):
         tab = batch["tabular"].float() if with_tab else None
         return expert(batch["magnitude"].float(), batch["phase"].float(), tab, present["tabular"] if with_tab else None)
 
-    def forward(self, batch: Mapping[str, Any], only: Collection[str] | None = None) -> I2M2Output:
+    def forward(
+        self, batch: Mapping[str, Any], only: Collection[str] | None = None, known: Mapping[str, Tensor] | None = None,
+    ) -> I2M2Output:
         """The product of the experts on ``batch``; ``only``: run just these experts (the others
-        are neither computed nor in the output: a warm start whose other experts have finished)."""
+        are neither computed nor in the output: a warm start whose other experts have finished);
+        ``known``: expert name -> its raw logits ``[B, 4, 2]`` on this batch, used instead of
+        running that expert (the validation of a warm start, where a finished expert's logits no
+        longer change)."""
         batch_size = self._check_inputs(batch)
         device = next(self.parameters()).device
         present = self._presence(batch, batch_size, device)
@@ -357,7 +362,7 @@ class I2M2Model(nn.Module):
             if any(m not in present for m in needs):
                 dropped.append(name)
                 continue
-            z = self.expert_logits(name, batch, present)
+            z = known[name] if known is not None and name in known else self.expert_logits(name, batch, present)
             logits[name] = z
             terms[name] = F.log_softmax(z, dim=-1)
             usable = torch.stack([present[m] for m in needs]).all(dim=0)

@@ -135,6 +135,8 @@ class I2M2Module(pl.LightningModule):
         self.train_seconds = 0.0
         self.val_seconds = 0.0
         self._val: list[tuple[Tensor, Tensor, Tensor]] = []
+        # finished expert -> validation batch -> (its sample indices, its logits there)
+        self._val_logits: dict[str, dict[int, tuple[Tensor, Tensor]]] = {}
         self._loss_sum = 0.0
         self._loss_n = 0
         self._t_epoch = 0.0
@@ -264,9 +266,28 @@ class I2M2Module(pl.LightningModule):
             cols.append(p)
         return torch.stack(cols, dim=1)
 
+    def _finished_experts(self, epoch: int) -> tuple[str, ...]:
+        """The experts whose own epochs of this stage ended before ``epoch``."""
+        return tuple(n for n in self.model.expert_names if n in self.expert_epochs and epoch >= self.epochs_of(n))
+
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        out = self.model(batch)
-        self._val.append((self._probabilities(out).detach(), batch["labels"].detach().float(), batch["index"].detach()))
+        # A finished expert is no longer updated, so its validation logits are those of its last
+        # epoch: they are kept then and reused, instead of running it again every epoch. A batch
+        # whose samples differ from the kept ones (or a stage resumed after that epoch) runs it.
+        index = batch["index"].detach()
+        epoch = int(self.current_epoch)
+        known = {}
+        for name in self._finished_experts(epoch):
+            kept = self._val_logits.get(name, {}).get(batch_idx)
+            if kept is not None and torch.equal(kept[0], index):
+                known[name] = kept[1]
+        out = self.model(batch, known=known)
+        if self.expert_epochs and not self.trainer.sanity_checking:
+            for name in self.model.expert_names:
+                last = self.epochs_of(name) - 1
+                if epoch == last < self.max_epochs - 1 and name in out.logits:
+                    self._val_logits.setdefault(name, {})[batch_idx] = (index, out.logits[name].detach())
+        self._val.append((self._probabilities(out).detach(), batch["labels"].detach().float(), index))
 
     def _gathered(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self._val:
