@@ -274,16 +274,22 @@ def cache_then_drop(cache: TensorCache, keep: Callable[[str], bool] = lambda stu
     fastMRI file's images, then delete the file unless ``keep(study_id)``. A large synthetic
     cohort then costs the disk its cached images (about 0.5 MB a volume at 64 px) instead of its
     k-space (about 65 MB a volume); ``load_cohort(..., tensor_cache=cache)`` finds the dropped
-    studies in the cache."""
+    studies in the cache. The images are built with one intra-op thread: the callback runs beside
+    the generator's worker processes, and more threads there only contend with them."""
 
     def on_written(paths: list[Path]) -> None:
-        for path in paths:
-            study = read_fastmri_h5(path)
-            try:
-                cache.entry(study)
-            finally:
-                study.close()
-            if not keep(study.study_id):
-                Path(path).unlink()
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            for path in paths:
+                study = read_fastmri_h5(path)
+                try:
+                    cache.entry(study)
+                finally:
+                    study.close()
+                if not keep(study.study_id):
+                    Path(path).unlink()
+        finally:
+            torch.set_num_threads(threads)
 
     return on_written
