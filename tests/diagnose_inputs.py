@@ -159,6 +159,28 @@ def write_dicom_study(folder: Path, n_slices: int = 3, phase: bool = True, patie
     return uids
 
 
+def write_knee_dicom_study(folder: Path, n_slices: int = 3, seed: int = 0) -> Path:
+    """A synthetic knee's magnitude and phase DICOM series, written by the generator's own DICOM
+    writer and cut to their middle ``n_slices`` slices, under ``folder/magnitude`` and
+    ``folder/phase``: images the bundled model reads as knee MRI (in scope), where the random
+    pixels of :func:`write_dicom_study` are, rightly, out of scope."""
+    import shutil
+
+    from i2m2_med.synth import generate_cohort
+
+    work = folder.parent / f".{folder.name}-cohort"
+    generate_cohort(work, 1, seed, dicom=True, n_slices=8)
+    (series,) = (work / "dicom").iterdir()
+    for component in ("magnitude", "phase"):
+        files = sorted((series / component).glob("*.dcm"))
+        first = (len(files) - n_slices) // 2
+        (folder / component).mkdir(parents=True, exist_ok=True)
+        for path in files[first:first + n_slices]:
+            shutil.copy(path, folder / component / path.name)
+    shutil.rmtree(work)
+    return folder
+
+
 # ---- the same series stored another way --------------------------------------------------------------
 
 STORAGES = [(t, r, c) for t in (False, True) for r in (False, True) for c in (False, True)]

@@ -532,9 +532,9 @@ def _uploaded_on_the_page(files, kind: str, key: str, mime: str) -> AppTest:
 def test_the_files_of_a_dicom_series_upload_together(env, tmp_path, private_tmp):
     """A series folder's .dcm files selected together are one study, in the library and on the
     page; what several files cannot be is one line, with nothing kept."""
-    from diagnose_inputs import write_dicom_study
+    from diagnose_inputs import write_knee_dicom_study
 
-    write_dicom_study(tmp_path / "dcm", n_slices=3, phase=True, patient=0)
+    write_knee_dicom_study(tmp_path / "dcm", n_slices=3)
     files = [(p.name, p.read_bytes()) for p in sorted((tmp_path / "dcm").rglob("*.dcm"))]
     assert len(files) == 6  # 3 magnitude and 3 phase images
     upload = sources.accept_uploads(files, 50 << 20)
@@ -562,9 +562,9 @@ def test_a_folder_upload_reads_dicom_files_whatever_their_names(env, tmp_path, p
     """A folder chosen in the browser arrives as its files: DICOM files without an extension (as
     scanners export them) form their series, hidden and system files and files that are no study are
     skipped, an empty file is named; a folder with nothing readable is one line, with nothing kept."""
-    from diagnose_inputs import write_dicom_study
+    from diagnose_inputs import write_knee_dicom_study
 
-    write_dicom_study(tmp_path / "exam", n_slices=3, phase=True, patient=0)
+    write_knee_dicom_study(tmp_path / "exam", n_slices=3)
     files = [(f"exam/SE{i // 3}/IM{i:04d}", p.read_bytes()) for i, p in enumerate(sorted((tmp_path / "exam").rglob("*.dcm")))]
     assert len(files) == 6
     extra = [("exam/.DS_Store", b"\0" * 64), ("exam/Thumbs.db", b"x"), ("exam/README.txt", b"exported by the scanner"),

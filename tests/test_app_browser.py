@@ -205,9 +205,9 @@ def test_arrow_keys_and_wheel_over_the_images_change_the_slice(server):
 def test_a_dicom_folder_uploads_from_the_browser(server, tmp_path):
     """The upload's folder picker sends a whole exam folder: DICOM files without an extension, in
     a series subfolder, beside a hidden file, open as one study."""
-    from diagnose_inputs import write_dicom_study
+    from diagnose_inputs import write_knee_dicom_study
 
-    write_dicom_study(tmp_path / "written", n_slices=3, phase=True, patient=0)
+    write_knee_dicom_study(tmp_path / "written", n_slices=3)
     exam = tmp_path / "exam"
     (exam / "SE1").mkdir(parents=True)
     for i, path in enumerate(sorted((tmp_path / "written").rglob("*.dcm"))):
