@@ -1,10 +1,10 @@
 """`i2m2-med demo`: build the embedded default model from nothing.
 
-1. synthesise the demo cohort (400 volumes, mixed regime: half the evidence needs magnitude
-   *and* phase together, half shows in either alone) under ``OUT/cohort``, straight into its
-   tensor cache (``OUT/cohort/.i2m2_cache``): each volume's 64 px images are cached as soon as it
-   is written and its k-space (about 65 MB) is dropped, so the cohort costs about 0.5 GB of disk,
-   not 26 GB;
+1. synthesise the demo cohort (900 volumes of about 600 subjects, mixed regime: half the
+   evidence needs magnitude *and* phase together, half shows in either alone) under
+   ``OUT/cohort``, straight into its tensor cache (``OUT/cohort/.i2m2_cache``): each volume's
+   64 px images are cached as soon as it is written and its k-space (about 65 MB) is dropped, so
+   the cohort costs about 1.1 GB of disk, not 58 GB;
 2. train the ``i2m2`` variant on it (``OUT/run``) with the shipped ``demo`` config as it is
    (``i2m2_med/config/demo.yaml``: the ``cpu`` architecture with the warm start, draws that favour
    the slices of findings and their mimics, the best epoch chosen on the validation in-view AUROC,
@@ -25,8 +25,10 @@ import textwrap
 from pathlib import Path
 from typing import Any, Callable
 
-DEMO_VOLUMES = 400
-"""Volumes of the demo cohort (about 260 subjects)."""
+DEMO_VOLUMES = 900
+"""Volumes of the demo cohort (598 subjects at seed 0). With the demo recipe, 900 volumes did
+better on validation than 400 (BENCHMARKS.md, held-out section) and still fit the demo's
+20 minutes on 2 cores."""
 DEMO_SEED = 0
 DEMO_REGIME = "mixed"
 DEMO_VARIANT = "i2m2"
