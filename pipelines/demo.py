@@ -27,8 +27,8 @@ from typing import Any, Callable
 
 DEMO_VOLUMES = 900
 """Volumes of the demo cohort (598 subjects at seed 0). With the demo recipe, 900 volumes did
-better on validation than 400 (BENCHMARKS.md, held-out section) and still fit the demo's
-20 minutes on 2 cores."""
+better on validation than 400 (BENCHMARKS.md, held-out section); the demo then takes about
+21 minutes on 2 cores, synthesis included."""
 DEMO_SEED = 0
 DEMO_REGIME = "mixed"
 DEMO_VARIANT = "i2m2"

@@ -272,7 +272,7 @@ class _DroppedReader:
 def cache_then_drop(cache: TensorCache, keep: Callable[[str], bool] = lambda study_id: False) -> Callable[[list[Path]], None]:
     """A callback for :func:`i2m2_med.synth.generate_cohort`'s ``on_written``: cache each new
     fastMRI file's images, then delete the file unless ``keep(study_id)``. A large synthetic
-    cohort then costs the disk its cached images (about 0.5 MB a volume at 64 px) instead of its
+    cohort then costs the disk its cached images (about 1.2 MB a volume at 64 px) instead of its
     k-space (about 65 MB a volume); ``load_cohort(..., tensor_cache=cache)`` finds the dropped
     studies in the cache. The images are built with one intra-op thread: the callback runs beside
     the generator's worker processes, and more threads there only contend with them."""

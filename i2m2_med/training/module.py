@@ -267,8 +267,9 @@ class I2M2Module(pl.LightningModule):
         return torch.stack(cols, dim=1)
 
     def _finished_experts(self, epoch: int) -> tuple[str, ...]:
-        """The experts whose own epochs of this stage ended before ``epoch``."""
-        return tuple(n for n in self.model.expert_names if n in self.expert_epochs and epoch >= self.epochs_of(n))
+        """The experts whose own epochs of this stage ended before ``epoch`` (not active in it)."""
+        active = self.active_experts(epoch)
+        return () if active is None else tuple(n for n in self.model.expert_names if n not in active)
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         # A finished expert is no longer updated, so its validation logits are those of its last
@@ -282,11 +283,10 @@ class I2M2Module(pl.LightningModule):
             if kept is not None and torch.equal(kept[0], index):
                 known[name] = kept[1]
         out = self.model(batch, known=known)
-        if self.expert_epochs and not self.trainer.sanity_checking:
-            for name in self.model.expert_names:
-                last = self.epochs_of(name) - 1
-                if epoch == last < self.max_epochs - 1 and name in out.logits:
-                    self._val_logits.setdefault(name, {})[batch_idx] = (index, out.logits[name].detach())
+        if epoch + 1 < self.max_epochs and not self.trainer.sanity_checking:
+            finishing = set(self._finished_experts(epoch + 1)) - set(self._finished_experts(epoch))
+            for name in finishing & set(out.logits):
+                self._val_logits.setdefault(name, {})[batch_idx] = (index, out.logits[name].detach())
         self._val.append((self._probabilities(out).detach(), batch["labels"].detach().float(), index))
 
     def _gathered(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
